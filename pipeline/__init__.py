@@ -1,0 +1,1 @@
+"""K-fold ensemble pipeline for text-classification competitions."""

@@ -1,0 +1,54 @@
+"""Shared command-line plumbing for the stage scripts: config + overrides, one-line errors."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+from .config import ExperimentConfig, load_config, to_dict
+from .errors import PipelineError
+from .io import write_text
+
+DEFAULT_CONFIG = "configs/default.yaml"
+log = logging.getLogger("pipeline")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="experiment YAML (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. folds.n_splits=3")
+    return p
+
+
+def split_config_arg(args: argparse.Namespace) -> None:
+    """`python -m pipeline.train folds.n_splits=3` means the default config plus an override."""
+    if args.config and "=" in args.config and not Path(args.config).is_file():
+        args.overrides.insert(0, args.config)
+        args.config = DEFAULT_CONFIG
+
+
+def load(args: argparse.Namespace) -> ExperimentConfig:
+    split_config_arg(args)
+    return load_config(args.config, args.overrides)
+
+
+def save_resolved(cfg: ExperimentConfig, directory: Path) -> Path:
+    return write_text(Path(directory) / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def run(main: Callable[[Optional[list[str]]], int | None], argv: Optional[list[str]] = None) -> None:
+    """Run a stage: bad input or a broken contract is one line on stderr and exit 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        code = main(argv)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,317 @@
+"""Experiment configuration: typed dataclasses with defaults, a YAML file on top, then
+`key=value` command-line overrides (dotted paths; list items of `models` by name).
+
+Unknown keys and wrong types raise PipelineError naming the dotted key and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .errors import PipelineError
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data/demo"          # ${VAR} is expanded, so `${MRPC_DIR}` works
+    train: str = "train.csv"
+    test: str = "test.csv"
+    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
+    id: Optional[str] = None        # None: row number
+    text_a: str = "text_a"
+    text_b: Optional[str] = None    # None: single-text task
+    label: str = "label"
+    test_id: Optional[str] = None   # defaults to `id`
+    test_label: Optional[str] = None  # labelled test files: used for scoring only
+    on_empty_text: Literal["error", "empty"] = "error"
+    max_train_rows: Optional[int] = None  # quick runs: keep the first N rows
+    max_test_rows: Optional[int] = None
+
+
+@dataclass
+class FoldsConfig:
+    n_splits: int = 5
+    strategy: Literal["stratified", "group", "auto_group"] = "stratified"
+    group_column: Optional[str] = None
+    seed: int = 42
+
+
+@dataclass
+class PreprocessConfig:
+    lemmatizer: Literal["auto", "wordnet", "lemminflect", "none"] = "auto"
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    kind: str
+    view: Literal["raw", "lower", "lemma"] = "lower"
+    seed: Optional[int] = None      # None: the experiment seed
+    params: dict = field(default_factory=dict)  # validated against the kind's params class
+
+
+@dataclass
+class EnsembleConfig:
+    methods: list[str] = field(default_factory=lambda: ["stack", "blend", "vote"])
+    models: Optional[list[str]] = None   # None: every model of the experiment
+    round: int = 0                       # which pseudo-label round's matrices to combine
+    tune_threshold: bool = True          # binary tasks: threshold tuned on OOF for `metric`
+    stack_c: float = 1.0
+    submit: str = "stack"                # the method copied to submissions/<exp>.csv
+
+
+@dataclass
+class PseudoConfig:
+    enabled: bool = False
+    rounds: int = 1
+    min_votes: Optional[int] = None      # None: every model must agree
+    min_confidence: float = 0.9
+    max_fraction: float = 0.5            # of the train size, per fold
+    keep_class_balance: bool = True
+    models: Optional[list[str]] = None   # teachers; None: all
+    retrain: Optional[list[str]] = None  # students; None: all
+
+
+@dataclass
+class PathsConfig:
+    work: str = "data"
+    models: str = "models"
+    submissions: str = "submissions"
+    reports: str = "reports"
+
+
+@dataclass
+class ExperimentConfig:
+    experiment: str = "demo"
+    seed: int = 42
+    metric: Literal["accuracy", "f1", "macro_f1", "logloss"] = "accuracy"
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    models: list[ModelConfig] = field(default_factory=list)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    # Derived locations; every stage finds its inputs and outputs through these.
+    def work_dir(self) -> Path:
+        return Path(self.paths.work) / self.experiment
+
+    def models_dir(self, round_: int = 0) -> Path:
+        base = Path(self.paths.models) / self.experiment
+        return base if round_ == 0 else base / "rounds" / f"r{round_}"
+
+    def data_dir(self) -> Path:
+        return Path(os.path.expandvars(self.data.dir))
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise PipelineError(f"config: no model named {name!r} (models: {[m.name for m in self.models]})")
+
+
+# ----------------------------------------------------------------------------- typing
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (dataclasses built)."""
+    origin = typing.get_origin(tp)
+    bad = PipelineError(f"config: {key} must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, key)
+            except PipelineError:
+                continue
+        raise bad
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (item,) = typing.get_args(tp)
+        return [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise bad
+        return build(tp, value, key)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise bad
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported config annotation {tp} at {key}")
+
+
+def build(cls: type, values: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in values:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else str(k)
+            raise PipelineError(f"config: unknown key {where} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in values:
+            kwargs[f.name] = coerce(values[f.name], hints[f.name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise PipelineError(f"config: {key} is required")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def config_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON form of a config (or any JSON-able value)."""
+    text = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise PipelineError(f"override {text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set_path(tree: dict, path: list[str], value: Any, full: str) -> None:
+    node: Any = tree
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, ".".join(path[: i + 1]))
+            continue
+        if not isinstance(node, dict):
+            raise PipelineError(f"override {full}: {'.'.join(path[:i])} is not a mapping")
+        node = node.setdefault(part, {})
+    last = path[-1]
+    if isinstance(node, list):
+        raise PipelineError(f"override {full}: name a key inside the list item")
+    node[last] = value
+
+
+def _list_item(items: list, part: str, where: str) -> Any:
+    """List items are addressed by index or by their `name` (models.tfidf_lr.params.C=2)."""
+    if part.isdigit() and int(part) < len(items):
+        return items[int(part)]
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == part:
+            return item
+    raise PipelineError(f"config: no item {where} (names: {[i.get('name') for i in items if isinstance(i, dict)]})")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Defaults, then the YAML file (if any), then overrides; validated, model params included."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise PipelineError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise PipelineError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise PipelineError(f"config file {p} must hold a mapping at the top level")
+    for text in overrides:
+        keys, value = _parse_override(text)
+        _set_path(tree, keys, value, text)
+    cfg = build(ExperimentConfig, tree)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: ExperimentConfig) -> None:
+    from .models import registry  # the registry knows each kind's params class
+
+    names = [m.name for m in cfg.models]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise PipelineError(f"config: model names must be unique, repeated: {sorted(dup)}")
+    for i, m in enumerate(cfg.models):
+        params_cls = registry.params_class(m.kind, f"models.{m.name}.kind")
+        m.params = to_dict(build(params_cls, m.params, f"models.{m.name}.params"))
+        if m.seed is None:
+            m.seed = cfg.seed
+    if cfg.folds.n_splits < 2:
+        raise PipelineError(f"config: folds.n_splits must be at least 2, got {cfg.folds.n_splits}")
+    if cfg.folds.strategy == "group" and not cfg.folds.group_column:
+        raise PipelineError("config: folds.strategy=group needs folds.group_column")
+    for label, sel in (("ensemble.models", cfg.ensemble.models), ("pseudo.models", cfg.pseudo.models),
+                       ("pseudo.retrain", cfg.pseudo.retrain)):
+        for n in sel or []:
+            if n not in names:
+                raise PipelineError(f"config: {label} names unknown model {n!r} (models: {names})")
+    known = {"stack", "blend", "vote", "best"}
+    for mth in cfg.ensemble.methods:
+        if mth not in known:
+            raise PipelineError(f"config: ensemble.methods has unknown method {mth!r} (known: {sorted(known)})")
+    if cfg.ensemble.submit not in cfg.ensemble.methods:
+        raise PipelineError(f"config: ensemble.submit={cfg.ensemble.submit!r} is not in ensemble.methods")
+
+
+def model_params(m: ModelConfig) -> Any:
+    """The typed params object of a model config."""
+    from .models import registry
+
+    return build(registry.params_class(m.kind, m.name), m.params, f"models.{m.name}.params")

@@ -1,0 +1,144 @@
+"""Folds stage: assign every train row to exactly one of K folds, once.
+
+    python -m pipeline.folds [config.yaml] [key=value ...]
+
+Writes data/<exp>/folds.csv (id, fold) and folds.json (splitter, seed, hashes). Every later
+stage calls `load_folds`, which refuses folds made for other rows or labels.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from . import cli
+from .config import ExperimentConfig, to_dict
+from .data import Table
+from .errors import PipelineError
+from .io import read_json, sha256_file, sha256_strings, write_csv, write_json
+from .preprocess import load_prepared
+
+log = logging.getLogger("pipeline.folds")
+
+
+def pair_groups(text_a: list[str], text_b: list[str]) -> np.ndarray:
+    """Connected components of the sentence graph: pairs sharing a sentence share a group.
+
+    Returns (n,) int group ids. Sentences are compared after whitespace/case normalisation.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(text_a, text_b):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+    roots: dict[str, int] = {}
+    return np.array([roots.setdefault(find(a), len(roots)) for a in text_a], dtype=np.int64)
+
+
+def check_k(y: np.ndarray, k: int, classes: Optional[list[str]] = None) -> None:
+    counts = np.bincount(y)
+    smallest = int(counts.min())
+    if k > smallest:
+        name = classes[int(counts.argmin())] if classes else int(counts.argmin())
+        raise PipelineError(f"folds.n_splits={k} is larger than the smallest class ({name!r} has {smallest} rows)")
+
+
+def assign_folds(train: Table, cfg: ExperimentConfig, classes: list[str]) -> np.ndarray:
+    """(n_train,) int fold of every row, stratified by label, grouped when asked."""
+    k, seed = cfg.folds.n_splits, cfg.folds.seed
+    y = train.y
+    check_k(y, k, classes)
+    groups = None
+    if cfg.folds.strategy == "group":
+        groups = np.unique(np.asarray(train.groups), return_inverse=True)[1]
+    elif cfg.folds.strategy == "auto_group":
+        if not train.is_pair:
+            raise PipelineError("folds.strategy=auto_group needs a pair task (data.text_b)")
+        groups = pair_groups(*train.views["lower"])
+    if groups is not None and len(np.unique(groups)) < k:
+        raise PipelineError(f"folds: only {len(np.unique(groups))} groups for n_splits={k}")
+    splitter = (StratifiedKFold(k, shuffle=True, random_state=seed) if groups is None
+                else StratifiedGroupKFold(k, shuffle=True, random_state=seed))
+    fold = np.full(len(y), -1, dtype=np.int64)
+    for f, (_, val) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
+        fold[val] = f
+    assert (fold >= 0).all(), "every row must land in a fold"
+    return fold
+
+
+def folds_paths(cfg: ExperimentConfig) -> tuple[Path, Path]:
+    return cfg.work_dir() / "folds.csv", cfg.work_dir() / "folds.json"
+
+
+def data_signature(train: Table) -> dict:
+    """Hashes of the rows and labels the folds were made for."""
+    return {"ids_sha256": sha256_strings(train.ids), "labels_sha256": sha256_strings([str(v) for v in train.y])}
+
+
+def run_folds(cfg: ExperimentConfig) -> dict:
+    train, _, meta = load_prepared(cfg)
+    fold = assign_folds(train, cfg, meta["classes"])
+    csv_path, json_path = folds_paths(cfg)
+    write_csv(csv_path, pd.DataFrame({"id": train.ids, "fold": fold}))
+    info = {"splitter": cfg.folds.strategy, "n_splits": cfg.folds.n_splits, "seed": cfg.folds.seed,
+            "folds_config": to_dict(cfg.folds), "n_rows": len(fold),
+            "fold_sizes": np.bincount(fold).tolist(), "folds_csv_sha256": sha256_file(csv_path),
+            **data_signature(train)}
+    write_json(json_path, info)
+    return info
+
+
+def load_folds(cfg: ExperimentConfig, train: Table) -> tuple[np.ndarray, dict]:
+    """(n_train,) int folds, refused when they were made for other rows, labels or settings."""
+    csv_path, json_path = folds_paths(cfg)
+    if not csv_path.is_file() or not json_path.is_file():
+        raise PipelineError(f"{csv_path} not found: run `python -m pipeline.folds` first")
+    info = read_json(json_path)
+    if sha256_file(csv_path) != info.get("folds_csv_sha256"):
+        raise PipelineError(f"{csv_path} does not match the hash in {json_path}")
+    sig = data_signature(train)
+    if any(info.get(k) != v for k, v in sig.items()):
+        raise PipelineError(f"{csv_path} was made for other train rows or labels than the prepared data: "
+                            "run `python -m pipeline.folds` again")
+    if info.get("folds_config") != to_dict(cfg.folds):
+        raise PipelineError(f"{csv_path} was made with other fold settings than the config: "
+                            "run `python -m pipeline.folds` again")
+    df = pd.read_csv(csv_path, dtype={"id": str}, keep_default_na=False)
+    if df["id"].tolist() != train.ids:
+        raise PipelineError(f"{csv_path}: ids are not the train rows in train-file order")
+    return df["fold"].to_numpy(dtype=np.int64), info
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--force", action="store_true", help="recompute folds even if valid ones exist")
+    args = p.parse_args(argv)
+    cfg = cli.load(args)
+    train, _, _ = load_prepared(cfg)
+    csv_path, _ = folds_paths(cfg)
+    if not args.force and csv_path.is_file():
+        try:
+            load_folds(cfg, train)
+            print(f"folds: {csv_path} is valid for this data and config; kept (--force to recompute)")
+            return 0
+        except PipelineError as e:
+            log.info("recomputing folds: %s", e)
+    info = run_folds(cfg)
+    print(f"folds: {info['n_splits']} {info['splitter']} folds of sizes {info['fold_sizes']} -> {csv_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,188 @@
+"""Preprocess stage: read the raw files once, write every text view plus labels and ids.
+
+    python -m pipeline.preprocess [config.yaml] [key=value ...]
+
+Views: raw; lower (lowercased, whitespace collapsed); lemma (lower, then lemmatised).
+Outputs under data/<exp>/prepared/: train.jsonl, test.jsonl, meta.json, config.yaml.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import cli
+from .config import ExperimentConfig, config_hash, to_dict
+from .data import VIEWS, RawTable, Table, class_order, encode_labels, read_raw
+from .errors import PipelineError
+from .io import read_json, sha256_file, write_json, write_text
+
+log = logging.getLogger("pipeline.preprocess")
+TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+SPACE = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    return SPACE.sub(" ", text).strip().lower()
+
+
+def wordnet_available() -> bool:
+    try:
+        import nltk
+
+        nltk.data.find("corpora/wordnet")
+        return True
+    except (ImportError, LookupError):
+        return False
+
+
+def make_lemmatizer(choice: str) -> tuple[str, Callable[[str], str]]:
+    """Return (name, word -> lemma); `auto` prefers WordNet, else lemminflect (offline data)."""
+    if choice == "auto":
+        choice = "wordnet" if wordnet_available() else "lemminflect"
+    if choice == "none":
+        return "none", lambda w: w
+    if choice == "wordnet":
+        if not wordnet_available():
+            raise PipelineError("preprocess.lemmatizer=wordnet but nltk's WordNet corpus is not installed "
+                                "(use lemminflect or auto)")
+        from nltk.stem import WordNetLemmatizer
+
+        lem = WordNetLemmatizer()
+        return "wordnet", functools.lru_cache(maxsize=None)(lambda w: lem.lemmatize(lem.lemmatize(w), "v"))
+    import lemminflect
+
+    # Nouns first, then verbs, as WordNet's default does; lemminflect needs a POS guess.
+    def lemma(word: str) -> str:
+        options = lemminflect.getAllLemmas(word)
+        for pos in ("NOUN", "VERB", "ADJ", "ADV"):
+            if pos in options:
+                return options[pos][0]
+        return word
+
+    return "lemminflect", functools.lru_cache(maxsize=None)(lemma)
+
+
+def lemmatise(text: str, lemma: Callable[[str], str]) -> str:
+    return " ".join(lemma(t) for t in TOKEN.findall(normalise(text)))
+
+
+def views_of(texts: Optional[list[str]], lemma: Callable[[str], str]) -> dict[str, Optional[list[str]]]:
+    if texts is None:
+        return {v: None for v in VIEWS}
+    return {"raw": texts, "lower": [normalise(t) for t in texts], "lemma": [lemmatise(t, lemma) for t in texts]}
+
+
+def prepare(raw: RawTable, lemma: Callable[[str], str], classes: list[str], path: str) -> Table:
+    a, b = views_of(raw.text_a, lemma), views_of(raw.text_b, lemma)
+    y = encode_labels(raw.labels, classes, path) if raw.labels is not None else None
+    return Table(raw.name, raw.ids, {v: (a[v], b[v]) for v in VIEWS}, y, raw.groups)
+
+
+def table_to_jsonl(table: Table) -> str:
+    lines = []
+    for i, id_ in enumerate(table.ids):
+        row = {"id": id_, "y": None if table.y is None else int(table.y[i])}
+        if table.groups is not None:
+            row["group"] = table.groups[i]
+        for v in VIEWS:
+            a, b = table.views[v]
+            row[v] = [a[i]] if b is None else [a[i], b[i]]
+        lines.append(json.dumps(row, ensure_ascii=False))
+    return "\n".join(lines) + "\n"
+
+
+def table_from_jsonl(name: str, path: Path) -> Table:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    pair = len(rows[0]["raw"]) == 2
+    views = {v: ([r[v][0] for r in rows], [r[v][1] for r in rows] if pair else None) for v in VIEWS}
+    y = None if rows[0]["y"] is None else np.array([r["y"] for r in rows], dtype=np.int64)
+    groups = [r["group"] for r in rows] if "group" in rows[0] else None
+    return Table(name, [r["id"] for r in rows], views, y, groups)
+
+
+def prepared_dir(cfg: ExperimentConfig) -> Path:
+    return cfg.work_dir() / "prepared"
+
+
+def source_fingerprint(cfg: ExperimentConfig) -> dict:
+    """What the prepared files were made from: input files' hashes and the settings that matter."""
+    base = cfg.data_dir()
+    settings = {"data": to_dict(cfg.data), "preprocess": to_dict(cfg.preprocess),
+                "group_column": cfg.folds.group_column if cfg.folds.strategy == "group" else None}
+    return {"train_file_sha256": sha256_file(_existing(base / cfg.data.train)),
+            "test_file_sha256": sha256_file(_existing(base / cfg.data.test)),
+            "settings_sha256": config_hash(settings)}
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise PipelineError(f"file not found: {path}")
+    return path
+
+
+def run_preprocess(cfg: ExperimentConfig) -> dict:
+    base = cfg.data_dir()
+    group_col = cfg.folds.group_column if cfg.folds.strategy == "group" else None
+    raw_train = read_raw(cfg.data, "train", base, group_col)
+    raw_test = read_raw(cfg.data, "test", base)
+    if (raw_train.text_b is None) != (raw_test.text_b is None):
+        raise PipelineError("train and test disagree on text_b")
+    classes = class_order(raw_train.labels)
+    if len(classes) < 2:
+        raise PipelineError(f"{base / cfg.data.train}: only one class ({classes[0]!r}) in column {cfg.data.label!r}")
+    lem_name, lemma = make_lemmatizer(cfg.preprocess.lemmatizer)
+    log.info("lemmatiser: %s", lem_name)
+    train = prepare(raw_train, lemma, classes, str(base / cfg.data.train))
+    test = prepare(raw_test, lemma, classes, str(base / cfg.data.test))
+    out = prepared_dir(cfg)
+    write_text(out / "train.jsonl", table_to_jsonl(train))
+    write_text(out / "test.jsonl", table_to_jsonl(test))
+    meta = {"classes": classes, "lemmatizer": lem_name, "is_pair": train.is_pair,
+            "n_train": len(train), "n_test": len(test), "has_test_labels": test.y is not None,
+            "n_empty_texts": {"train": raw_train.n_empty, "test": raw_test.n_empty},
+            "train_sha256": sha256_file(out / "train.jsonl"), "test_sha256": sha256_file(out / "test.jsonl"),
+            **source_fingerprint(cfg)}
+    if raw_train.n_empty or raw_test.n_empty:
+        log.warning("empty texts treated as '': train %d, test %d", raw_train.n_empty, raw_test.n_empty)
+    write_json(out / "meta.json", meta)
+    cli.save_resolved(cfg, out)
+    return meta
+
+
+def load_prepared(cfg: ExperimentConfig) -> tuple[Table, Table, dict]:
+    """The prepared tables, refused if stale (inputs or settings changed) or tampered with."""
+    d = prepared_dir(cfg)
+    meta_path = d / "meta.json"
+    if not meta_path.is_file():
+        raise PipelineError(f"{meta_path} not found: run `python -m pipeline.preprocess` first")
+    meta = read_json(meta_path)
+    now = source_fingerprint(cfg)
+    for key, what in (("train_file_sha256", cfg.data.train), ("test_file_sha256", cfg.data.test),
+                      ("settings_sha256", "the data/preprocess settings")):
+        if meta.get(key) != now[key]:
+            raise PipelineError(f"{meta_path} was made from another {what} than the current one: "
+                                "run `python -m pipeline.preprocess` again")
+    for name in ("train", "test"):
+        if sha256_file(_existing(d / f"{name}.jsonl")) != meta[f"{name}_sha256"]:
+            raise PipelineError(f"{d / (name + '.jsonl')} does not match the hash in {meta_path}")
+    train, test = table_from_jsonl("train", d / "train.jsonl"), table_from_jsonl("test", d / "test.jsonl")
+    return train, test, meta
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = cli.load(args)
+    meta = run_preprocess(cfg)
+    print(f"preprocess: {meta['n_train']} train, {meta['n_test']} test rows, {len(meta['classes'])} classes "
+          f"{meta['classes']}, lemmatiser {meta['lemmatizer']} -> {prepared_dir(cfg)}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,213 @@
+"""Train stage: the one K-fold driver, for every model kind.
+
+    python -m pipeline.train [config.yaml] [key=value ...] [--models a,b] [--force] [--dry-run]
+
+For each model and fold k: fit on the other folds (plus fold k's pseudo rows, if any), predict the
+held-out fold and the test set, save them at once (resume point); then assemble oof.npy,
+test_folds.npy, test.npy and manifest.json. Finished folds and models are skipped on rerun.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import cli
+from .artifacts import fold_dir, load_fold, save_fold, write_model
+from .config import ExperimentConfig, ModelConfig, config_hash, model_params, to_dict
+from .data import Split, Table, whole
+from .errors import PipelineError
+from .folds import folds_paths, load_folds
+from .io import read_json, sha256_file, sha256_strings
+from .metrics import score, scores
+from .models import registry
+from .models.base import FitContext
+from .preprocess import load_prepared
+
+log = logging.getLogger("pipeline.train")
+
+# fold k -> extra training rows for that fold (pseudo-labelled test rows), or None
+ExtraRows = Callable[[int], Optional[Split]]
+
+
+@dataclass
+class Run:
+    """Everything the driver needs that does not depend on the model."""
+    cfg: ExperimentConfig
+    train: Table
+    test: Table
+    classes: list[str]
+    folds: np.ndarray                     # (n_train,) fold of each row
+    folds_info: dict
+    prepared_meta: dict
+    round: int = 0
+    extra: Optional[ExtraRows] = None
+    extra_sha256: Optional[str] = None    # hash of the pseudo labels, part of the fingerprint
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def n_splits(self) -> int:
+        return int(self.folds.max()) + 1
+
+
+def open_run(cfg: ExperimentConfig) -> Run:
+    train, test, meta = load_prepared(cfg)
+    folds, info = load_folds(cfg, train)
+    return Run(cfg, train, test, meta["classes"], folds, info, meta)
+
+
+def fingerprint(run: Run, m: ModelConfig) -> str:
+    """Changes whenever anything that shapes this model's predictions changes."""
+    return config_hash({"model": to_dict(m), "classes": run.classes, "metric": run.cfg.metric,
+                        "train": run.prepared_meta["train_sha256"], "test": run.prepared_meta["test_sha256"],
+                        "folds": run.folds_info["folds_csv_sha256"], "round": run.round,
+                        "extra": run.extra_sha256})
+
+
+def fold_splits(run: Run, k: int) -> tuple[Split, Split]:
+    """Fold k's training rows (other folds + its pseudo rows) and its held-out rows."""
+    tr = np.flatnonzero(run.folds != k)
+    va = np.flatnonzero(run.folds == k)
+    train = Split([(run.train, tr)], run.train.y[tr], name=f"fold{k}-train")
+    extra = run.extra(k) if run.extra else None
+    if extra is not None and len(extra):
+        train = Split(train.parts + extra.parts, np.concatenate([train.y, extra.y]), name=train.name)
+    return train, Split([(run.train, va)], run.train.y[va], name=f"fold{k}-valid")
+
+
+def check_proba(p: np.ndarray, n: int, n_classes: int, what: str) -> np.ndarray:
+    if p.shape != (n, n_classes):
+        raise PipelineError(f"{what}: predictions of shape {p.shape}, expected {(n, n_classes)}")
+    if not np.isfinite(p).all():
+        raise PipelineError(f"{what}: non-finite predictions; nothing of this fold was written")
+    return p.astype(np.float32)
+
+
+def fit_fold(run: Run, m: ModelConfig, k: int, out: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Fit model `m` on fold k; return (val_pred (n_val, C), test_pred (n_test, C), record)."""
+    tr, va = fold_splits(run, k)
+    n_classes = len(run.classes)
+    ctx = FitContext(n_classes=n_classes, seed=int(m.seed) + k, fold=k, out_dir=out,
+                     score=lambda y, p: score(run.cfg.metric, y, p), cache=run.cache,
+                     label=f"{m.name} fold {k + 1}/{run.n_splits}")
+    model = registry.kind(m.kind).build(model_params(m), n_classes, m.view)
+    start = time.perf_counter()
+    model.fit(tr, va, ctx)
+    fit_s = time.perf_counter() - start
+    val_pred = check_proba(model.predict_proba(va), len(va), n_classes, f"{m.name} fold {k}")
+    test_pred = check_proba(model.predict_proba(whole(run.test)), len(run.test), n_classes, f"{m.name} fold {k}")
+    saved = model.save(out) or []
+    record = {"fold": k, "n_train": len(tr), "n_valid": len(va), "fit_seconds": round(fit_s, 3),
+              "seconds": round(time.perf_counter() - start, 3), "scores": scores(va.y, val_pred),
+              "info": getattr(model, "info_", {}), "extra_files": [Path(p).name for p in saved]}
+    return val_pred, test_pred, record
+
+
+def train_model(run: Run, m: ModelConfig, force: bool = False) -> dict:
+    """Run every fold of one model (skipping finished ones) and write its matrices + manifest."""
+    model_dir = run.cfg.models_dir(run.round) / m.name
+    fp = fingerprint(run, m)
+    if not force and _up_to_date(model_dir, fp):
+        log.info("%s: up to date, skipped (--force retrains)", m.name)
+        return read_json(model_dir / "manifest.json")
+    n, n_classes, K = len(run.train), len(run.classes), run.n_splits
+    oof = np.zeros((n, n_classes), dtype=np.float32)
+    count = np.zeros(n, dtype=np.int64)
+    test_folds = np.zeros((K, len(run.test), n_classes), dtype=np.float32)
+    records = []
+    for k in range(K):
+        out = fold_dir(model_dir, k)
+        done = None if force else load_fold(out, fp)
+        if done is None:
+            val_pred, test_pred, record = fit_fold(run, m, k, out)
+            save_fold(out, val_pred, test_pred, {**record, "fingerprint": fp})
+            _log_fold(m.name, k, K, record, run.cfg.metric)
+        else:
+            val_pred, test_pred, record = done
+            log.info("%s fold %d/%d: finished earlier, reused", m.name, k + 1, K)
+        rows = np.flatnonzero(run.folds == k)
+        oof[rows] = val_pred
+        count[rows] += 1
+        test_folds[k] = test_pred
+        records.append(record)
+    if not (count == 1).all():
+        raise AssertionError(f"{m.name}: OOF rows predicted {sorted(set(count.tolist()))} times, expected once")
+    manifest = build_manifest(run, m, fp, oof, records)
+    manifest = write_model(model_dir, oof, test_folds, manifest)
+    cli.save_resolved(run.cfg, model_dir)
+    _log_model(m.name, manifest, run.cfg.metric)
+    return manifest
+
+
+def build_manifest(run: Run, m: ModelConfig, fp: str, oof: np.ndarray, records: list[dict]) -> dict:
+    return {
+        "model": m.name, "kind": m.kind, "config": to_dict(m), "config_sha256": fp, "round": run.round,
+        "experiment": run.cfg.experiment, "metric": run.cfg.metric,
+        "classes": run.classes, "n_classes": len(run.classes), "n_train": len(run.train),
+        "n_test": len(run.test), "n_splits": run.n_splits,
+        "train_ids_sha256": run.folds_info["ids_sha256"], "labels_sha256": run.folds_info["labels_sha256"],
+        "test_ids_sha256": sha256_strings(run.test.ids), "folds_csv_sha256": run.folds_info["folds_csv_sha256"],
+        "pseudo_labels_sha256": run.extra_sha256,
+        "fold_scores": [r["scores"] for r in records], "oof_scores": scores(run.train.y, oof),
+        "timings": {"fold_seconds": [r["seconds"] for r in records],
+                    "total_seconds": round(sum(r["seconds"] for r in records), 3)},
+        "fold_info": [r.get("info", {}) for r in records],
+    }
+
+
+def _up_to_date(model_dir: Path, fp: str) -> bool:
+    from .artifacts import load_model
+
+    if not (model_dir / "manifest.json").is_file():
+        return False
+    try:
+        return load_model(model_dir).manifest.get("config_sha256") == fp
+    except PipelineError:
+        return False
+
+
+def _log_fold(name: str, k: int, K: int, rec: dict, metric: str) -> None:
+    s = rec["scores"]
+    extra = "".join(f" {key} {v}" for key, v in rec.get("info", {}).items() if key in ("best_epoch", "samples_per_s"))
+    log.info("%s fold %d/%d: %s %.4f, accuracy %.4f, f1 %.4f (%.1fs)%s", name, k + 1, K, metric, s[metric],
+             s["accuracy"], s["f1"], rec["seconds"], extra)
+
+
+def _log_model(name: str, manifest: dict, metric: str) -> None:
+    s = manifest["oof_scores"]
+    log.info("%s OOF: %s %.4f, accuracy %.4f, f1 %.4f, logloss %.4f", name, metric, s[metric],
+             s["accuracy"], s["f1"], s["logloss"])
+
+
+def select_models(cfg: ExperimentConfig, names: Optional[str]) -> list[ModelConfig]:
+    if not names:
+        return list(cfg.models)
+    return [cfg.model(n.strip()) for n in names.split(",") if n.strip()]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--models", help="comma-separated model names (default: all)")
+    p.add_argument("--force", action="store_true", help="retrain even if finished outputs match")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    args = p.parse_args(argv)
+    cfg = cli.load(args)
+    models = select_models(cfg, args.models)
+    if not models:
+        raise PipelineError("config: no models to train (the models list is empty)")
+    run = open_run(cfg)
+    if args.dry_run:
+        for m in models:
+            print(f"{m.name}: {m.kind} on view {m.view}, {run.n_splits} folds -> {cfg.models_dir() / m.name}")
+        return 0
+    for m in models:
+        train_model(run, m, force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
