@@ -42,6 +42,13 @@ def score(metric: str, y: np.ndarray, proba: np.ndarray, threshold: Optional[flo
 def tune_threshold(metric: str, y: np.ndarray, proba: np.ndarray) -> float:
     """Binary tasks: the class-1 threshold maximising `metric` on these (OOF) rows."""
     grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
-    values = [score(metric, y, proba, t) for t in grid]
-    best = float(grid[int(np.argmax(values))])
-    return best
+    pred = proba[:, 1][None, :] >= grid[:, None]          # (T, n) decisions at every threshold
+    pos = (y == 1)[None, :]
+    tp, fp, fn = (pred & pos).sum(1), (pred & ~pos).sum(1), (~pred & pos).sum(1)
+    if metric == "f1":
+        values = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    elif metric == "accuracy":
+        values = (pred == pos).mean(1)
+    else:
+        values = np.array([score(metric, y, proba, t) for t in grid])
+    return float(grid[int(np.argmax(values))])

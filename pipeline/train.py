@@ -173,14 +173,17 @@ def _up_to_date(model_dir: Path, fp: str) -> bool:
 def _log_fold(name: str, k: int, K: int, rec: dict, metric: str) -> None:
     s = rec["scores"]
     extra = "".join(f" {key} {v}" for key, v in rec.get("info", {}).items() if key in ("best_epoch", "samples_per_s"))
-    log.info("%s fold %d/%d: %s %.4f, accuracy %.4f, f1 %.4f (%.1fs)%s", name, k + 1, K, metric, s[metric],
-             s["accuracy"], s["f1"], rec["seconds"], extra)
+    log.info("%s fold %d/%d: %s (%.1fs)%s", name, k + 1, K, _fmt_scores(s, metric), rec["seconds"], extra)
 
 
 def _log_model(name: str, manifest: dict, metric: str) -> None:
     s = manifest["oof_scores"]
-    log.info("%s OOF: %s %.4f, accuracy %.4f, f1 %.4f, logloss %.4f", name, metric, s[metric],
-             s["accuracy"], s["f1"], s["logloss"])
+    log.info("%s OOF: %s", name, _fmt_scores(s, metric))
+
+
+def _fmt_scores(s: dict, metric: str) -> str:
+    keys = [metric] + [k for k in ("accuracy", "f1", "logloss") if k != metric]
+    return ", ".join(f"{k} {s[k]:.4f}" for k in keys)
 
 
 def select_models(cfg: ExperimentConfig, names: Optional[str]) -> list[ModelConfig]:

@@ -1,0 +1,248 @@
+"""Ensemble stage: stack, blend or vote the models' matrices into submission CSVs.
+
+    python -m pipeline.ensemble [config.yaml] [key=value ...]
+
+Every method is an estimator over a list of (n, C) probability matrices, scored honestly: its OOF
+predictions come from fitting it on the other folds' OOF rows (the same folds as the models), and a
+binary decision threshold is tuned the same way. Writes models/<exp>/ensembles/<method>/{oof,test}.npy,
+models/<exp>/ensembles/summary.json and submissions/<exp>_<method>.csv (+ submissions/<exp>.csv).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from sklearn.linear_model import LogisticRegression
+
+from . import cli
+from .artifacts import Matrices, check_agree, list_models, load_model, mixed_versions
+from .config import ExperimentConfig
+from .errors import PipelineError
+from .folds import folds_paths, load_folds
+from .io import sha256_strings, write_csv, write_json, write_npy
+from .metrics import decide, scores, tune_threshold
+from .preprocess import load_prepared
+from .tables import format_table
+
+log = logging.getLogger("pipeline.ensemble")
+EPS = 1e-6
+
+
+def _logit_features(mats: list[np.ndarray]) -> np.ndarray:
+    """(n, M*C) log-probabilities: linear in log space is what a stacker should see."""
+    return np.hstack([np.log(np.clip(m, EPS, 1.0)) for m in mats])
+
+
+class Stacker:
+    """Logistic regression over the models' log-probabilities."""
+
+    def __init__(self, C: float = 1.0, seed: int = 0):
+        self.C, self.seed = C, seed
+
+    def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "Stacker":
+        self.n_classes_ = mats[0].shape[1]
+        self.lr_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed).fit(_logit_features(mats), y)
+        return self
+
+    def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(mats[0]), self.n_classes_))
+        out[:, self.lr_.classes_] = self.lr_.predict_proba(_logit_features(mats))
+        return out
+
+
+class Blender:
+    """Weighted mean of probabilities; weights non-negative, summing to 1, minimising log loss."""
+
+    def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "Blender":
+        P = np.stack(mats)  # (M, n, C)
+        picked = P[:, np.arange(len(y)), y]  # (M, n): each model's probability of the true class
+
+        def loss(z: np.ndarray) -> float:
+            w = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+            return float(-np.log(np.clip(w @ picked, EPS, 1.0)).mean())
+
+        res = minimize(loss, np.zeros(len(mats)), method="L-BFGS-B")
+        z = res.x
+        self.weights_ = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        return self
+
+    def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
+        return np.tensordot(self.weights_, np.stack(mats), axes=1)
+
+
+class Voter:
+    """Majority vote of the models' argmax; ties go to the class with the higher mean probability.
+
+    predict_proba returns vote fractions, nudged by the mean probability so ties break.
+    """
+
+    def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "Voter":
+        return self
+
+    def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
+        C = mats[0].shape[1]
+        votes = sum(np.eye(C)[m.argmax(axis=1)] for m in mats) / len(mats)
+        p = votes + 1e-3 * np.mean(mats, axis=0)
+        return p / p.sum(axis=1, keepdims=True)
+
+
+class BestSingle:
+    """The single model with the best OOF metric (chosen inside each training split)."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+
+    def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "BestSingle":
+        from .metrics import score
+
+        self.index_ = int(np.argmax([score(self.metric, y, m) for m in mats]))
+        return self
+
+    def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
+        return mats[self.index_]
+
+
+def make_method(name: str, cfg: ExperimentConfig) -> Callable[[], object]:
+    return {"stack": lambda: Stacker(cfg.ensemble.stack_c, cfg.seed), "blend": Blender, "vote": Voter,
+            "best": lambda: BestSingle(cfg.metric)}[name]
+
+
+def honest_oof(factory: Callable[[], object], oofs: list[np.ndarray], y: np.ndarray,
+               folds: np.ndarray) -> np.ndarray:
+    """(n, C) OOF predictions of the ensemble itself: fold k's rows from a fit on the other folds."""
+    out = np.zeros_like(oofs[0], dtype=np.float64)
+    for k in np.unique(folds):
+        tr, va = folds != k, folds == k
+        est = factory().fit([m[tr] for m in oofs], y[tr])
+        out[va] = est.predict_proba([m[va] for m in oofs])
+    return out
+
+
+def honest_threshold(metric: str, y: np.ndarray, proba: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """(n,) decisions where fold k's threshold was tuned on the other folds only."""
+    pred = np.zeros(len(y), dtype=np.int64)
+    for k in np.unique(folds):
+        tr, va = folds != k, folds == k
+        pred[va] = decide(proba[va], tune_threshold(metric, y[tr], proba[tr]))
+    return pred
+
+
+def combine(name: str, cfg: ExperimentConfig, models: list[Matrices], y: np.ndarray,
+            folds: np.ndarray) -> dict:
+    """Fit one method; return its OOF/test probabilities, threshold and honest scores."""
+    factory = make_method(name, cfg)
+    oofs = [m.oof for m in models]
+    oof = honest_oof(factory, oofs, y, folds)
+    est = factory().fit(oofs, y)
+    test = est.predict_proba([m.test for m in models])
+    result = {"oof": oof, "test": test, "threshold": None, "oof_scores": scores(y, oof)}
+    binary = oof.shape[1] == 2
+    if binary and cfg.ensemble.tune_threshold and cfg.metric != "logloss":
+        result["threshold"] = tune_threshold(cfg.metric, y, oof)
+        honest = honest_threshold(cfg.metric, y, oof, folds)
+        result["oof_scores_thresholded"] = {**scores(y, np.eye(2)[honest]), "logloss": result["oof_scores"]["logloss"]}
+    if hasattr(est, "weights_"):
+        result["weights"] = dict(zip([m.name for m in models], np.round(est.weights_, 4).tolist()))
+    return result
+
+
+def load_models(cfg: ExperimentConfig, names: Optional[list[str]] = None, round_: int = 0) -> list[Matrices]:
+    directory = cfg.models_dir(round_)
+    wanted = names if names is not None else [m.name for m in cfg.models]
+    present = {p.name for p in list_models(directory)} if directory.is_dir() else set()
+    missing = [n for n in wanted if n not in present]
+    if missing:
+        raise PipelineError(f"no finished matrices for {missing} under {directory}: run the train stage first")
+    return [load_model(directory / n) for n in wanted]
+
+
+def checked_models(cfg: ExperimentConfig, names: Optional[list[str]], round_: int):
+    """Models, the prepared tables and the folds, after every manifest was checked against folds.csv."""
+    train, test, meta = load_prepared(cfg)
+    folds, info = load_folds(cfg, train)
+    models = load_models(cfg, names, round_)
+    check_agree(models, folds_paths(cfg)[0], info, {"test_ids_sha256": sha256_strings(test.ids),
+                                                    "classes": meta["classes"]})
+    mixed = mixed_versions(models)
+    if mixed:
+        log.warning("matrices were made under different versions of: %s", ", ".join(mixed))
+    return models, train, test, meta, folds
+
+
+def submission_frame(cfg: ExperimentConfig, test_ids: list[str], pred: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One row per test row in test order: id column + label column with the original label names."""
+    id_col = cfg.data.test_id or cfg.data.id or "id"
+    df = pd.DataFrame({id_col: test_ids, cfg.data.label: [classes[i] for i in pred]})
+    if len(df) != len(test_ids) or df[id_col].duplicated().any() or df[cfg.data.label].isna().any():
+        raise PipelineError("submission check failed: ids must be unique and every row labelled")
+    return df
+
+
+def score_rows(names: list[str], oof_scores: list[dict], test_scores: list[Optional[dict]], metric: str) -> list[list]:
+    rows = []
+    for n, o, t in zip(names, oof_scores, test_scores):
+        row = [n, o[metric], o["accuracy"], o["f1"], o["logloss"]]
+        row += [t["accuracy"], t["f1"]] if t else ["-", "-"]
+        rows.append(row)
+    return rows
+
+
+def run_ensemble(cfg: ExperimentConfig) -> dict:
+    e = cfg.ensemble
+    models, train, test, meta, folds = checked_models(cfg, e.models, e.round)
+    y, classes = train.y, meta["classes"]
+    out_dir = cfg.models_dir(e.round) / "ensembles"
+    summary: dict = {"models": {}, "methods": {}, "round": e.round, "metric": cfg.metric}
+    for m in models:
+        summary["models"][m.name] = {"oof": m.manifest["oof_scores"],
+                                     "test": scores(test.y, m.test) if test.y is not None else None}
+    for name in e.methods:
+        r = combine(name, cfg, models, y, folds)
+        write_npy(out_dir / name / "oof.npy", r["oof"].astype(np.float32))
+        write_npy(out_dir / name / "test.npy", r["test"].astype(np.float32))
+        pred = decide(r["test"], r["threshold"])
+        sub = submission_frame(cfg, test.ids, pred, classes)
+        path = write_csv(Path(cfg.paths.submissions) / f"{cfg.experiment}_{name}.csv", sub)
+        if name == e.submit:
+            write_csv(Path(cfg.paths.submissions) / f"{cfg.experiment}.csv", sub)
+        test_scores = scores(test.y, np.eye(len(classes))[pred]) if test.y is not None else None
+        if test_scores is not None:
+            test_scores["logloss"] = scores(test.y, r["test"])["logloss"]
+        summary["methods"][name] = {k: v for k, v in r.items() if k not in ("oof", "test")}
+        summary["methods"][name].update({"test": test_scores, "submission": str(path)})
+    write_json(out_dir / "summary.json", summary)
+    cli.save_resolved(cfg, out_dir)
+    return summary
+
+
+def summary_table(summary: dict, metric: str) -> str:
+    names, oofs, tests = [], [], []
+    for n, s in summary["models"].items():
+        names.append(n), oofs.append(s["oof"]), tests.append(s["test"])
+    for n, s in summary["methods"].items():
+        t = s.get("threshold")
+        names.append(f"[{n}]" + (f" t={t:.2f}" if t is not None else ""))
+        oofs.append(s.get("oof_scores_thresholded") or s["oof_scores"])
+        tests.append(s["test"])
+    head = ["model / method", f"oof {metric}", "oof acc", "oof f1", "oof logloss", "test acc", "test f1"]
+    return format_table(head, score_rows(names, oofs, tests, metric))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = cli.load(args)
+    summary = run_ensemble(cfg)
+    print(summary_table(summary, cfg.metric))
+    for n, s in summary["methods"].items():
+        if "weights" in s:
+            print(f"{n} weights: {s['weights']}")
+    print(f"submission: {Path(cfg.paths.submissions) / (cfg.experiment + '.csv')} ({cfg.ensemble.submit})")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,102 @@
+"""Text features for the classical models: TF-IDF blocks and hand-made pair features.
+
+Every vectoriser here is fitted on the fold's training rows only (by the model that owns it).
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Optional
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from .models.params import TfidfParams
+
+WORD = re.compile(r"\w+", re.UNICODE)
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+CAPITAL = re.compile(r"\b[A-Z][\w-]*")
+
+
+class TfidfBlock:
+    """Word and char n-gram TF-IDF; for pairs the vocabulary is fitted on both sides."""
+
+    def __init__(self, p: TfidfParams):
+        self.p = p
+
+    def fit(self, texts: list[str]) -> "TfidfBlock":
+        self.vectorizers_ = [TfidfVectorizer(analyzer="word", ngram_range=tuple(self.p.word_ngrams),
+                                             min_df=self.p.min_df, max_features=self.p.max_features,
+                                             sublinear_tf=self.p.sublinear_tf, token_pattern=r"(?u)\b\w+\b",
+                                             dtype=np.float32)]
+        if self.p.char_ngrams:
+            self.vectorizers_.append(TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(self.p.char_ngrams),
+                                                     min_df=self.p.min_df, max_features=self.p.max_features,
+                                                     sublinear_tf=self.p.sublinear_tf, dtype=np.float32))
+        for v in self.vectorizers_:
+            v.fit(texts)
+        return self
+
+    def transform(self, texts: list[str]) -> list[sp.csr_matrix]:
+        """One (n, vocab_i) L2-normalised matrix per analyzer."""
+        return [v.transform(texts).tocsr() for v in self.vectorizers_]
+
+
+def tfidf_design(block: TfidfBlock, a: list[str], b: Optional[list[str]]) -> sp.csr_matrix:
+    """Singles: the TF-IDF rows. Pairs: [|va - vb|, va * vb] per analyzer, order-invariant.
+
+    Returns (n, d) CSR.
+    """
+    va = block.transform(a)
+    if b is None:
+        return sp.hstack(va, format="csr")
+    vb = block.transform(b)
+    parts = []
+    for x, y in zip(va, vb):
+        parts += [abs(x - y), x.multiply(y)]
+    return sp.hstack(parts, format="csr")
+
+
+def cosine_rows(x: sp.csr_matrix, y: sp.csr_matrix) -> np.ndarray:
+    """(n,) cosine of matching rows of two L2-normalised matrices."""
+    return np.asarray(x.multiply(y).sum(axis=1)).ravel()
+
+
+def _jaccard(x: set, y: set) -> float:
+    return len(x & y) / len(x | y) if x | y else 1.0
+
+
+def _ngrams(tokens: list[str], n: int) -> set:
+    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+PAIR_FEATURE_NAMES = (
+    "len_a", "len_b", "len_diff", "len_ratio", "tok_diff", "tok_ratio", "jaccard_1", "jaccard_2", "jaccard_3",
+    "overlap_a", "overlap_b", "num_mismatch", "num_jaccard", "cap_mismatch", "cap_jaccard", "seq_ratio",
+    "same_first", "same_last",
+)
+
+
+def pair_row(a: str, b: str) -> list[float]:
+    """Surface features of one pair; case is kept for named-token features, dropped elsewhere."""
+    ta, tb = WORD.findall(a.lower()), WORD.findall(b.lower())
+    sa, sb = set(ta), set(tb)
+    na, nb = set(NUMBER.findall(a)), set(NUMBER.findall(b))
+    ca, cb = set(CAPITAL.findall(a)[1:]), set(CAPITAL.findall(b)[1:])  # skip the sentence-initial word
+    la, lb = len(a), len(b)
+    return [
+        la, lb, abs(la - lb), min(la, lb) / max(la, lb, 1), abs(len(ta) - len(tb)),
+        min(len(ta), len(tb)) / max(len(ta), len(tb), 1),
+        _jaccard(sa, sb), _jaccard(_ngrams(ta, 2), _ngrams(tb, 2)), _jaccard(_ngrams(ta, 3), _ngrams(tb, 3)),
+        len(sa & sb) / max(len(sa), 1), len(sa & sb) / max(len(sb), 1),
+        len(na ^ nb), _jaccard(na, nb), len(ca ^ cb), _jaccard(ca, cb),
+        difflib.SequenceMatcher(None, ta, tb, autojunk=False).ratio(),
+        float(ta[:1] == tb[:1]), float(ta[-1:] == tb[-1:]),
+    ]
+
+
+def tfidf_cosines(block: TfidfBlock, a: list[str], b: list[str]) -> np.ndarray:
+    """(n, n_analyzers) float32 cosine similarity of each pair under each fitted TF-IDF analyzer."""
+    cos = [cosine_rows(x, y) for x, y in zip(block.transform(a), block.transform(b))]
+    return np.stack(cos, axis=1).astype(np.float32)

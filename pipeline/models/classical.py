@@ -1,0 +1,138 @@
+"""Classical model kinds: TF-IDF + logistic regression, TF-IDF + LightGBM, LightGBM on pair features.
+
+All fit their vectorisers on the fold's training rows only. Saved files run no code on load:
+LightGBM's text format, .npy arrays (pickles refused) and JSON vocabularies.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.linear_model import LogisticRegression
+
+from ..data import Split
+from ..errors import PipelineError
+from ..features import TfidfBlock, pair_row, tfidf_cosines, tfidf_design
+from ..io import write_json, write_npy, write_text
+from .base import FitContext
+from .params import LGBMParams, PairLGBMParams, TfidfLGBMParams, TfidfLRParams
+
+
+class _Classical:
+    """Shared plumbing: design matrix from a Split, fit, predict, save."""
+
+    def __init__(self, params, n_classes: int, view: str):
+        self.params, self.n_classes, self.view = params, n_classes, view
+        self.info_: dict = {}
+
+    def fit(self, train: Split, valid: Split, ctx: FitContext) -> "_Classical":
+        self.cache_ = ctx.cache
+        X = self._design(train, fit=True)
+        self.estimator_ = self._estimator(ctx.seed).fit(X, train.y)
+        self.info_ = {"n_features": int(X.shape[1])}
+        return self
+
+    def predict_proba(self, split: Split) -> np.ndarray:
+        """(n, n_classes) probabilities; columns follow class index even if a class was unseen."""
+        p = self.estimator_.predict_proba(self._design(split, fit=False))
+        out = np.zeros((len(split), self.n_classes), dtype=np.float64)
+        out[:, np.asarray(self.estimator_.classes_, dtype=np.int64)] = p
+        return out
+
+    def _design(self, split: Split, fit: bool):
+        raise NotImplementedError
+
+    def _estimator(self, seed: int):
+        raise NotImplementedError
+
+    def _save_tfidf(self, directory: Path) -> list[Path]:
+        """Vocabularies and idf weights as JSON (no pickles)."""
+        state = [{"vocabulary": {k: int(v) for k, v in vec.vocabulary_.items()}, "idf": vec.idf_.tolist()}
+                 for vec in self.block_.vectorizers_]
+        return [write_json(Path(directory) / "tfidf.json", state)]
+
+
+class TfidfLR(_Classical):
+    params: TfidfLRParams
+
+    def _design(self, split: Split, fit: bool) -> sp.csr_matrix:
+        a, b = split.texts(self.view)
+        if fit:
+            self.block_ = TfidfBlock(self.params).fit(a + (b or []))
+        return tfidf_design(self.block_, a, b)
+
+    def _estimator(self, seed: int) -> LogisticRegression:
+        p = self.params
+        return LogisticRegression(C=p.C, max_iter=p.max_iter, class_weight=p.class_weight, random_state=seed)
+
+    def save(self, directory: Path) -> list[Path]:
+        d = Path(directory)
+        return self._save_tfidf(d) + [write_npy(d / "lr_coef.npy", self.estimator_.coef_),
+                                      write_npy(d / "lr_intercept.npy", self.estimator_.intercept_)]
+
+
+def lgbm(p: LGBMParams, seed: int):
+    import lightgbm
+
+    # deterministic + fixed threads: the same seed gives byte-identical matrices.
+    return lightgbm.LGBMClassifier(
+        n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
+        min_child_samples=p.min_child_samples, subsample=p.subsample, subsample_freq=1,
+        colsample_bytree=p.colsample_bytree, reg_lambda=p.reg_lambda, n_jobs=p.n_jobs,
+        random_state=seed, deterministic=True, force_row_wise=True, verbose=-1)
+
+
+class _Booster(_Classical):
+    def _estimator(self, seed: int):
+        return lgbm(self.params, seed)
+
+    def _booster_file(self, directory: Path) -> Path:
+        return write_text(Path(directory) / "booster.txt", self.estimator_.booster_.model_to_string())
+
+    def _hand_features(self, split: Split) -> np.ndarray:
+        """(n, F) surface pair features; they do not depend on the fold, so each table's are cached."""
+        a_view = self.view
+        parts = []
+        for table, rows in split.parts:
+            key = ("pair_rows", table.name, id(table), a_view)
+            if key not in self.cache_:
+                a, b = table.views[a_view]
+                self.cache_[key] = np.array([pair_row(x, y) for x, y in zip(a, b)], dtype=np.float32)
+            parts.append(self.cache_[key][rows])
+        return np.concatenate(parts)
+
+
+class TfidfLGBM(_Booster):
+    params: TfidfLGBMParams
+
+    def _design(self, split: Split, fit: bool) -> sp.csr_matrix:
+        a, b = split.texts(self.view)
+        if fit:
+            self.block_ = TfidfBlock(self.params).fit(a + (b or []))
+        X = tfidf_design(self.block_, a, b)
+        if b is not None and self.params.pair_features:
+            dense = np.hstack([self._hand_features(split), tfidf_cosines(self.block_, a, b)])
+            X = sp.hstack([sp.csr_matrix(dense), X], format="csr")
+        return X.astype(np.float32)
+
+    def save(self, directory: Path) -> list[Path]:
+        return self._save_tfidf(directory) + [self._booster_file(directory)]
+
+
+class PairLGBM(_Booster):
+    """LightGBM on pair features only: overlaps, length ratios, number/name mismatches, TF-IDF cosines."""
+    params: PairLGBMParams
+
+    def _design(self, split: Split, fit: bool) -> np.ndarray:
+        a, b = split.texts(self.view)
+        if b is None:
+            raise PipelineError("pair_lgbm needs a pair task (data.text_b)")
+        if fit:
+            self.block_ = TfidfBlock(TfidfLRParams(min_df=1)).fit(a + b)
+        return np.hstack([self._hand_features(split), tfidf_cosines(self.block_, a, b)])
+
+    def save(self, directory: Path) -> list[Path]:
+        return [self._booster_file(directory)]

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run every stage for one experiment config: preprocess, folds, train, [pseudo-label], ensemble, report.
+#   bash run_all.sh [configs/x.yaml] [key=value ...]
+set -euo pipefail
+cd "$(dirname "$0")"
+config="${1:-configs/default.yaml}"
+[ $# -gt 0 ] && shift
+export PYTHONUNBUFFERED=1
+stage() {
+  local name=$1; shift
+  local start=$SECONDS
+  echo "== $name"
+  python -m "pipeline.$name" "$config" "$@"
+  echo "== $name done in $((SECONDS - start))s"
+}
+stage preprocess "$@"
+stage folds "$@"
+stage train "$@"
+stage ensemble "$@"
