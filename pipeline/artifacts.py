@@ -4,24 +4,35 @@ Per model, under models/<exp>/<model>/:
   oof.npy         float32 (n_train, C), each row predicted once by the fold model that did not see it
   test.npy        float32 (n_test, C), mean of the fold models' test predictions
   test_folds.npy  float32 (K, n_test, C)
-  manifest.json   what made them (see `build_manifest`), sha256 of every file it lists
-  fold<k>/        per-fold outputs, saved as soon as the fold ends (resume point)
+  manifest.json   what made them (see `build_manifest`), sha256 of every file it lists, library
+                  versions (`versions` at assembly, `fold_versions` per fold: resumed folds may differ)
+  fold<k>/        per-fold outputs, saved as soon as the fold ends (resume point); fold.json,
+                  written last, commits the fold and holds its files' sha256 and library versions
+
+Nothing here runs code on load: matrices through io.read_npy (object arrays refused before any
+data is read), manifests as JSON, weights through safe_load_safetensors.
 """
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from .errors import PipelineError
 from .io import read_json, read_npy, sha256_file, write_json, write_npy
 
+log = logging.getLogger("pipeline.artifacts")
 MATRICES = ("oof.npy", "test.npy", "test_folds.npy")
 FOLD_FILES = ("val_pred.npy", "test_pred.npy")
+# What load_model needs from a manifest, with the type each must have. A manifest from before the
+# prepared-data hashes were recorded fails here, so `train` reassembles it from its saved folds.
+MANIFEST_KEYS = {"model": str, "files": dict, "n_train": int, "n_test": int, "n_classes": int, "n_splits": int,
+                 "classes": list, "prepared_train_sha256": str, "prepared_test_sha256": str}
 
 
 def versions() -> dict[str, str]:
@@ -46,24 +57,48 @@ def save_fold(directory: Path, val_pred: np.ndarray, test_pred: np.ndarray, reco
     write_npy(directory / "val_pred.npy", val_pred.astype(np.float32))
     write_npy(directory / "test_pred.npy", test_pred.astype(np.float32))
     files = {name: sha256_file(directory / name) for name in FOLD_FILES + tuple(record.pop("extra_files", ()))}
-    write_json(directory / "fold.json", {**record, "files": files})
+    write_json(directory / "fold.json", {**record, "files": files, "versions": versions()})
 
 
 def load_fold(directory: Path, fingerprint: str) -> Optional[tuple[np.ndarray, np.ndarray, dict]]:
-    """A finished fold made with this fingerprint, or None (missing, other settings, damaged)."""
+    """A finished fold made with this fingerprint, or None (missing, other settings, damaged).
+
+    A damaged fold (a file missing, changed or unreadable) is logged, naming the file, and retrained;
+    one made under other library versions is reused with a warning (the manifest records it).
+    """
     rec_path = directory / "fold.json"
     if not rec_path.is_file():
         return None
     try:
         record = read_json(rec_path)
-    except PipelineError:
+    except PipelineError as e:
+        log.warning("%s; retraining this fold", e)
         return None
-    if record.get("fingerprint") != fingerprint:
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
         return None
-    for name, digest in record.get("files", {}).items():
-        if not (directory / name).is_file() or sha256_file(directory / name) != digest:
+    files = record.get("files")
+    if not isinstance(files, dict) or not set(FOLD_FILES) <= set(files):
+        log.warning("%s lists no matrices; retraining this fold", rec_path)
+        return None
+    for name, digest in files.items():
+        path = directory / name
+        if not path.is_file() or sha256_file(path) != digest:
+            log.warning("%s is missing or does not match its sha256 in %s; retraining this fold", path, rec_path)
             return None
-    return read_npy(directory / "val_pred.npy"), read_npy(directory / "test_pred.npy"), record
+    try:
+        val_pred, test_pred = read_npy(directory / "val_pred.npy"), read_npy(directory / "test_pred.npy")
+    except PipelineError as e:
+        log.warning("%s; retraining this fold", e)
+        return None
+    if (val_pred.ndim != 2 or test_pred.ndim != 2 or val_pred.shape[1] != test_pred.shape[1]
+            or val_pred.shape[0] != record.get("n_valid")):
+        log.warning("%s: matrices of shapes %s and %s do not fit the record; retraining this fold",
+                    directory, val_pred.shape, test_pred.shape)
+        return None
+    drift = sorted(lib for lib, v in versions().items() if record.get("versions", {}).get(lib, v) != v)
+    if drift:
+        log.warning("%s was made under other versions of %s; reused (--force retrains)", directory, ", ".join(drift))
+    return val_pred, test_pred, record
 
 
 # ----------------------------------------------------------------------------- per model
@@ -75,9 +110,22 @@ def write_model(model_dir: Path, oof: np.ndarray, test_folds: np.ndarray, manife
     write_npy(model_dir / "oof.npy", oof.astype(np.float32))
     write_npy(model_dir / "test_folds.npy", test_folds.astype(np.float32))
     write_npy(model_dir / "test.npy", test_folds.mean(axis=0).astype(np.float32))
-    manifest = {**manifest, "files": {n: sha256_file(model_dir / n) for n in MATRICES}, "versions": versions()}
+    manifest = {**manifest, "files": {n: sha256_file(model_dir / n) for n in MATRICES}, "versions": versions(),
+                "fold_versions": _fold_versions(model_dir, len(test_folds))}
     write_json(model_dir / "manifest.json", manifest)
     return manifest
+
+
+def _fold_versions(model_dir: Path, k: int) -> list[dict]:
+    """Library versions each fold was trained under (folds reused from an earlier run may differ)."""
+    out = []
+    for i in range(k):
+        try:
+            record = read_json(fold_dir(model_dir, i) / "fold.json")
+        except PipelineError:
+            record = {}
+        out.append(record.get("versions", {}) if isinstance(record, dict) else {})
+    return out
 
 
 @dataclass
@@ -92,14 +140,14 @@ class Matrices:
 
 
 def load_model(model_dir: Path) -> Matrices:
-    """Load and verify one model's matrices against its manifest (hashes, shapes, finiteness)."""
+    """Load and verify one model's matrices against its manifest (hashes, dtype, shapes, finiteness)."""
     model_dir = Path(model_dir)
     mpath = model_dir / "manifest.json"
     if not mpath.is_file():
         raise PipelineError(f"{mpath} not found: train the model first")
-    manifest = read_json(mpath)
+    manifest = _checked_manifest(read_json(mpath), mpath)
     for name in MATRICES:
-        digest = manifest.get("files", {}).get(name)
+        digest = manifest["files"].get(name)
         path = model_dir / name
         if not path.is_file():
             raise PipelineError(f"{path} not found (listed in {mpath})")
@@ -110,6 +158,8 @@ def load_model(model_dir: Path) -> Matrices:
     expected = {"oof.npy": (oof, (n_train, n_classes)), "test.npy": (test, (n_test, n_classes)),
                 "test_folds.npy": (folds, (k, n_test, n_classes))}
     for name, (arr, shape) in expected.items():
+        if arr.dtype != np.float32:
+            raise PipelineError(f"{model_dir / name} holds {arr.dtype}, expected float32 probabilities")
         if arr.shape != shape:
             raise PipelineError(f"{model_dir / name} has shape {arr.shape}, {mpath} says {shape}")
         if not np.isfinite(arr).all():
@@ -117,34 +167,91 @@ def load_model(model_dir: Path) -> Matrices:
     return Matrices(manifest["model"], model_dir, oof, test, folds, manifest)
 
 
-AGREE_KEYS = ("train_ids_sha256", "test_ids_sha256", "folds_csv_sha256", "classes", "labels_sha256")
+def _checked_manifest(manifest: Any, mpath: Path) -> dict:
+    if not isinstance(manifest, dict):
+        raise PipelineError(f"{mpath} is not a manifest (a JSON object expected)")
+    for key, tp in MANIFEST_KEYS.items():
+        value = manifest.get(key)
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise PipelineError(f"{mpath}: {key} missing or not {tp.__name__}; retrain the model")
+    return manifest
+
+
+AGREE_KEYS = ("train_ids_sha256", "test_ids_sha256", "folds_csv_sha256", "classes", "labels_sha256",
+              "n_splits", "prepared_train_sha256", "prepared_test_sha256")
 
 
 def check_agree(models: list[Matrices], folds_path: Path, folds_info: dict,
                 expected: Optional[dict] = None) -> None:
-    """Refuse matrices that were made for other rows, classes or folds than each other or folds.csv."""
+    """Refuse matrices that were made for other rows, classes or folds than each other or folds.csv.
+
+    `expected`: manifest values the caller knows from the prepared data (test ids hash, classes,
+    n_test, prepared file hashes); a manifest lacking one of them is refused too.
+    """
     ref = {"folds_csv_sha256": folds_info["folds_csv_sha256"], "train_ids_sha256": folds_info["ids_sha256"],
-           "labels_sha256": folds_info["labels_sha256"], **(expected or {})}
+           "labels_sha256": folds_info["labels_sha256"]}
     for m in models:
         mpath = m.path / "manifest.json"
         for key, value in ref.items():
             if m.manifest.get(key) != value:
                 raise PipelineError(f"{mpath} and {folds_path} disagree on {key}: "
                                     "the matrices were made for other data or folds; retrain")
+        for key, value in (expected or {}).items():
+            if m.manifest.get(key) != value:
+                raise PipelineError(f"{mpath} and the prepared data disagree on {key}: "
+                                    "the matrices were made for other data; retrain")
+        _check_shapes(m, folds_path, folds_info, expected or {})
     first = models[0]
     for m in models[1:]:
         for key in AGREE_KEYS:
             if m.manifest.get(key) != first.manifest.get(key):
                 raise PipelineError(f"{m.path / 'manifest.json'} and {first.path / 'manifest.json'} disagree on {key}")
+        if m.test.shape != first.test.shape:
+            raise PipelineError(f"{m.path / 'test.npy'} and {first.path / 'test.npy'} disagree on shape "
+                                f"({m.test.shape} vs {first.test.shape})")
+
+
+def _check_shapes(m: Matrices, folds_path: Path, folds_info: dict, expected: dict) -> None:
+    """The arrays themselves, not only the manifest's numbers, must fit the rows they are used for."""
+    n_rows = folds_info.get("n_rows")
+    if n_rows is not None and m.oof.shape[0] != n_rows:
+        raise PipelineError(f"{m.path / 'oof.npy'} has {m.oof.shape[0]} rows, {folds_path} has {n_rows}")
+    n_classes = len(m.manifest["classes"])
+    for name, arr in (("oof.npy", m.oof), ("test.npy", m.test), ("test_folds.npy", m.test_folds)):
+        if arr.shape[-1] != n_classes:
+            raise PipelineError(f"{m.path / name} has {arr.shape[-1]} columns for {n_classes} classes")
+    k = folds_info.get("n_splits")
+    if k is not None and m.test_folds.shape[0] != k:
+        raise PipelineError(f"{m.path / 'test_folds.npy'} holds {m.test_folds.shape[0]} folds, {folds_path} has {k}")
+    if "n_test" in expected and m.test.shape[0] != expected["n_test"]:
+        raise PipelineError(f"{m.path / 'test.npy'} has {m.test.shape[0]} rows, the test file has {expected['n_test']}")
 
 
 def mixed_versions(models: list[Matrices]) -> list[str]:
-    """Libraries whose versions differ between the manifests (a warning, not an error)."""
+    """Libraries whose versions differ between the manifests or between the folds of one model
+    (a warning, not an error)."""
     seen: dict[str, set] = {}
     for m in models:
-        for lib, v in m.manifest.get("versions", {}).items():
-            seen.setdefault(lib, set()).add(v)
+        for record in [m.manifest.get("versions", {})] + list(m.manifest.get("fold_versions", [])):
+            for lib, v in (record or {}).items():
+                seen.setdefault(lib, set()).add(v)
     return sorted(lib for lib, vs in seen.items() if len(vs) > 1)
+
+
+def safe_load_safetensors(path: Path, device: str = "cpu") -> dict:
+    """Tensors of a .safetensors file (no code runs on load); a damaged or foreign file is one
+    PipelineError naming it. Returns {name: torch.Tensor}."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"file not found: {path}")
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PipelineError(f"{path}: not a valid safetensors file ({first})") from None
 
 
 def list_models(directory: Path) -> list[Path]:

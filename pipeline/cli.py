@@ -49,6 +49,9 @@ def run(main: Callable[[Optional[list[str]]], int | None], argv: Optional[list[s
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # disk full, permissions, ... outside the atomic writers: still one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -108,8 +108,11 @@ def _texts(values: list, col: str, path: Path, on_empty: str) -> tuple[list[str]
 
 
 def _check_ids(ids: list[str], path: Path, col: Optional[str]) -> None:
+    """Ids are the submission's key: each row needs one, and no two rows may share it."""
     seen: dict[str, int] = {}
     for i, x in enumerate(ids):
+        if x == "":
+            raise PipelineError(f"{path} row {i + 1}: missing id in column {col!r}")
         if x in seen:
             raise PipelineError(f"{path}: duplicate id {x!r} in column {col!r} (rows {seen[x] + 1} and {i + 1})")
         seen[x] = i
@@ -139,7 +142,11 @@ def read_raw(cfg: DataConfig, which: str, base: Path, group_col: Optional[str] =
         missing = [i for i, v in enumerate(labels) if v == ""]
         if missing:
             raise PipelineError(f"{path} row {missing[0] + 1}: missing label in column {label_col!r}")
-    groups = [str(v) for v in _column(df, group_col, path)] if group_col else None
+    groups = None
+    if group_col:
+        groups = [("" if v is None else str(v)).strip() for v in _column(df, group_col, path)]
+        if "" in groups:
+            raise PipelineError(f"{path} row {groups.index('') + 1}: missing group in column {group_col!r}")
     return RawTable(which, ids, text_a, text_b, labels, groups, na + nb)
 
 

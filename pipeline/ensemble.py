@@ -152,7 +152,9 @@ def combine(name: str, cfg: ExperimentConfig, models: list[Matrices], y: np.ndar
 
 def load_models(cfg: ExperimentConfig, names: Optional[list[str]] = None, round_: int = 0) -> list[Matrices]:
     directory = cfg.models_dir(round_)
-    wanted = names if names is not None else [m.name for m in cfg.models]
+    # A pseudo-label round (round_ > 0) holds only the students, so they are its default.
+    default = cfg.pseudo.retrain if round_ > 0 and cfg.pseudo.retrain else [m.name for m in cfg.models]
+    wanted = names if names is not None else list(default)
     present = {p.name for p in list_models(directory)} if directory.is_dir() else set()
     missing = [n for n in wanted if n not in present]
     if missing:
@@ -166,7 +168,9 @@ def checked_models(cfg: ExperimentConfig, names: Optional[list[str]], round_: in
     folds, info = load_folds(cfg, train)
     models = load_models(cfg, names, round_)
     check_agree(models, folds_paths(cfg)[0], info, {"test_ids_sha256": sha256_strings(test.ids),
-                                                    "classes": meta["classes"]})
+                                                    "classes": meta["classes"], "n_test": len(test),
+                                                    "prepared_train_sha256": meta["train_sha256"],
+                                                    "prepared_test_sha256": meta["test_sha256"]})
     mixed = mixed_versions(models)
     if mixed:
         log.warning("matrices were made under different versions of: %s", ", ".join(mixed))

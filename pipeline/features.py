@@ -17,6 +17,9 @@ from .models.params import TfidfParams
 WORD = re.compile(r"\w+", re.UNICODE)
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 CAPITAL = re.compile(r"\b[A-Z][\w-]*")
+# SequenceMatcher is quadratic in the worst case: two 100k-character texts take seconds per pair.
+# Its ratio is computed on the first tokens only; every other feature sees the whole text.
+SEQ_MAX_TOKENS = 1000
 
 
 class TfidfBlock:
@@ -91,7 +94,7 @@ def pair_row(a: str, b: str) -> list[float]:
         _jaccard(sa, sb), _jaccard(_ngrams(ta, 2), _ngrams(tb, 2)), _jaccard(_ngrams(ta, 3), _ngrams(tb, 3)),
         len(sa & sb) / max(len(sa), 1), len(sa & sb) / max(len(sb), 1),
         len(na ^ nb), _jaccard(na, nb), len(ca ^ cb), _jaccard(ca, cb),
-        difflib.SequenceMatcher(None, ta, tb, autojunk=False).ratio(),
+        difflib.SequenceMatcher(None, ta[:SEQ_MAX_TOKENS], tb[:SEQ_MAX_TOKENS], autojunk=False).ratio(),
         float(ta[:1] == tb[:1]), float(ta[-1:] == tb[-1:]),
     ]
 

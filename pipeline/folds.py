@@ -55,18 +55,23 @@ def check_k(y: np.ndarray, k: int, classes: Optional[list[str]] = None) -> None:
         raise PipelineError(f"folds.n_splits={k} is larger than the smallest class ({name!r} has {smallest} rows)")
 
 
+def fold_groups(train: Table, cfg: ExperimentConfig) -> Optional[np.ndarray]:
+    """(n_train,) int group of every row when the split is grouped, else None."""
+    if cfg.folds.strategy == "group":
+        return np.unique(np.asarray(train.groups), return_inverse=True)[1]
+    if cfg.folds.strategy == "auto_group":
+        if not train.is_pair:
+            raise PipelineError("folds.strategy=auto_group needs a pair task (data.text_b)")
+        return pair_groups(*train.views["lower"])
+    return None
+
+
 def assign_folds(train: Table, cfg: ExperimentConfig, classes: list[str]) -> np.ndarray:
     """(n_train,) int fold of every row, stratified by label, grouped when asked."""
     k, seed = cfg.folds.n_splits, cfg.folds.seed
     y = train.y
     check_k(y, k, classes)
-    groups = None
-    if cfg.folds.strategy == "group":
-        groups = np.unique(np.asarray(train.groups), return_inverse=True)[1]
-    elif cfg.folds.strategy == "auto_group":
-        if not train.is_pair:
-            raise PipelineError("folds.strategy=auto_group needs a pair task (data.text_b)")
-        groups = pair_groups(*train.views["lower"])
+    groups = fold_groups(train, cfg)
     if groups is not None and len(np.unique(groups)) < k:
         raise PipelineError(f"folds: only {len(np.unique(groups))} groups for n_splits={k}")
     splitter = (StratifiedKFold(k, shuffle=True, random_state=seed) if groups is None
@@ -82,9 +87,17 @@ def folds_paths(cfg: ExperimentConfig) -> tuple[Path, Path]:
     return cfg.work_dir() / "folds.csv", cfg.work_dir() / "folds.json"
 
 
-def data_signature(train: Table) -> dict:
-    """Hashes of the rows and labels the folds were made for."""
-    return {"ids_sha256": sha256_strings(train.ids), "labels_sha256": sha256_strings([str(v) for v in train.y])}
+def data_signature(train: Table, cfg: ExperimentConfig) -> dict:
+    """Hashes of the rows, labels and (grouped splits) groups the folds were made for.
+
+    Groups matter: with auto_group they come from the texts, so an edited sentence can move rows
+    between groups and make the saved folds leak, although ids and labels did not change.
+    """
+    sig = {"ids_sha256": sha256_strings(train.ids), "labels_sha256": sha256_strings([str(v) for v in train.y])}
+    groups = fold_groups(train, cfg)
+    if groups is not None:
+        sig["groups_sha256"] = sha256_strings([str(g) for g in groups])
+    return sig
 
 
 def run_folds(cfg: ExperimentConfig) -> dict:
@@ -95,7 +108,7 @@ def run_folds(cfg: ExperimentConfig) -> dict:
     info = {"splitter": cfg.folds.strategy, "n_splits": cfg.folds.n_splits, "seed": cfg.folds.seed,
             "folds_config": to_dict(cfg.folds), "n_rows": len(fold),
             "fold_sizes": np.bincount(fold).tolist(), "folds_csv_sha256": sha256_file(csv_path),
-            **data_signature(train)}
+            **data_signature(train, cfg)}
     write_json(json_path, info)
     return info
 
@@ -106,11 +119,14 @@ def load_folds(cfg: ExperimentConfig, train: Table) -> tuple[np.ndarray, dict]:
     if not csv_path.is_file() or not json_path.is_file():
         raise PipelineError(f"{csv_path} not found: run `python -m pipeline.folds` first")
     info = read_json(json_path)
+    if not isinstance(info, dict):
+        raise PipelineError(f"{json_path} is not a folds record: run `python -m pipeline.folds --force`")
     if sha256_file(csv_path) != info.get("folds_csv_sha256"):
         raise PipelineError(f"{csv_path} does not match the hash in {json_path}")
-    sig = data_signature(train)
+    sig = data_signature(train, cfg)
     if any(info.get(k) != v for k, v in sig.items()):
-        raise PipelineError(f"{csv_path} was made for other train rows or labels than the prepared data: "
+        what = "groups" if info.get("groups_sha256") != sig.get("groups_sha256") else "rows or labels"
+        raise PipelineError(f"{csv_path} was made for other train {what} than the prepared data: "
                             "run `python -m pipeline.folds` again")
     if info.get("folds_config") != to_dict(cfg.folds):
         raise PipelineError(f"{csv_path} was made with other fold settings than the config: "

@@ -3,18 +3,29 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
+import glob
 import hashlib
 import io
 import json
+import logging
 import os
+import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
+from . import faults
 from .errors import PipelineError
+
+log = logging.getLogger("pipeline.io")
+# Python's csv module refuses fields over 128 KiB by default; a long abstract or a whole document
+# in one TSV cell is legitimate input (the C parser used for CSV has no such limit).
+FIELD_SIZE_LIMIT = 1 << 30
 
 # ----------------------------------------------------------------------------- reading
 
@@ -33,7 +44,12 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
 def _read_text(path: Path) -> str:
     if not path.is_file():
         raise PipelineError(f"file not found: {path}")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PipelineError(f"cannot read {path}: {e.strerror or e}") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise PipelineError(f"{path}: UTF-16 text (byte-order mark {raw[:2].hex()}); save it as UTF-8")
     try:
         text = raw.decode("utf-8-sig")  # GLUE files start with a BOM
     except UnicodeDecodeError as e:
@@ -45,26 +61,57 @@ def _read_text(path: Path) -> str:
 
 
 def read_table(path: Path, fmt: str = "auto") -> pd.DataFrame:
-    """Every cell as str (None where missing), column names stripped; no type guessing."""
+    """Every cell as str (None where missing), column names stripped; no type guessing.
+
+    Refused with one line naming the file: not UTF-8 (UTF-16 named as such), empty, header only,
+    repeated column names, a row with more fields than the header, unparseable quoting. A short row's
+    missing trailing fields are None (so the column mapping reports them). NUL characters are removed
+    with a warning: they are never meaningful text and break the C parser. Fields may be any length.
+    """
     fmt = detect_format(path, fmt)
     text = _read_text(path)
     if "\x00" in text:
-        # NUL bytes break the C parser and are never meaningful text.
+        log.warning("%s: removed %d NUL characters", path, text.count("\x00"))
         text = text.replace("\x00", "")
     try:
-        if fmt == "jsonl":
-            df = _read_jsonl(text, path)
-        else:
-            # TSV files such as GLUE's hold bare double quotes inside fields: quoting must be off.
-            quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
-            df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str,
-                             keep_default_na=False, quoting=quoting, engine="python" if fmt == "tsv" else "c")
-    except (pd.errors.ParserError, ValueError) as e:
+        df = _read_jsonl(text, path) if fmt == "jsonl" else _read_delimited(text, fmt, path)
+    except (pd.errors.ParserError, ValueError, csv.Error) as e:
         raise PipelineError(f"{path}: cannot parse as {fmt}: {str(e).strip().splitlines()[-1]}") from None
+    except pd.errors.ParserWarning:
+        raise PipelineError(f"{path}: cannot parse as {fmt}: a row has more fields than the header "
+                            f"({len(_header(text, fmt))} columns)") from None
     df.columns = [str(c).strip() for c in df.columns]
     if len(df) == 0:
         raise PipelineError(f"{path}: no data rows (header only)")
-    return df
+    # Short rows and absent JSON keys come back as NaN; missing is None, never the string "nan".
+    return df.astype(object).where(df.notna(), None)
+
+
+def _delimited_options(fmt: str) -> dict:
+    # TSV files such as GLUE's hold bare double quotes inside fields: quoting must be off.
+    if fmt == "tsv":
+        return {"sep": "\t", "quoting": csv.QUOTE_NONE}
+    return {"sep": ",", "quoting": csv.QUOTE_MINIMAL}
+
+
+def _header(text: str, fmt: str) -> list[str]:
+    """The first record's fields as written (pandas would rename a repeated `x` to `x.1`)."""
+    opts = _delimited_options(fmt)
+    return [c.strip() for c in next(csv.reader(io.StringIO(text), delimiter=opts["sep"], quoting=opts["quoting"]), [])]
+
+
+def _read_delimited(text: str, fmt: str, path: Path) -> pd.DataFrame:
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
+    header = _header(text, fmt)
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise PipelineError(f"{path}: column names repeated in the header: {', '.join(map(repr, repeated))}")
+    with warnings.catch_warnings():
+        # index_col=False: a row with one field too many must not silently turn column 1 into an
+        # index and shift every column left; pandas warns instead, and the warning becomes an error.
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, index_col=False,
+                           engine="python" if fmt == "tsv" else "c", **_delimited_options(fmt))
 
 
 def _read_jsonl(text: str, path: Path) -> pd.DataFrame:
@@ -85,7 +132,8 @@ def _read_jsonl(text: str, path: Path) -> pd.DataFrame:
 def _json_cell(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    return v if isinstance(v, str) else json.dumps(v)
+    # An escaped \u0000 survives json.loads; drop it like a raw NUL byte.
+    return v.replace("\x00", "") if isinstance(v, str) else json.dumps(v)
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -97,9 +145,14 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise PipelineError(f"file not found: {path}") from None
+    except OSError as e:
+        raise PipelineError(f"cannot read {path}: {e.strerror or e}") from None
     return h.hexdigest()
 
 
@@ -115,20 +168,27 @@ def sha256_strings(items: list[str]) -> str:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
 
-    A run killed at any moment leaves either the old file or the new one, never a torn file.
+    A run killed at any moment leaves either the old file or the new one, never a torn file (at
+    worst a hidden `.<name>.<host>.<pid>.*.tmp` beside it, which nothing reads and the next write
+    of <name> removes once that process is gone). A failed write (disk full, read-only
+    directory) removes the temporary file, keeps the old file and raises one PipelineError.
+    faults.point("write:<path>") runs between the two: where the tests kill or fail a write.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as e:
         raise PipelineError(f"cannot write {path}: {e.strerror or e}") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        faults.point(f"write:{path}")
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, _file_mode(path))  # mkstemp makes 0600; give the mode open() would
         os.replace(tmp_path, path)
     except OSError as e:
         tmp_path.unlink(missing_ok=True)
@@ -136,6 +196,63 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temporary files for `path` left by killed writers on this host (a killed checkpoint
+    write can leave hundreds of MB). A temp whose writer still runs, or ran on another host sharing
+    the directory, is left alone."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        parts = tmp.name[len(path.name) + 2:-len(".tmp")].rsplit(".", 2)
+        if len(parts) != 3 or parts[0] != _host() or not parts[1].isdigit():
+            continue
+        if not _alive(int(parts[1])):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _host() -> str:
+    return socket.gethostname().replace(os.sep, "_") or "host"
+
+
+def _file_mode(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+@functools.lru_cache(maxsize=None)
+def _umask() -> int:
+    # Setting and restoring is the only portable way to read it; done once per process.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (power loss); best effort, some file systems refuse."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_with(path: Path, writer: Callable[[Path], None]) -> Path:
@@ -175,13 +292,50 @@ def read_json(path: Path) -> Any:
         raise PipelineError(f"file not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PipelineError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise PipelineError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def read_npy(path: Path) -> np.ndarray:
-    """Load an array with pickles refused; a truncated or foreign file is one clear error."""
+    """Load one array with pickles refused; a truncated, padded or foreign file is one clear error.
+
+    The header is checked before any data is read: an object dtype (pickled Python objects, which
+    run code when unpickled) is refused outright, and the data must be exactly as long as the
+    header's shape says, so a crafted header cannot make us allocate more than the file holds.
+    """
+    path = Path(path)
     try:
+        with open(path, "rb") as f:
+            shape, dtype = _npy_header(f, path)
+            data_start = f.tell()
+        size = os.path.getsize(path)
+        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if size - data_start != expected:
+            what = "truncated" if size - data_start < expected else "longer than its header says"
+            raise PipelineError(f"{path}: not a readable .npy matrix ({what}: {size - data_start} data bytes, "
+                                f"shape {shape} of {dtype} needs {expected})")
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise PipelineError(f"file not found: {path}") from None
     except (ValueError, OSError, EOFError) as e:
         raise PipelineError(f"{path}: not a readable .npy matrix ({str(e).splitlines()[0]})") from None
+
+
+def _npy_header(f, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(f)
+    except ValueError:
+        what = "empty file" if f.tell() == 0 and not f.read(1) else "no .npy signature; other formats are refused"
+        raise PipelineError(f"{path}: not a readable .npy matrix ({what})") from None
+    if version == (1, 0):
+        shape, _, dtype = npy.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = npy.read_array_header_2_0(f)
+    else:
+        raise PipelineError(f"{path}: not a readable .npy matrix (format version {version[0]}.{version[1]})")
+    if dtype.hasobject:
+        raise PipelineError(f"{path}: refused: it holds pickled Python objects (dtype {dtype}); "
+                            "only numeric matrices are loaded")
+    return shape, dtype

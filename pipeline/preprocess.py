@@ -162,6 +162,8 @@ def load_prepared(cfg: ExperimentConfig) -> tuple[Table, Table, dict]:
     if not meta_path.is_file():
         raise PipelineError(f"{meta_path} not found: run `python -m pipeline.preprocess` first")
     meta = read_json(meta_path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list):
+        raise PipelineError(f"{meta_path} is not a preprocess record: run `python -m pipeline.preprocess` again")
     now = source_fingerprint(cfg)
     for key, what in (("train_file_sha256", cfg.data.train), ("test_file_sha256", cfg.data.test),
                       ("settings_sha256", "the data/preprocess settings")):
@@ -169,7 +171,7 @@ def load_prepared(cfg: ExperimentConfig) -> tuple[Table, Table, dict]:
             raise PipelineError(f"{meta_path} was made from another {what} than the current one: "
                                 "run `python -m pipeline.preprocess` again")
     for name in ("train", "test"):
-        if sha256_file(_existing(d / f"{name}.jsonl")) != meta[f"{name}_sha256"]:
+        if sha256_file(_existing(d / f"{name}.jsonl")) != meta.get(f"{name}_sha256"):
             raise PipelineError(f"{d / (name + '.jsonl')} does not match the hash in {meta_path}")
     train, test = table_from_jsonl("train", d / "train.jsonl"), table_from_jsonl("test", d / "test.jsonl")
     return train, test, meta

@@ -137,8 +137,8 @@ def train_model(run: Run, m: ModelConfig, force: bool = False) -> dict:
     if not (count == 1).all():
         raise AssertionError(f"{m.name}: OOF rows predicted {sorted(set(count.tolist()))} times, expected once")
     manifest = build_manifest(run, m, fp, oof, records)
+    cli.save_resolved(run.cfg, model_dir)  # before the manifest, which commits the model: a rerun skips it
     manifest = write_model(model_dir, oof, test_folds, manifest)
-    cli.save_resolved(run.cfg, model_dir)
     _log_model(m.name, manifest, run.cfg.metric)
     return manifest
 
@@ -152,6 +152,8 @@ def build_manifest(run: Run, m: ModelConfig, fp: str, oof: np.ndarray, records: 
         "train_ids_sha256": run.folds_info["ids_sha256"], "labels_sha256": run.folds_info["labels_sha256"],
         "test_ids_sha256": sha256_strings(run.test.ids), "folds_csv_sha256": run.folds_info["folds_csv_sha256"],
         "pseudo_labels_sha256": run.extra_sha256,
+        "prepared_train_sha256": run.prepared_meta["train_sha256"],
+        "prepared_test_sha256": run.prepared_meta["test_sha256"],
         "fold_scores": [r["scores"] for r in records], "oof_scores": scores(run.train.y, oof),
         "timings": {"fold_seconds": [r["seconds"] for r in records],
                     "total_seconds": round(sum(r["seconds"] for r in records), 3)},
