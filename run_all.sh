@@ -16,4 +16,6 @@ stage() {
 stage preprocess "$@"
 stage folds "$@"
 stage train "$@"
+stage pseudo_label "$@"   # does nothing unless pseudo.enabled=true
 stage ensemble "$@"
+stage report "$@"

@@ -205,10 +205,12 @@ def main() -> None:
                    "ours": lambda: run_ours(args.quick, directory, overrides)}
         print(json.dumps(runners[args.child]()))
         return
+    out = ROOT / "bench" / "results" / f"mrpc_vs_hf{'_quick' if args.quick else ''}.json"
     result: dict = {"quick": args.quick, "machine": machine(), **gemm_peak()}
     for system in args.systems.split(","):
         result[system] = child(system, args.quick, directory, overrides)
         print(f"{system}: {json.dumps(result[system])}", file=sys.stderr)
+        write_result(out, result)  # a long run keeps what it measured if it is cut short
     ours = result.get("ours")
     for ref, key in (("hf", "train_speedup_vs_hf"), ("hf_tuned", "train_speedup_vs_hf_tuned")):
         if ours and ref in result:
@@ -216,10 +218,15 @@ def main() -> None:
     if ours and "hf" in result:
         result["predict_speedup_vs_hf"] = round(ours["predict_samples_per_s"] / result["hf"]["predict_samples_per_s"], 2)
         result["accuracy_delta_vs_hf"] = round(ours["test_accuracy"] - result["hf"]["test_accuracy"], 4)
-    out = ROOT / "bench" / "results" / f"mrpc_vs_hf{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(json.dumps(result))
+
+
+def write_result(out: Path, result: dict) -> None:
+    from pipeline.io import write_json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
 
 
 def machine() -> dict:

@@ -1,0 +1,364 @@
+"""Pseudo-label stage: label confident test rows with the teachers' votes, fold by fold, and retrain.
+
+    python -m pipeline.pseudo_label [config.yaml] [key=value ...] [--force]
+
+Round N (1..pseudo.rounds) takes its teachers' matrices from round N-1 (round 0 is the train
+stage). For fold k only fold k's teacher predictions on the test set (test_folds[k]) vote, never
+the fold average: fold k's teachers never saw fold k's validation rows, so the student's OOF score
+stays honest. The chosen rows are added to fold k's training part only, never to its validation.
+
+Writes data/<exp>/pseudo/r<N>.csv (one row per pseudo label, with provenance), r<N>.json (rules,
+counts per fold and class, the csv's sha256) and the students' matrices under
+models/<exp>/rounds/r<N>/. Rerunning skips students whose fingerprint (pseudo labels included) is
+unchanged. `ensemble.round=N` combines a round's students.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from . import cli
+from .artifacts import Matrices
+from .config import ExperimentConfig, PseudoConfig
+from .data import Split, Table
+from .ensemble import checked_models, combine
+from .errors import PipelineError
+from .io import read_json, sha256_file, write_csv, write_json
+from .metrics import scores
+from .tables import format_table
+from .train import ExtraRows, Run, open_run, train_model
+
+log = logging.getLogger("pipeline.pseudo_label")
+CSV_COLUMNS = ["round", "fold", "test_row", "test_id", "label", "votes", "n_teachers", "voters", "confidence"]
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The selection rules with defaults resolved against the number of teachers."""
+    min_votes: int
+    min_confidence: float
+    max_fraction: float
+    keep_class_balance: bool
+
+
+def resolve_rules(p: PseudoConfig, n_teachers: int) -> Rules:
+    min_votes = n_teachers if p.min_votes is None else p.min_votes
+    if not 1 <= min_votes <= n_teachers:
+        raise PipelineError(f"config: pseudo.min_votes={min_votes} must be between 1 and the number of "
+                            f"teachers ({n_teachers})")
+    if not 0.0 <= p.min_confidence <= 1.0:
+        raise PipelineError(f"config: pseudo.min_confidence={p.min_confidence} must be between 0 and 1")
+    if p.max_fraction <= 0:
+        raise PipelineError(f"config: pseudo.max_fraction={p.max_fraction} must be positive")
+    return Rules(min_votes, float(p.min_confidence), float(p.max_fraction), p.keep_class_balance)
+
+
+def teacher_names(cfg: ExperimentConfig, round_: int) -> list[str]:
+    """Round 1 learns from pseudo.models (default all); later rounds from the previous round's
+    students, restricted to pseudo.models where those name any of them."""
+    chosen = list(cfg.pseudo.models or [m.name for m in cfg.models])
+    if round_ == 1:
+        return chosen
+    students = student_names(cfg)
+    return [n for n in chosen if n in students] or students
+
+
+def student_names(cfg: ExperimentConfig) -> list[str]:
+    return list(cfg.pseudo.retrain or [m.name for m in cfg.models])
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def vote(probas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Teachers' vote on every row.
+
+    probas: (M, n, C) probabilities of M teachers. Returns label (n,) the class most teachers put
+    first (ties: the higher mean probability among its voters, then the lower index), votes (n,)
+    how many put it first, confidence (n,) float32 mean probability of it among those voters, and
+    voters (n, M) bool.
+    """
+    p = probas.astype(np.float64)
+    M, n, C = p.shape
+    picks = p.argmax(axis=2)                                   # (M, n)
+    onehot = picks[:, :, None] == np.arange(C)                 # (M, n, C)
+    counts = onehot.sum(axis=0)                                # (n, C)
+    mean = (p * onehot).sum(axis=0) / np.maximum(counts, 1)    # (n, C), 0 where nobody voted
+    # counts are integers and 0.5 * mean < 1, so this ranks by votes first, then confidence.
+    label = np.argmax(counts + 0.5 * mean, axis=1)
+    rows = np.arange(n)
+    # float32 like the stored matrices, so a teacher's 0.9 "reaches" min_confidence=0.9.
+    return label, counts[rows, label], mean[rows, label].astype(np.float32), (picks == label).T
+
+
+def class_quotas(available: np.ndarray, train_counts: np.ndarray, total_cap: int, balanced: bool) -> np.ndarray:
+    """(C,) how many rows each class may contribute.
+
+    balanced: n rows in all, shared as floor(n * share_c), share_c being class c's share of the
+    fold's training labels; n is the most that total_cap and every class's `available` candidates
+    allow (n * share_c <= available_c), so the pseudo rows keep train's class balance and a class
+    with few confident rows limits the others. Otherwise only the total cap applies.
+    """
+    if not balanced:
+        return np.minimum(available, total_cap)
+    N = int(train_counts.sum())
+    # n * c / N <= a  <=>  n <= a * N // c, in exact integer arithmetic
+    n = min([total_cap] + [int(a) * N // int(c) for a, c in zip(available, train_counts) if c > 0])
+    return (n * train_counts) // N
+
+
+def most_confident(rows: np.ndarray, confidence: np.ndarray, votes: np.ndarray) -> np.ndarray:
+    """`rows` ordered by confidence, then votes (both descending), then row index: deterministic."""
+    return rows[np.lexsort((rows, -votes[rows], -confidence[rows]))]
+
+
+@dataclass
+class FoldSelection:
+    """One fold's pseudo labels, most confident first: rows, labels, votes (s,), confidence (s,)
+    float32, voters (s, M) bool; candidates and quotas (C,) per class, cap the total allowed."""
+    rows: np.ndarray
+    labels: np.ndarray
+    votes: np.ndarray
+    confidence: np.ndarray
+    voters: np.ndarray
+    candidates: np.ndarray
+    quotas: np.ndarray
+    cap: int
+
+
+def select_fold(probas: np.ndarray, train_y: np.ndarray, rules: Rules) -> FoldSelection:
+    """Pick fold k's pseudo labels from its teachers' test predictions.
+
+    probas: (M, n_test, C) fold k's teachers on the test set; train_y: (n_fold_train,) labels of the
+    rows fold k trains on (their count sets the total cap, their classes the balance).
+    """
+    C = probas.shape[2]
+    label, votes, conf, voters = vote(probas)
+    ok = (votes >= rules.min_votes) & (conf >= np.float32(rules.min_confidence))
+    candidates = np.bincount(label[ok], minlength=C)
+    cap = int(np.floor(rules.max_fraction * len(train_y)))
+    quotas = class_quotas(candidates, np.bincount(train_y, minlength=C), cap, rules.keep_class_balance)
+    picked = [most_confident(np.flatnonzero(ok & (label == c)), conf, votes)[: quotas[c]] for c in range(C)]
+    rows = most_confident(np.concatenate(picked).astype(np.int64), conf, votes)[:cap]
+    return FoldSelection(rows, label[rows], votes[rows], conf[rows], voters[rows], candidates, quotas, cap)
+
+
+def select_round(teachers: list[Matrices], folds: np.ndarray, y: np.ndarray, rules: Rules) -> list[FoldSelection]:
+    """One FoldSelection per fold k, from test_folds[k] of every teacher. folds, y: (n_train,)."""
+    K = int(folds.max()) + 1
+    return [select_fold(np.stack([t.test_folds[k] for t in teachers]), y[folds != k], rules) for k in range(K)]
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def pseudo_dir(cfg: ExperimentConfig) -> Path:
+    return cfg.work_dir() / "pseudo"
+
+
+def round_paths(cfg: ExperimentConfig, round_: int) -> tuple[Path, Path]:
+    return pseudo_dir(cfg) / f"r{round_}.csv", pseudo_dir(cfg) / f"r{round_}.json"
+
+
+def selection_frame(round_: int, selections: list[FoldSelection], teachers: list[str], test_ids: list[str],
+                    classes: list[str]) -> pd.DataFrame:
+    """One row per (fold, pseudo label) with its provenance, folds in order, most confident first."""
+    rows = []
+    for k, s in enumerate(selections):
+        for i, r in enumerate(s.rows):
+            rows.append({"round": round_, "fold": k, "test_row": int(r), "test_id": test_ids[r],
+                         "label": classes[s.labels[i]], "votes": int(s.votes[i]), "n_teachers": len(teachers),
+                         "voters": ";".join(t for t, v in zip(teachers, s.voters[i]) if v),
+                         "confidence": round(float(s.confidence[i]), 6)})
+    return pd.DataFrame(rows, columns=CSV_COLUMNS)
+
+
+def counts_by_fold(frame: pd.DataFrame, K: int, classes: list[str]) -> dict[str, dict[str, int]]:
+    """{"fold<k>": {class: rows}} for every fold and class, zeros included."""
+    return {f"fold{k}": {c: int(((frame["fold"] == k) & (frame["label"] == c)).sum()) for c in classes}
+            for k in range(K)}
+
+
+def label_accuracy(frame: pd.DataFrame, test_y: Optional[np.ndarray], classes: list[str]) -> Optional[float]:
+    """Share of pseudo labels equal to the true test label, when the test file has labels.
+
+    A diagnostic only, computed after the selection: the true labels never choose a row."""
+    if test_y is None or frame.empty:
+        return None
+    truth = [classes[test_y[r]] for r in frame["test_row"]]
+    return float(np.mean(np.array(truth) == frame["label"].to_numpy()))
+
+
+def write_round(cfg: ExperimentConfig, round_: int, frame: pd.DataFrame, info: dict) -> dict:
+    """The csv first, then the json holding its sha256 (the json is the commit marker)."""
+    csv_path, json_path = round_paths(cfg, round_)
+    write_csv(csv_path, frame)
+    info = {**info, "csv": csv_path.name, "csv_sha256": sha256_file(csv_path), "n_rows": len(frame)}
+    write_json(json_path, info)
+    return info
+
+
+def load_round(cfg: ExperimentConfig, round_: int) -> tuple[pd.DataFrame, dict]:
+    """A round's pseudo labels and their record, refused when the csv does not match its json."""
+    csv_path, json_path = round_paths(cfg, round_)
+    info = read_json(json_path)
+    if not csv_path.is_file() or sha256_file(csv_path) != info.get("csv_sha256"):
+        raise PipelineError(f"{csv_path} does not match its sha256 in {json_path}: run the pseudo_label stage again")
+    frame = pd.read_csv(csv_path, dtype={"test_id": str, "label": str, "voters": str}, keep_default_na=False)
+    return frame, info
+
+
+# ----------------------------------------------------------------------------- rounds
+
+
+def load_round_models(cfg: ExperimentConfig, names: list[str], round_: int):
+    """Checked matrices of one round (see ensemble.checked_models); a later round's must have been
+    trained on that round's current pseudo labels."""
+    models, train, test, meta, folds = checked_models(cfg, names, round_)
+    if round_ > 0:
+        csv_path, json_path = round_paths(cfg, round_)
+        sha = read_json(json_path).get("csv_sha256")
+        for m in models:
+            if m.manifest.get("pseudo_labels_sha256") != sha:
+                raise PipelineError(f"{m.path / 'manifest.json'} and {json_path} disagree on the pseudo labels: "
+                                    "run the pseudo_label stage again")
+    return models, train, test, meta, folds
+
+
+def extra_rows(test: Table, selections: list[FoldSelection]) -> ExtraRows:
+    """fold k -> its pseudo-labelled test rows as a Split (labels from the teachers, not the file)."""
+    def rows_for(k: int) -> Optional[Split]:
+        s = selections[k]
+        return Split([(test, s.rows)], s.labels.astype(np.int64), name=f"fold{k}-pseudo") if len(s.rows) else None
+
+    return rows_for
+
+
+def run_round(cfg: ExperimentConfig, run: Run, round_: int, force: bool = False) -> dict:
+    """Select round `round_`'s pseudo labels from round_-1's teachers, write them, train the students."""
+    names = teacher_names(cfg, round_)
+    teachers, _, _, _, folds = load_round_models(cfg, names, round_ - 1)
+    rules = resolve_rules(cfg.pseudo, len(teachers))
+    selections = select_round(teachers, folds, run.train.y, rules)
+    frame = selection_frame(round_, selections, names, run.test.ids, run.classes)
+    info = {"round": round_, "teacher_round": round_ - 1, "teachers": names, "students": student_names(cfg),
+            "teacher_config_sha256": {t.name: t.manifest["config_sha256"] for t in teachers},
+            "rules": dataclasses.asdict(rules), "n_test": len(run.test),
+            "counts": counts_by_fold(frame, run.n_splits, run.classes),
+            "candidates": {f"fold{k}": dict(zip(run.classes, s.candidates.tolist())) for k, s in enumerate(selections)},
+            "caps": {f"fold{k}": {"total": s.cap, "per_class": dict(zip(run.classes, s.quotas.tolist()))}
+                     for k, s in enumerate(selections)},
+            "label_accuracy": label_accuracy(frame, run.test.y, run.classes)}
+    info = write_round(cfg, round_, frame, info)
+    student_run = dataclasses.replace(run, round=round_, extra=extra_rows(run.test, selections),
+                                      extra_sha256=info["csv_sha256"])
+    for name in info["students"]:
+        train_model(student_run, cfg.model(name), force=force)
+    return info
+
+
+def run_pseudo(cfg: ExperimentConfig, force: bool = False) -> list[dict]:
+    """Every round in order: round N's teachers are round N-1's students."""
+    if cfg.pseudo.rounds < 1:
+        raise PipelineError(f"config: pseudo.rounds={cfg.pseudo.rounds} must be at least 1")
+    run = open_run(cfg)
+    return [run_round(cfg, run, r, force) for r in range(1, cfg.pseudo.rounds + 1)]
+
+
+# ----------------------------------------------------------------------------- scores per round
+
+
+def ensemble_scores(cfg: ExperimentConfig, models: list[Matrices], y: np.ndarray, folds: np.ndarray,
+                    test_y: Optional[np.ndarray]) -> dict:
+    """Scores of the ensemble.submit method over `models`, fitted as the ensemble stage fits it
+    (its OOF rows from fits on the other folds), without writing a submission. At argmax, like
+    every other score of the report, so rounds compare on equal terms (no tuned threshold)."""
+    r = combine(cfg.ensemble.submit, cfg, models, y, folds)
+    return {"method": cfg.ensemble.submit, "oof": r["oof_scores"],
+            "test": scores(test_y, r["test"]) if test_y is not None else None}
+
+
+def round_scores(cfg: ExperimentConfig, round_: int) -> dict:
+    """Scores of the students' matrices of one round (round 0: the same models before pseudo
+    labelling), recomputed from oof.npy / test.npy and the labels."""
+    models, train, test, _, folds = load_round_models(cfg, student_names(cfg), round_)
+    return {"round": round_,
+            "models": {m.name: {"oof": scores(train.y, m.oof),
+                                "test": scores(test.y, m.test) if test.y is not None else None} for m in models},
+            "ensemble": ensemble_scores(cfg, models, train.y, folds, test.y)}
+
+
+def rounds_overview(cfg: ExperimentConfig, upto: int) -> list[dict]:
+    """Round 0..upto: scores, plus the pseudo-label counts read back from each round's csv."""
+    out = []
+    for r in range(upto + 1):
+        entry = round_scores(cfg, r)
+        if r > 0:
+            frame, info = load_round(cfg, r)
+            entry.update({"rows": len(frame), "per_class": frame["label"].value_counts().sort_index().to_dict(),
+                          "per_fold": frame["fold"].value_counts().sort_index().to_dict(),
+                          "label_accuracy": info.get("label_accuracy"), "teachers": info["teachers"]})
+        out.append(entry)
+    return out
+
+
+def overview_table(overview: list[dict], metric: str, markdown: bool = False) -> str:
+    """One row per round: pseudo rows, each student's OOF metric, the ensemble's OOF (and test) metric."""
+    names = list(overview[0]["models"])
+    has_test = overview[0]["ensemble"]["test"] is not None
+    method = overview[0]["ensemble"]["method"]
+    head = ["round", "pseudo rows"] + [f"{n} oof {metric}" for n in names] + [f"[{method}] oof {metric}"]
+    head += ([f"{n} test {metric}" for n in names] + [f"[{method}] test {metric}"]) if has_test else []
+    rows = []
+    for e in overview:
+        row = [e["round"], e.get("rows", "-")] + [e["models"][n]["oof"][metric] for n in names]
+        row.append(e["ensemble"]["oof"][metric])
+        if has_test:
+            row += [e["models"][n]["test"][metric] for n in names] + [e["ensemble"]["test"][metric]]
+        rows.append(row)
+    return format_table(head, rows, markdown=markdown)
+
+
+def counts_table(info: dict, classes: list[str]) -> str:
+    """Pseudo rows per fold and class of one round, with the candidates before the caps."""
+    head = ["fold"] + classes + ["total", "candidates", "cap"]
+    rows = []
+    for fold, per_class in info["counts"].items():
+        rows.append([fold] + [per_class[c] for c in classes] + [sum(per_class.values()),
+                     sum(info["candidates"][fold].values()), info["caps"][fold]["total"]])
+    return format_table(head, rows)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--force", action="store_true", help="retrain the students even if finished outputs match")
+    args = p.parse_args(argv)
+    cfg = cli.load(args)
+    if not cfg.pseudo.enabled:
+        print("pseudo-label: disabled (set pseudo.enabled=true to run it); nothing to do")
+        return 0
+    infos = run_pseudo(cfg, force=args.force)
+    classes = list(infos[0]["counts"]["fold0"])
+    for info in infos:
+        acc = info["label_accuracy"]
+        print(f"round {info['round']}: {info['n_rows']} pseudo labels from teachers {info['teachers']} "
+              f"(round {info['teacher_round']})" + (f", {acc:.4f} of them correct" if acc is not None else "")
+              + f" -> {round_paths(cfg, info['round'])[0]}")
+        print(counts_table(info, classes))
+    print(f"\nstudents before (round 0) and after pseudo labelling, and their {cfg.ensemble.submit} ensemble "
+          "(honest OOF; scores at argmax)")
+    print(overview_table(rounds_overview(cfg, cfg.pseudo.rounds), cfg.metric))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

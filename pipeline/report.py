@@ -1,0 +1,370 @@
+"""Report stage: scores per model and fold, model correlation, the ensemble's confusion matrix,
+calibration and the pseudo-label rounds, as a Markdown page with PNG plots.
+
+    python -m pipeline.report [config.yaml] [key=value ...]
+
+Writes reports/<exp>/report.md, report.json (the page's numbers), config.yaml and fold_scores.png,
+correlation.png, confusion.png, reliability.png, pseudo_rounds.png (when pseudo-labelling ran).
+The models are ensemble.round's (ensemble.models, default all); the ensemble is ensemble.submit's
+output under models/<exp>/.../ensembles/. Every number is recomputed from the .npy matrices, the
+labels and folds.csv after the manifests were checked; none is read from a log.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import cli
+from .artifacts import Matrices
+from .config import ExperimentConfig
+from .errors import PipelineError
+from .inspect import oof_correlation
+from .io import read_json, read_npy, write_json, write_text, write_with
+from .metrics import scores
+from .pseudo_label import load_round_models, overview_table, round_paths, rounds_overview, student_names
+from .tables import format_table
+
+log = logging.getLogger("pipeline.report")
+N_BINS = 10
+
+
+@dataclass
+class Evidence:
+    """What the page is made from, all checked against folds.csv and each other.
+
+    models: ensemble.round's matrices; y, folds: (n_train,); test_y: (n_test,) or None;
+    ens_oof: (n_train, C) and ens_test: (n_test, C) of the ensemble.submit method.
+    """
+    cfg: ExperimentConfig
+    models: list[Matrices]
+    y: np.ndarray
+    folds: np.ndarray
+    test_y: Optional[np.ndarray]
+    classes: list[str]
+    method: str
+    ens_oof: np.ndarray
+    ens_test: np.ndarray
+
+
+def ensemble_matrix(directory: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
+    path = directory / name
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run `python -m pipeline.ensemble` first")
+    arr = read_npy(path)
+    if arr.shape != shape or not np.isfinite(arr).all():
+        raise PipelineError(f"{path} has shape {arr.shape} (expected {shape}) or non-finite values: "
+                            "run `python -m pipeline.ensemble` again")
+    return arr.astype(np.float64)
+
+
+def check_ensemble_models(summary_path: Path, models: list[Matrices]) -> None:
+    """The ensemble's summary must list the models the report shows, or its matrices are another ensemble's."""
+    listed = sorted(read_json(summary_path).get("models", {}))
+    if listed != sorted(m.name for m in models):
+        raise PipelineError(f"{summary_path} combines {listed}, the report's models are "
+                            f"{sorted(m.name for m in models)}: run `python -m pipeline.ensemble` again")
+
+
+def gather(cfg: ExperimentConfig) -> Evidence:
+    e = cfg.ensemble
+    models, train, test, meta, folds = load_round_models(cfg, e.models, e.round)
+    out = cfg.models_dir(e.round) / "ensembles"
+    summary = out / "summary.json"
+    if not summary.is_file():
+        raise PipelineError(f"{summary} not found: run `python -m pipeline.ensemble` first")
+    check_ensemble_models(summary, models)
+    C = len(meta["classes"])
+    oof = ensemble_matrix(out / e.submit, "oof.npy", (len(train), C))
+    test_p = ensemble_matrix(out / e.submit, "test.npy", (len(test), C))
+    return Evidence(cfg, models, train.y, folds, test.y, meta["classes"], e.submit, oof, test_p)
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def fold_scores(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: str) -> list[float]:
+    """`metric` of each fold's OOF rows; oof (n, C), y and folds (n,)."""
+    return [scores(y[folds == k], oof[folds == k])[metric] for k in range(int(folds.max()) + 1)]
+
+
+def confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, C) counts: row = true class, column = predicted class."""
+    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def reliability(proba: np.ndarray, y: np.ndarray, bins: int = N_BINS) -> dict:
+    """Calibration on (n, C) probabilities: for binary tasks P(class 1) against the share of class 1,
+    otherwise the top class's probability against its accuracy; `bins` equal-width bins.
+
+    Returns mean predicted (b,), observed (b,), count (b,) over the non-empty bins, and the
+    expected calibration error (count-weighted mean gap)."""
+    if proba.shape[1] == 2:
+        p, hit = proba[:, 1], (y == 1)
+    else:
+        p, hit = proba.max(axis=1), proba.argmax(axis=1) == y
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    keep = count > 0
+    pred = np.bincount(idx, weights=p, minlength=bins)[keep] / count[keep]
+    seen = np.bincount(idx, weights=hit.astype(float), minlength=bins)[keep] / count[keep]
+    ece = float(np.sum(count[keep] * np.abs(pred - seen)) / len(p))
+    return {"predicted": pred.tolist(), "observed": seen.tolist(), "count": count[keep].tolist(), "ece": ece}
+
+
+def test_scores(test_y: Optional[np.ndarray], proba: np.ndarray) -> Optional[dict]:
+    return scores(test_y, proba) if test_y is not None else None
+
+
+def numbers(ev: Evidence) -> dict:
+    """Every number the page shows, recomputed from the matrices and the labels."""
+    metric, C = ev.cfg.metric, len(ev.classes)
+    models = {m.name: {"kind": m.manifest["kind"], "oof": scores(ev.y, m.oof), "test": test_scores(ev.test_y, m.test),
+                       "folds": fold_scores(m.oof, ev.y, ev.folds, metric), "calibration": reliability(m.oof, ev.y)}
+              for m in ev.models}
+    ens = {"method": ev.method, "oof": scores(ev.y, ev.ens_oof), "test": test_scores(ev.test_y, ev.ens_test),
+           "folds": fold_scores(ev.ens_oof, ev.y, ev.folds, metric),
+           "confusion": confusion(ev.y, ev.ens_oof.argmax(axis=1), C).tolist(),
+           "calibration": reliability(ev.ens_oof, ev.y)}
+    return {"experiment": ev.cfg.experiment, "metric": metric, "round": ev.cfg.ensemble.round,
+            "classes": ev.classes, "n_train": len(ev.y), "n_test": len(ev.ens_test),
+            "n_splits": int(ev.folds.max()) + 1, "models": models, "ensemble": ens,
+            "correlation": oof_correlation(ev.models).tolist()}
+
+
+def finished_rounds(cfg: ExperimentConfig) -> int:
+    """The last pseudo-label round whose labels and every student's matrices are on disk (0: none)."""
+    done = 0
+    for r in range(1, cfg.pseudo.rounds + 1):
+        students = [cfg.models_dir(r) / n / "manifest.json" for n in student_names(cfg)]
+        if not round_paths(cfg, r)[1].is_file() or not all(p.is_file() for p in students):
+            break
+        done = r
+    return done
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: chosen here, so importing the package draws nothing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    pyplot().close(fig)
+    return path
+
+
+def plot_fold_scores(path: Path, names: list[str], table: np.ndarray, metric: str) -> Path:
+    """Grouped bars: table (M, K) `metric` of each model (M) on each fold (K)."""
+    plt = pyplot()
+    M, K = table.shape
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * K + 2), 3.5))
+    width = 0.8 / M
+    for i, name in enumerate(names):
+        ax.bar(np.arange(K) + (i - (M - 1) / 2) * width, table[i], width, label=name)
+    ax.set_xticks(np.arange(K), [f"fold{k}" for k in range(K)])
+    ax.set_ylabel(metric)
+    lo, hi = float(table.min()), float(table.max())
+    ax.set_ylim(max(0.0, lo - 0.1 * (hi - lo + 0.05)), hi + 0.1 * (hi - lo + 0.05))
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{metric} per fold (OOF rows)")
+    return save_figure(fig, path)
+
+
+def plot_matrix(path: Path, values: np.ndarray, xlabels: list[str], ylabels: list[str], title: str,
+                fmt: str, cmap: str, vmin=None, vmax=None, xlabel: str = "", ylabel: str = "") -> Path:
+    """A heatmap (rows x columns) with every cell's value written in it."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(xlabels) + 1.5, 1.0 + 0.7 * len(ylabels)))
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(np.arange(len(xlabels)), xlabels, rotation=30, ha="right")
+    ax.set_yticks(np.arange(len(ylabels)), ylabels)
+    mid = (np.nanmax(values) + np.nanmin(values)) / 2
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, format(v, fmt), ha="center", va="center", color="white" if v > mid else "black", fontsize=8)
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    return save_figure(fig, path)
+
+
+def plot_reliability(path: Path, curves: dict[str, dict], binary: bool) -> Path:
+    """Calibration curves: curves[name] = reliability(...) of that model or ensemble."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
+    for name, c in curves.items():
+        bold = name.startswith("[")
+        ax.plot(c["predicted"], c["observed"], marker="o", markersize=3, linewidth=2.5 if bold else 1,
+                label=f"{name} (ECE {c['ece']:.3f})")
+    ax.set_xlabel("mean P(class 1)" if binary else "mean top-class probability")
+    ax.set_ylabel("share of class 1" if binary else "accuracy")
+    ax.set_xlim(-0.02, 1.02), ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("calibration on OOF")
+    return save_figure(fig, path)
+
+
+def plot_rounds(path: Path, overview: list[dict], metric: str) -> Path:
+    """Left: pseudo rows per round; right: each student's and the ensemble's OOF (solid) and
+    test (dashed, when labelled) `metric` per round."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    rounds = [e["round"] for e in overview]
+    left.bar(rounds, [e.get("rows", 0) for e in overview], color="tab:blue")
+    left.set_xticks(rounds), left.set_xlabel("round"), left.set_ylabel("pseudo rows (all folds)")
+    lines = {n: [e["models"][n] for e in overview] for n in overview[0]["models"]}
+    lines[f"[{overview[0]['ensemble']['method']}]"] = [e["ensemble"] for e in overview]
+    for name, seq in lines.items():
+        (line,) = right.plot(rounds, [s["oof"][metric] for s in seq], marker="o", label=f"{name} oof")
+        if seq[0]["test"] is not None:
+            right.plot(rounds, [s["test"][metric] for s in seq], marker="x", linestyle="--",
+                       color=line.get_color(), label=f"{name} test")
+    right.set_xticks(rounds), right.set_xlabel("round"), right.set_ylabel(metric)
+    right.legend(fontsize=7)
+    fig.suptitle("pseudo-label rounds")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- page
+
+
+def md_table(head: list[str], rows: list[list]) -> str:
+    return format_table(head, rows, markdown=True)
+
+
+def models_section(nums: dict) -> str:
+    has_test = nums["ensemble"]["test"] is not None
+    head = ["model", "kind", "oof accuracy", "oof f1", "oof logloss"] + (["test accuracy", "test f1"] if has_test else [])
+    rows = []
+    for name, m in nums["models"].items():
+        rows.append([name, m["kind"], m["oof"]["accuracy"], m["oof"]["f1"], m["oof"]["logloss"]]
+                    + ([m["test"]["accuracy"], m["test"]["f1"]] if has_test else []))
+    e = nums["ensemble"]
+    rows.append([f"[{e['method']}]", "ensemble", e["oof"]["accuracy"], e["oof"]["f1"], e["oof"]["logloss"]]
+                + ([e["test"]["accuracy"], e["test"]["f1"]] if has_test else []))
+    note = ("Scores of the probability matrices at argmax (f1: binary F1 of the second class, macro-F1 "
+            "for more classes)." + (" Test scores use the labelled test file; no model was fitted on them."
+                                    if has_test else ""))
+    return "## Models\n\n" + note + "\n\n" + md_table(head, rows)
+
+
+def folds_section(nums: dict) -> str:
+    metric, K = nums["metric"], nums["n_splits"]
+    head = ["model"] + [f"fold{k}" for k in range(K)] + ["mean", "std", "oof"]
+    entries = {**{n: m for n, m in nums["models"].items()}, f"[{nums['ensemble']['method']}]": nums["ensemble"]}
+    rows = [[n, *m["folds"], float(np.mean(m["folds"])), float(np.std(m["folds"])), m["oof"][metric]]
+            for n, m in entries.items()]
+    return (f"## {metric} per fold\n\nEach fold's held-out rows of oof.npy against their labels.\n\n"
+            + md_table(head, rows) + "\n\n![per-fold scores](fold_scores.png)")
+
+
+def correlation_section(nums: dict) -> str:
+    names = list(nums["models"])
+    rows = [[n, *map(float, r)] for n, r in zip(names, nums["correlation"])]
+    return ("## OOF correlation\n\nPearson correlation of the models' OOF probabilities (class 1 for binary "
+            "tasks, the whole matrix otherwise): low correlation is what an ensemble gains from.\n\n"
+            + md_table(["corr"] + names, rows) + "\n\n![OOF correlation](correlation.png)")
+
+
+def ensemble_section(nums: dict) -> str:
+    e, classes = nums["ensemble"], nums["classes"]
+    rows = [[f"true {c}", *e["confusion"][i]] for i, c in enumerate(classes)]
+    return (f"## Ensemble: {e['method']}\n\nConfusion matrix of the ensemble's honest OOF probabilities "
+            "(ensembles/" + e["method"] + "/oof.npy) at argmax against the train labels; the submission may use "
+            "a tuned threshold (see the ensemble stage's summary.json).\n\n"
+            + md_table(["", *[f"pred {c}" for c in classes]], rows) + "\n\n![confusion matrix](confusion.png)")
+
+
+def calibration_section(nums: dict) -> str:
+    entries = {**nums["models"], f"[{nums['ensemble']['method']}]": nums["ensemble"]}
+    rows = [[n, m["calibration"]["ece"], m["oof"]["logloss"]] for n, m in entries.items()]
+    return (f"## Calibration\n\nOn the OOF rows, {N_BINS} equal-width bins; ECE is the count-weighted mean gap "
+            "between predicted and observed.\n\n" + md_table(["model", "ECE", "oof logloss"], rows)
+            + "\n\n![reliability curves](reliability.png)")
+
+
+def pseudo_section(cfg: ExperimentConfig, overview: Optional[list[dict]]) -> str:
+    head = "## Pseudo-label rounds\n\n"
+    if not cfg.pseudo.enabled:
+        return head + "Pseudo-labelling is off (pseudo.enabled=false)."
+    if overview is None:
+        return head + "No finished round: run `python -m pipeline.pseudo_label`."
+    rows = [[e["round"], ", ".join(e["teachers"]), e["rows"],
+             ", ".join(f"{c}: {n}" for c, n in e["per_class"].items()) or "-",
+             e["label_accuracy"] if e["label_accuracy"] is not None else "-"] for e in overview[1:]]
+    text = (head + "Round 0 is the students before pseudo labelling; round N trains them again with fold k's "
+            "pseudo rows (chosen by fold k's round N-1 teachers) added to fold k's training part. OOF scores stay "
+            "honest. Where the test file is labelled, test scores after round 0 are transductive (the students "
+            "trained on test texts with predicted labels, never the true ones).\n\n"
+            + md_table(["round", "teachers", "pseudo rows", "per class", "share correct"], rows)
+            + "\n\n" + overview_table(overview, cfg.metric, markdown=True) + "\n\n![pseudo-label rounds](pseudo_rounds.png)")
+    if finished_rounds(cfg) < cfg.pseudo.rounds:
+        text += f"\n\nOnly {finished_rounds(cfg)} of pseudo.rounds={cfg.pseudo.rounds} rounds are finished."
+    return text
+
+
+def header(nums: dict, cfg: ExperimentConfig) -> str:
+    where = cfg.models_dir(nums["round"])
+    return (f"# Report: {nums['experiment']}\n\n"
+            f"- metric: {nums['metric']}\n- rows: {nums['n_train']} train, {nums['n_test']} test; classes: "
+            f"{', '.join(nums['classes'])}\n- folds: {nums['n_splits']}\n- models: {', '.join(nums['models'])} "
+            f"(round {nums['round']}, {where})\n- ensemble: {nums['ensemble']['method']}")
+
+
+def render(cfg: ExperimentConfig, nums: dict, overview: Optional[list[dict]]) -> str:
+    parts = [header(nums, cfg), models_section(nums), folds_section(nums), correlation_section(nums),
+             ensemble_section(nums), calibration_section(nums), pseudo_section(cfg, overview)]
+    return "\n\n".join(parts) + "\n"
+
+
+def draw(out: Path, nums: dict, overview: Optional[list[dict]]) -> list[Path]:
+    names = list(nums["models"]) + [f"[{nums['ensemble']['method']}]"]
+    entries = list(nums["models"].values()) + [nums["ensemble"]]
+    classes = nums["classes"]
+    paths = [plot_fold_scores(out / "fold_scores.png", names, np.array([e["folds"] for e in entries]), nums["metric"]),
+             plot_matrix(out / "correlation.png", np.array(nums["correlation"]), names[:-1], names[:-1],
+                         "OOF correlation", ".2f", "viridis", vmin=-1, vmax=1),
+             plot_matrix(out / "confusion.png", np.array(nums["ensemble"]["confusion"]), classes, classes,
+                         f"{nums['ensemble']['method']}: OOF confusion", "d", "Blues",
+                         xlabel="predicted", ylabel="true"),
+             plot_reliability(out / "reliability.png", {n: e["calibration"] for n, e in zip(names, entries)},
+                              len(classes) == 2)]
+    if overview is not None:
+        paths.append(plot_rounds(out / "pseudo_rounds.png", overview, nums["metric"]))
+    return paths
+
+
+def run_report(cfg: ExperimentConfig) -> Path:
+    """Write the page, its numbers and its plots; return the page's path."""
+    nums = numbers(gather(cfg))
+    done = finished_rounds(cfg) if cfg.pseudo.enabled else 0
+    overview = rounds_overview(cfg, done) if done else None
+    out = Path(cfg.paths.reports) / cfg.experiment
+    draw(out, nums, overview)
+    write_json(out / "report.json", {**nums, "pseudo_rounds": overview})
+    cli.save_resolved(cfg, out)
+    return write_text(out / "report.md", render(cfg, nums, overview))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = cli.load(args)
+    page = run_report(cfg)
+    print(f"report: {page} (+ plots in {page.parent})")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
