@@ -153,6 +153,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+FLOAT_LITERAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; return it converted (dataclasses built)."""
     origin = typing.get_origin(tp)
@@ -189,6 +192,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             raise bad
         return value
     if tp is float:
+        if isinstance(value, str) and FLOAT_LITERAL.match(value.strip()):
+            return float(value)  # YAML 1.1 reads 2e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)

@@ -238,7 +238,7 @@ def summary_table(summary: dict, metric: str) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = cli.parser(__doc__.splitlines()[0]).parse_intermixed_args(argv)
     cfg = cli.load(args)
     summary = run_ensemble(cfg)
     print(summary_table(summary, cfg.metric))

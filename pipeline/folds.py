@@ -140,7 +140,7 @@ def load_folds(cfg: ExperimentConfig, train: Table) -> tuple[np.ndarray, dict]:
 def main(argv: Optional[list[str]] = None) -> int:
     p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--force", action="store_true", help="recompute folds even if valid ones exist")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = cli.load(args)
     train, _, _ = load_prepared(cfg)
     csv_path, _ = folds_paths(cfg)

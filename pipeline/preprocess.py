@@ -178,7 +178,7 @@ def load_prepared(cfg: ExperimentConfig) -> tuple[Table, Table, dict]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = cli.parser(__doc__.splitlines()[0]).parse_intermixed_args(argv)
     cfg = cli.load(args)
     meta = run_preprocess(cfg)
     print(f"preprocess: {meta['n_train']} train, {meta['n_test']} test rows, {len(meta['classes'])} classes "

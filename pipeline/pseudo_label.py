@@ -341,7 +341,7 @@ def counts_table(info: dict, classes: list[str]) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--force", action="store_true", help="retrain the students even if finished outputs match")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = cli.load(args)
     if not cfg.pseudo.enabled:
         print("pseudo-label: disabled (set pseudo.enabled=true to run it); nothing to do")

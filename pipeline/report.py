@@ -359,7 +359,7 @@ def run_report(cfg: ExperimentConfig) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = cli.parser(__doc__.splitlines()[0]).parse_intermixed_args(argv)
     cfg = cli.load(args)
     page = run_report(cfg)
     print(f"report: {page} (+ plots in {page.parent})")

@@ -199,7 +199,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--models", help="comma-separated model names (default: all)")
     p.add_argument("--force", action="store_true", help="retrain even if finished outputs match")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = cli.load(args)
     models = select_models(cfg, args.models)
     if not models:

@@ -15,6 +15,11 @@ def test_defaults_file_then_overrides(exp):
     assert cfg.model("lr").seed == cfg.seed
 
 
+def test_exponent_without_dot_is_a_float(exp):
+    # YAML 1.1 reads 2e-4 as a string; a float field takes it as the number a user meant.
+    assert load_config(exp.config, ["models.lr.params.C=2e-4"]).model("lr").params["C"] == 2e-4
+
+
 @pytest.mark.parametrize("override, words", [
     ("folds.n_split=3", "unknown key folds.n_split"),
     ("folds.n_splits=three", "folds.n_splits must be int"),

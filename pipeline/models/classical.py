@@ -48,6 +48,11 @@ class _Classical:
     def _estimator(self, seed: int):
         raise NotImplementedError
 
+    def _save_lr(self, directory: Path) -> list[Path]:
+        d = Path(directory)
+        return [write_npy(d / "lr_coef.npy", self.estimator_.coef_),
+                write_npy(d / "lr_intercept.npy", self.estimator_.intercept_)]
+
     def _save_tfidf(self, directory: Path) -> list[Path]:
         """Vocabularies and idf weights as JSON (no pickles)."""
         state = [{"vocabulary": {k: int(v) for k, v in vec.vocabulary_.items()}, "idf": vec.idf_.tolist()}
@@ -65,13 +70,15 @@ class TfidfLR(_Classical):
         return tfidf_design(self.block_, a, b)
 
     def _estimator(self, seed: int) -> LogisticRegression:
-        p = self.params
-        return LogisticRegression(C=p.C, max_iter=p.max_iter, class_weight=p.class_weight, random_state=seed)
+        return logistic(self.params, seed)
 
     def save(self, directory: Path) -> list[Path]:
-        d = Path(directory)
-        return self._save_tfidf(d) + [write_npy(d / "lr_coef.npy", self.estimator_.coef_),
-                                      write_npy(d / "lr_intercept.npy", self.estimator_.intercept_)]
+        return self._save_tfidf(directory) + self._save_lr(directory)
+
+
+def logistic(p, seed: int) -> LogisticRegression:
+    """p: any params with C, max_iter and class_weight."""
+    return LogisticRegression(C=p.C, max_iter=p.max_iter, class_weight=p.class_weight, random_state=seed)
 
 
 def lgbm(p: LGBMParams, seed: int):
@@ -132,7 +139,12 @@ class PairLGBM(_Booster):
             raise PipelineError("pair_lgbm needs a pair task (data.text_b)")
         if fit:
             self.block_ = TfidfBlock(TfidfLRParams(min_df=1)).fit(a + b)
-        return np.hstack([self._hand_features(split), tfidf_cosines(self.block_, a, b)])
+        parts = [self._hand_features(split), tfidf_cosines(self.block_, a, b)]
+        if self.params.embed:
+            from .embed import pair_cosine, split_embeddings
+
+            parts.append(pair_cosine(*split_embeddings(self.cache_, self.params.embed, split, self.view)))
+        return np.hstack(parts)
 
     def save(self, directory: Path) -> list[Path]:
         return [self._booster_file(directory)]

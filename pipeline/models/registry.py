@@ -25,6 +25,7 @@ KINDS: dict[str, Kind] = {
     "tfidf_lr": Kind(P.TfidfLRParams, ".classical:TfidfLR"),
     "tfidf_lgbm": Kind(P.TfidfLGBMParams, ".classical:TfidfLGBM"),
     "pair_lgbm": Kind(P.PairLGBMParams, ".classical:PairLGBM"),
+    "embed_lr": Kind(P.EmbedLRParams, ".embed:EmbedLR"),
     "transformer": Kind(P.TransformerParams, ".transformer:TransformerModel"),
 }
 

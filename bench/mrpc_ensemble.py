@@ -1,0 +1,112 @@
+"""MRPC: the whole K-fold ensemble (configs/mrpc.yaml) against the single HF Trainer model.
+
+    python -m bench.mrpc_ensemble [--config configs/mrpc.yaml] [--fresh] [key=value ...]
+
+Runs every stage of run_all.sh in turn (finished models are reused unless --fresh), then writes
+bench/results/mrpc_ensemble.{json,md}: each model's and each ensemble method's OOF and test
+accuracy/F1, the HF baseline from bench/results/mrpc_vs_hf.json when it exists, each stage's wall
+time in this invocation and each model's training time from its manifest (sum of its folds, so
+it stays true when models were trained by an earlier, resumed run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("preprocess", "folds", "train", "pseudo_label", "ensemble", "report")
+RESULTS = ROOT / "bench" / "results"
+
+
+def run_stages(config: str, overrides: list[str], fresh: bool) -> dict:
+    """{stage: wall seconds}; stops at the first stage that fails."""
+    seconds = {}
+    for stage in STAGES:
+        extra = ["--force"] if fresh and stage in ("train",) else []
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", f"pipeline.{stage}", config, *overrides, *extra], cwd=ROOT)
+        seconds[stage] = round(time.perf_counter() - t0, 1)
+        if r.returncode != 0:
+            raise SystemExit(f"stage {stage} failed (exit {r.returncode})")
+    return seconds
+
+
+def model_rows(models_dir: Path, summary: dict) -> list[dict]:
+    rows = []
+    for name, s in summary["models"].items():
+        manifest = json.loads((models_dir / name / "manifest.json").read_text())
+        info = manifest.get("fold_info", [{}])
+        speeds = [f["samples_per_s"] for f in info if f.get("samples_per_s")]
+        rows.append({"name": name, "kind": manifest["kind"], **_scores(s["oof"], s.get("test")),
+                     "train_seconds": round(manifest["timings"]["total_seconds"], 1),
+                     "train_samples_per_s": round(sum(speeds) / len(speeds), 1) if speeds else None})
+    return rows
+
+
+def method_rows(summary: dict) -> list[dict]:
+    return [{"name": f"[{m}] t={s.get('threshold')}" if s.get("threshold") is not None else f"[{m}]",
+             **_scores(s.get("oof_scores_thresholded") or s["oof_scores"], s.get("test"))}
+            for m, s in summary["methods"].items()]
+
+
+def _scores(oof: dict, test: dict | None) -> dict:
+    test = test or {}
+    return {"oof_accuracy": _r(oof.get("accuracy")), "oof_f1": _r(oof.get("f1")),
+            "test_accuracy": _r(test.get("accuracy")), "test_f1": _r(test.get("f1"))}
+
+
+def _r(x):
+    return None if x is None else round(float(x), 4)
+
+
+def hf_baseline() -> dict | None:
+    path = RESULTS / "mrpc_vs_hf.json"
+    if not path.is_file():
+        return None
+    hf = json.loads(path.read_text()).get("hf")
+    return None if hf is None else {"name": "HF Trainer (single model, bench.mrpc_vs_hf)", "oof_accuracy": None,
+                                    "oof_f1": None, "test_accuracy": hf["test_accuracy"], "test_f1": hf["test_f1"]}
+
+
+def markdown(result: dict) -> str:
+    cols = ("oof_accuracy", "oof_f1", "test_accuracy", "test_f1")
+    fmt = lambda v: "" if v is None else f"{v:.4f}"
+    plain = lambda v: "" if v is None else str(v)
+    lines = ["| model / method | OOF acc | OOF F1 | test acc | test F1 | train s | train samples/s |",
+             "|---|---|---|---|---|---|---|"]
+    for row in result["models"] + result["methods"] + ([result["hf"]] if result["hf"] else []):
+        lines.append("| " + " | ".join([row["name"], *(fmt(row[c]) for c in cols),
+                                         plain(row.get("train_seconds")), plain(row.get("train_samples_per_s"))]) + " |")
+    lines += ["", "| stage | wall s (this invocation) |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in result["stage_seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/mrpc.yaml")
+    ap.add_argument("--fresh", action="store_true", help="retrain every model (--force)")
+    args, overrides = ap.parse_known_args()
+    stage_seconds = run_stages(args.config, overrides, args.fresh)
+    sys.path.insert(0, str(ROOT))
+    from pipeline.config import load_config
+    from pipeline.io import write_json, write_text
+
+    cfg = load_config(ROOT / args.config, overrides)
+    models_dir = ROOT / cfg.models_dir(0)  # an absolute models path stays as it is
+    summary = json.loads((models_dir / "ensembles" / "summary.json").read_text())
+    result = {"config": args.config, "stage_seconds": stage_seconds, "models": model_rows(models_dir, summary),
+              "methods": method_rows(summary), "hf": hf_baseline()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / "mrpc_ensemble.json", result)
+    table = markdown(result)
+    write_text(RESULTS / "mrpc_ensemble.md", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
