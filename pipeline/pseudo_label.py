@@ -221,17 +221,8 @@ def load_round(cfg: ExperimentConfig, round_: int) -> tuple[pd.DataFrame, dict]:
 
 
 def load_round_models(cfg: ExperimentConfig, names: list[str], round_: int):
-    """Checked matrices of one round (see ensemble.checked_models); a later round's must have been
-    trained on that round's current pseudo labels."""
-    models, train, test, meta, folds = checked_models(cfg, names, round_)
-    if round_ > 0:
-        csv_path, json_path = round_paths(cfg, round_)
-        sha = read_json(json_path).get("csv_sha256")
-        for m in models:
-            if m.manifest.get("pseudo_labels_sha256") != sha:
-                raise PipelineError(f"{m.path / 'manifest.json'} and {json_path} disagree on the pseudo labels: "
-                                    "run the pseudo_label stage again")
-    return models, train, test, meta, folds
+    """Checked matrices of one round: see ensemble.checked_models."""
+    return checked_models(cfg, names, round_)
 
 
 def extra_rows(test: Table, selections: list[FoldSelection]) -> ExtraRows:

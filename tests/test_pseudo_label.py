@@ -198,6 +198,12 @@ def test_students_subset_and_quorum_through_the_stage(oracle):
     assert len(df) == 30
     assert not (oracle.models / "rounds" / "r1" / "o2").exists()
     assert [p.name for p in (oracle.models / "rounds" / "r1").iterdir()] == ["o1"]
+    # the round's ensemble takes its student and the model it did not retrain from round 0
+    assert oracle.run("ensemble", "ensemble.round=1", "pseudo.retrain=[o1]") == 0
+    summary = read_json(oracle.models / "rounds" / "r1" / "ensembles" / "summary.json")
+    assert sorted(summary["models"]) == ["o1", "o2"]
+    r0 = read_json(oracle.models / "o2" / "manifest.json")["oof_scores"]
+    assert summary["models"]["o2"]["oof"] == pytest.approx(r0)
     assert oracle.run("pseudo_label", "pseudo.rounds=1", "pseudo.min_confidence=0.97") == 0
     assert len(pd.read_csv(oracle.tmp / "work" / "tiny" / "pseudo" / "r1.csv")) == 0
 

@@ -100,8 +100,9 @@ class _Booster(_Classical):
         return write_text(Path(directory) / "booster.txt", self.estimator_.booster_.model_to_string())
 
     def _hand_features(self, split: Split) -> np.ndarray:
-        """(n, F) surface pair features; they do not depend on the fold, so each table's are cached."""
-        a_view = self.view
+        """(n, F) surface pair features, always from the raw view (the named-token features need
+        its case); they do not depend on the fold, so each table's are cached."""
+        a_view = "raw"
         parts = []
         for table, rows in split.parts:
             key = ("pair_rows", table.name, id(table), a_view)

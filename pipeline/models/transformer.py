@@ -362,6 +362,7 @@ class TransformerModel:
         best = Best(p.patience)
         label = ctx.label or "transformer"
         train_s = valid_s = 0.0
+        scores: list[float] = []
         bar = tqdm(total=p.epochs * steps_per_epoch, desc=label, disable=not ctx.progress, leave=False,
                    dynamic_ncols=True, mininterval=1.0)
         try:
@@ -375,6 +376,7 @@ class TransformerModel:
                 start = time.perf_counter()
                 score = float(ctx.score(valid.y, self.predict_proba(valid)))
                 valid_s += time.perf_counter() - start
+                scores.append(round(score, 5))
                 bar.set_postfix(loss=f"{loss:.4f}", score=f"{score:.4f}", epoch=epoch)
                 if best.update(score, epoch, self.module_):
                     break
@@ -383,6 +385,7 @@ class TransformerModel:
         if best.state is not None:
             self.module_.load_state_dict(best.state)
         self.info_ = {"best_epoch": best.epoch or epoch, "best_score": best.rounded_score(), "epochs_run": epoch,
+                      "epoch_scores": scores,
                       "train_seconds": round(train_s, 3), "valid_seconds": round(valid_s, 3),
                       "samples_per_s": round(epoch * len(train) / max(train_s, 1e-9), 1),
                       "train_tokens": int(enc.lengths.sum()) * epoch,
