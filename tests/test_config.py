@@ -60,3 +60,4 @@ def test_resolved_config_saved_beside_outputs(prepared):
     saved = yaml.safe_load((prepared.models / "lr" / "config.yaml").read_text())
     assert saved["models"][0]["params"]["max_iter"] == 2000
     assert (prepared.tmp / "work" / "tiny" / "prepared" / "config.yaml").is_file()
+    assert (prepared.tmp / "work" / "tiny" / "config.yaml").is_file()  # beside folds.csv

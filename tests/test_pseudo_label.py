@@ -173,6 +173,7 @@ def test_rounds_chain_provenance_and_rerun_skips(oracle, capsys):
     work = oracle.tmp / "work" / "tiny" / "pseudo"
     r1, r2 = read_json(work / "r1.json"), read_json(work / "r2.json")
     assert r1["teacher_round"] == 0 and r2["teacher_round"] == 1
+    assert yaml.safe_load((work / "config.yaml").read_text())["pseudo"]["enabled"] is True
     for name in ("o1", "o2"):
         round1 = read_json(oracle.models / "rounds" / "r1" / name / "manifest.json")
         round2 = read_json(oracle.models / "rounds" / "r2" / name / "manifest.json")
