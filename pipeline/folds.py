@@ -104,13 +104,14 @@ def run_folds(cfg: ExperimentConfig) -> dict:
     train, _, meta = load_prepared(cfg)
     fold = assign_folds(train, cfg, meta["classes"])
     csv_path, json_path = folds_paths(cfg)
-    cli.save_resolved(cfg, csv_path.parent)
     write_csv(csv_path, pd.DataFrame({"id": train.ids, "fold": fold}))
     info = {"splitter": cfg.folds.strategy, "n_splits": cfg.folds.n_splits, "seed": cfg.folds.seed,
             "folds_config": to_dict(cfg.folds), "n_rows": len(fold),
             "fold_sizes": np.bincount(fold).tolist(), "folds_csv_sha256": sha256_file(csv_path),
             **data_signature(train, cfg)}
     write_json(json_path, info)
+    # last: a write that fails before this point leaves the old folds and the config they were made with
+    cli.save_resolved(cfg, csv_path.parent)
     return info
 
 

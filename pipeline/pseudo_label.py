@@ -201,10 +201,10 @@ def label_accuracy(frame: pd.DataFrame, test_y: Optional[np.ndarray], classes: l
 def write_round(cfg: ExperimentConfig, round_: int, frame: pd.DataFrame, info: dict) -> dict:
     """The csv first, then the json holding its sha256 (the json is the commit marker)."""
     csv_path, json_path = round_paths(cfg, round_)
-    cli.save_resolved(cfg, csv_path.parent)
     write_csv(csv_path, frame)
     info = {**info, "csv": csv_path.name, "csv_sha256": sha256_file(csv_path), "n_rows": len(frame)}
     write_json(json_path, info)
+    cli.save_resolved(cfg, csv_path.parent)  # after the commit marker, like the folds stage
     return info
 
 
