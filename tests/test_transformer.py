@@ -15,12 +15,15 @@ from pipeline.data import Split, Table, whole
 from pipeline.errors import PipelineError
 from pipeline.models import tokens, transformer
 from pipeline.models.base import FitContext
+from pipeline.models.dropout import FastDropout, keep_mask, swap_dropout
+from pipeline.models.optim import build_optim, clip_grad_norm
 from pipeline.models.params import TransformerParams
 from pipeline.models.transformer import TransformerModel, load_backbone, load_checkpoint
 
 WORDS = ("good great fine nice bad awful poor sad movie film plot actor scene story music the a and "
          "was is very really quite not too so with of in on it this that").split()
 N_ROWS = 40
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -171,8 +174,8 @@ def test_other_bert_families(family_dirs, arch, token_types):
     model, valid = fit(params(family_dirs[arch], head="max4", llrd=0.5), make_table("train", pair=True))
     assert np.isfinite(model.predict_proba(valid)).all()
     assert model.module_.use_token_types == token_types
-    lrs = {g["name"]: g["lr"] for g in transformer.build_optimizer(model.module_, model.params).param_groups}
-    assert lrs["embeddings"] == pytest.approx(1e-3 * 0.25) and lrs["layer2"] == pytest.approx(1e-3)
+    lrs = {g["name"]: g["lr"] for g in build_optim(model.module_, model.params, 1, "fp32", CPU).param_groups}
+    assert lrs["embeddings"] == lrs["word_embeddings"] == pytest.approx(1e-3 * 0.25) and lrs["layer2"] == pytest.approx(1e-3)
 
 
 def test_token_types_only_where_the_model_has_them(bert_dir, roberta_dir):
@@ -220,7 +223,7 @@ def test_accumulation_equals_one_big_batch(bert_dir, monkeypatch):
     step = TransformerModel._step
 
     def spy(self, optim, where):  # the accumulated gradient, before clipping and the step
-        grads.append([q.grad.detach().clone() for q in optim.params])
+        grads.append([q.grad.detach().to_dense() for q in optim.params])
         return step(self, optim, where)
 
     monkeypatch.setattr(TransformerModel, "_step", spy)
@@ -242,6 +245,93 @@ def test_accumulation_equals_one_big_batch(bert_dir, monkeypatch):
     torch.testing.assert_close(a["head.out.weight"], b["head.out.weight"], atol=1e-5, rtol=0)
 
 
+def _unseen_rows(bert_dir) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bert_dir).convert_tokens_to_ids(["[MASK]", "[UNK]"])
+
+
+def test_sparse_embeddings_first_step_equals_dense_adamw(bert_dir):
+    """With no weight decay, Adam's first step leaves rows with a zero gradient where they are, so the
+    lazy row-sparse update and dense AdamW agree on every parameter after one step. (SparseAdam adds
+    eps before the bias correction, AdamW after: for the tiniest gradients the word-embedding
+    updates differ by a few percent of lr, so those are compared in units of lr.)"""
+    table = make_table("train", pair=True, n=32)  # 16 training rows: exactly one step
+    kw = dict(batch_size=16, weight_decay=0.0, lr=1e-2)
+    sparse, _ = fit(params(bert_dir, sparse_embeddings=True, **kw), table)
+    dense, _ = fit(params(bert_dir, sparse_embeddings=False, **kw), table)
+    assert sparse.module_.backbone.get_input_embeddings().sparse
+    assert not dense.module_.backbone.get_input_embeddings().sparse
+    a, b = sparse.module_.state_dict(), dense.module_.state_dict()
+    word = "backbone.embeddings.word_embeddings.weight"
+    for name in a:
+        if name != word:
+            torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=name)
+    initial = load_backbone(params(bert_dir), 2)[1].state_dict()[word]
+    assert (b[word] - initial).abs().max() > 0.5 * kw["lr"]  # the embeddings really moved by ~lr
+    torch.testing.assert_close(a[word] / kw["lr"], b[word] / kw["lr"], atol=0.1, rtol=0)
+
+
+def test_sparse_embeddings_leave_unseen_rows_alone(bert_dir):
+    """Rows of tokens that never occur keep their pretrained values (dense AdamW's weight decay moves
+    them); rows that occur are trained, at the embeddings' layer-wise LR."""
+    table = make_table("train", pair=True)
+    initial = load_backbone(params(bert_dir), 2)[1].backbone.get_input_embeddings().weight.detach().clone()
+    unseen = _unseen_rows(bert_dir)
+    sparse, _ = fit(params(bert_dir, epochs=2, weight_decay=0.1), table)
+    dense, _ = fit(params(bert_dir, epochs=2, weight_decay=0.1, sparse_embeddings=False), table)
+    after_sparse = sparse.module_.backbone.get_input_embeddings().weight.detach()
+    after_dense = dense.module_.backbone.get_input_embeddings().weight.detach()
+    assert torch.equal(after_sparse[unseen], initial[unseen])
+    assert not torch.equal(after_dense[unseen], initial[unseen])
+    seen = [i for i in range(len(initial)) if i not in unseen]
+    assert (after_sparse[seen] - initial[seen]).abs().amax(1).gt(0).float().mean() > 0.5
+
+
+def test_clip_grad_norm_matches_torch_and_takes_sparse_gradients():
+    torch.manual_seed(0)
+    emb, lin = torch.nn.Embedding(50, 8, sparse=True), torch.nn.Linear(8, 3)
+    for ids in ([[1, 2, 3], [3, 4, 5]], [[3, 9]]):  # two backward passes: an uncoalesced sparse gradient
+        lin(emb(torch.tensor(ids))).pow(2).sum().backward()
+    dense_grads = [emb.weight.grad.to_dense(), lin.weight.grad.clone(), lin.bias.grad.clone()]
+    ref = [torch.nn.Parameter(torch.zeros_like(g)) for g in dense_grads]
+    for r, g in zip(ref, dense_grads):
+        r.grad = g.clone()
+    want = torch.nn.utils.clip_grad_norm_(ref, 0.5)
+    got = clip_grad_norm([emb.weight, lin.weight, lin.bias], 0.5)
+    torch.testing.assert_close(got, want)
+    assert want > 0.5  # the clip really scaled
+    for q, r in zip([emb.weight, lin.weight, lin.bias], ref):
+        torch.testing.assert_close(q.grad.to_dense(), r.grad)
+
+
+def test_fast_dropout_masks():
+    torch.manual_seed(3)
+    keep = keep_mask(torch.Size([1000, 1000]), 0.1, CPU)
+    assert abs(keep.float().mean().item() - 0.9) < 0.002
+    lanes = keep.view(-1)[: 4 * 250_000].view(-1, 4).float().mean(0)  # each 16-bit lane of a draw unbiased
+    assert (lanes - 0.9).abs().max() < 0.004
+    torch.manual_seed(3)
+    assert torch.equal(keep_mask(torch.Size([1000, 1000]), 0.1, CPU), keep)  # same seed, same mask
+    layer = FastDropout(0.25)
+    x = torch.randn(64, 33, requires_grad=True)
+    y = layer(x)
+    dropped = y == 0
+    assert 0.2 < dropped.float().mean() < 0.3
+    torch.testing.assert_close(y[~dropped], x[~dropped] / 0.75)
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, dropped) and torch.allclose(x.grad[~dropped], torch.tensor(1 / 0.75))
+    assert torch.equal(layer.eval()(x), x)
+
+
+def test_fast_dropout_replaces_every_dropout_module(bert_dir):
+    _, module, _ = load_backbone(params(bert_dir, dropout=0.1), 2)
+    before = [m.p for m in module.modules() if type(m) is torch.nn.Dropout]
+    assert swap_dropout(module) == len(before) > 0
+    assert [m.p for m in module.modules() if isinstance(m, FastDropout)] == before
+    assert not any(type(m) is torch.nn.Dropout for m in module.modules())
+
+
 def test_frozen_parameters_do_not_change(bert_dir):
     table = make_table("train", pair=False)
     initial = load_backbone(params(bert_dir), 2)[1].backbone.state_dict()
@@ -256,9 +346,9 @@ def test_frozen_parameters_do_not_change(bert_dir):
 
 
 def test_layerwise_lr_decay_groups(bert_dir):
-    p = params(bert_dir, lr=1e-3, head_lr=5e-3, llrd=0.5, weight_decay=0.01)
+    p = params(bert_dir, lr=1e-3, head_lr=5e-3, llrd=0.5, weight_decay=0.01, sparse_embeddings=False)
     _, module, _ = load_backbone(p, 2)
-    opt = transformer.build_optimizer(module, p)
+    opt = build_optim(module, p, 1, "fp32", CPU)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == pytest.approx({"embeddings": 1e-3 * 0.25, "layer1": 1e-3 * 0.5, "layer2": 1e-3, "head": 5e-3})
     by_param = {id(q): g for g in opt.param_groups for q in g["params"]}
@@ -274,13 +364,14 @@ def test_layerwise_lr_decay_groups(bert_dir):
 def test_warmup_then_linear_decay(bert_dir):
     p = params(bert_dir, warmup=0.25)
     _, module, _ = load_backbone(p, 2)
-    optim = transformer.build_optim(module, p, 8, "fp32", torch.device("cpu"))
+    optim = build_optim(module, p, 8, "fp32", CPU)
     lrs = []
     for _ in range(8):
-        lrs.append(optim.scheduler.get_last_lr()[-1])
-        optim.optimizer.step()
-        optim.scheduler.step()
-    assert lrs[0] == 0 and lrs[2] == pytest.approx(p.head_lr) and lrs[2] > lrs[5] > lrs[7] > 0
+        lrs.append(optim.last_lrs())
+        optim.step()
+    head, embed = [lr[len(optim.optimizers[0].param_groups) - 1] for lr in lrs], [lr[-1] for lr in lrs]
+    assert head[0] == 0 and head[2] == pytest.approx(p.head_lr) and head[2] > head[5] > head[7] > 0
+    assert embed[0] == 0 and embed[2] == pytest.approx(p.lr) and embed[5] / embed[2] == pytest.approx(head[5] / head[2])
 
 
 def test_bf16_autocast_path_runs(bert_dir):
@@ -406,3 +497,15 @@ def test_real_backbone_fits_a_few_steps():
     proba = model.predict_proba(valid)
     assert proba.shape == (24, 2) and np.isfinite(proba).all()
     assert model.info_["precision"] in ("bf16", "fp32")
+
+
+def test_batches_pad_to_a_multiple_of_8_within_max_length():
+    enc = tokens.Encoded([np.arange(n, dtype=np.int32) for n in (3, 9, 12)], None, np.array([3, 9, 12]))
+
+    def width(rows: list[int], max_width: int) -> int:
+        return tokens.collate(enc, np.array(rows), 0, CPU, max_width)["input_ids"].shape[1]
+
+    assert [width([0], 128), width([0, 1], 128), width([2], 128)] == [8, 16, 16]
+    assert width([2], 12) == 12 and width([1], 10) == 10  # never past max_length (the model's limit)
+    batch = tokens.collate(enc, np.array([0, 1]), 0, CPU, 128)
+    assert batch["attention_mask"].sum(1).tolist() == [3, 9]  # padding is masked out

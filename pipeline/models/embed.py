@@ -45,7 +45,7 @@ def embed_texts(tokenizer, encoder, texts: list[str], max_length: int, batch_siz
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for rows in predict_batches(enc.lengths, batch_size):
-            batch = collate(enc, rows, pad, torch.device("cpu"))
+            batch = collate(enc, rows, pad, torch.device("cpu"), max_length)
             batch.pop("token_type_ids", None)  # single texts: all zeros anyway
             hidden = encoder(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)

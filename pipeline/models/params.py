@@ -77,9 +77,11 @@ class TransformerParams:
     backbone_dropout: Optional[float] = None  # overrides the checkpoint's hidden/attention dropout
     multi_sample_dropout: int = 1
     freeze_embeddings: bool = False
+    sparse_embeddings: bool = True   # lazy Adam on the word-embedding rows of each step (see models/optim.py)
+    fast_dropout: bool = True        # CPU: dropout masks from 16-bit random lanes (see models/dropout.py)
     freeze_layers: int = 0         # lowest N encoder layers
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     patience: int = 2              # epochs without improvement before stopping; 0: never stop early
-    predict_batch_size: int = 128
+    predict_batch_size: int = 64
     num_threads: Optional[int] = None
     save_checkpoint: bool = True

@@ -12,6 +12,7 @@ network and no code run on load.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import shutil
@@ -26,14 +27,16 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from ..artifacts import safe_load_safetensors
 from ..data import Split
 from ..errors import PipelineError
 from ..io import read_json, write_json, write_with
 from .base import FitContext
-from .heads import HEADS, Classifier, Head, apply_freezing, param_groups
+from .dropout import fast_attention_dropout, swap_dropout
+from .heads import HEADS, Classifier, Head, apply_freezing
+from .optim import Optim, build_optim, clip_grad_norm
 from .params import TransformerParams
 from .tokens import Encoded, collate, encode_split, predict_batches, train_steps
 
@@ -240,30 +243,6 @@ def default_device() -> torch.device:
 # ----------------------------------------------------------------------------- training pieces
 
 
-@dataclass
-class Optim:
-    """The optimiser side of one fit: AdamW, its schedule, an fp16 grad scaler (or None)."""
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: Optional[torch.amp.GradScaler]
-    params: list[torch.nn.Parameter]
-
-
-def build_optimizer(module: Classifier, params: TransformerParams) -> torch.optim.AdamW:
-    groups = param_groups(module, params.lr, params.head_lr, params.llrd, params.weight_decay)
-    return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
-
-
-def build_optim(module: Classifier, params: TransformerParams, total_steps: int, precision: str,
-                device: torch.device) -> Optim:
-    """AdamW + warmup (a fraction of all optimiser steps) then linear decay to 0."""
-    optimizer = build_optimizer(module, params)
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(params.warmup * total_steps), total_steps)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    return Optim(optimizer, scheduler, scaler, trainable)
-
-
 def batch_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """logits (B, C) float32, y (B,) int64, w (B,) float32 -> the weighted SUM of cross-entropies;
     the caller divides by the effective batch's weight, so accumulation equals one big batch."""
@@ -324,7 +303,7 @@ class TransformerModel:
 
     def _batch(self, enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
         pad = self.tokenizer_.pad_token_id
-        return collate(enc, rows, 0 if pad is None else pad, self.device_)
+        return collate(enc, rows, 0 if pad is None else pad, self.device_, self.params.max_length)
 
     # -- fit
 
@@ -338,9 +317,13 @@ class TransformerModel:
         self.precision_ = resolve_precision(p.precision, self.device_)
         torch.manual_seed(ctx.seed)  # head init and dropout masks
         self.tokenizer_, self.module_, self._source = load_backbone(p, self.n_classes)
+        fast = p.fast_dropout and self.device_.type == "cpu"
+        if fast:
+            swap_dropout(self.module_)
         self.module_.to(self.device_)
         self._cache = ctx.cache
-        self._train_loop(train, valid, ctx)
+        with fast_attention_dropout(self.module_.backbone) if fast else contextlib.nullcontext():
+            self._train_loop(train, valid, ctx)
         return self
 
     def _targets(self, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -428,20 +411,13 @@ class TransformerModel:
 
     def _step(self, optim: Optim, where: str) -> None:
         """Clip, step, schedule, clear. With an fp16 scaler, non-finite gradients skip the step."""
-        if optim.scaler is not None:
-            optim.scaler.unscale_(optim.optimizer)
+        optim.unscale()
         if self.params.max_grad_norm and self.params.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(optim.params, self.params.max_grad_norm)
+            norm = clip_grad_norm(optim.params, self.params.max_grad_norm)
             if optim.scaler is None and not torch.isfinite(norm):
                 raise PipelineError(f"{where}: gradient norm is {float(norm)}; this fold was stopped "
                                     "(try a lower lr or precision=fp32)")
-        if optim.scaler is not None:
-            optim.scaler.step(optim.optimizer)
-            optim.scaler.update()
-        else:
-            optim.optimizer.step()
-        optim.scheduler.step()
-        optim.optimizer.zero_grad(set_to_none=True)
+        optim.step()
 
     # -- predict
 
@@ -455,12 +431,23 @@ class TransformerModel:
             raise PipelineError("transformer: predict_proba before fit (or load_checkpoint)")
         enc = self._encode(split)
         out = np.zeros((len(enc), self.n_classes), dtype=np.float32)
-        self.module_.eval()
-        with torch.inference_mode(), autocast(self.precision_, self.device_):
+        module, precision = self._inference_module()
+        module.eval()
+        with torch.inference_mode(), precision:
             for rows in predict_batches(enc.lengths, self.params.predict_batch_size):
-                logits = self.module_(**self._batch(enc, rows)).float()
+                logits = module(**self._batch(enc, rows)).float()
                 out[rows] = torch.softmax(logits, dim=-1).cpu().numpy()
         return out
+
+    def _inference_module(self) -> tuple[nn.Module, contextlib.AbstractContextManager]:
+        """(module, precision context) for prediction. bf16 on CPU: a bf16 copy of the backbone and no
+        autocast, which re-casts activations around every op (the copy predicts 1.3x faster on MRPC,
+        bench.profile_transformer); the head and pooling stay float32."""
+        if self.precision_ != "bf16" or self.device_.type != "cpu":
+            return self.module_, autocast(self.precision_, self.device_)
+        module = copy.deepcopy(self.module_)
+        module.backbone.to(torch.bfloat16)
+        return module, contextlib.nullcontext()
 
     # -- save / load
 
