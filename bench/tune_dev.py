@@ -28,7 +28,8 @@ def run(overrides: dict) -> dict:
 
     (ta, tb, ty), (da, db, dy) = load_mrpc(data_dir(None), False, test="dev.tsv")
     base = {"max_length": 128, "batch_size": 32, "patience": 0, "save_checkpoint": False}
-    p = TransformerParams(**{**base, **overrides})
+    params = {k: v for k, v in overrides.items() if k != "seed"}  # the seed is the fit's, not a param
+    p = TransformerParams(**{**base, **params})
     ctx = FitContext(n_classes=2, seed=overrides.get("seed", 42), fold=0, out_dir=Path("/tmp/tune_dev"),
                      score=lambda y, pr: score("accuracy", y, pr), label="tune")
     t0 = time.perf_counter()

@@ -67,7 +67,7 @@ class EnsembleConfig:
     round: int = 0                       # which pseudo-label round's matrices to combine
     tune_threshold: bool = True          # binary tasks: threshold tuned on OOF for `metric`
     stack_c: float = 1.0
-    submit: str = "stack"                # the method copied to submissions/<exp>.csv
+    submit: str = "auto"                 # the method copied to submissions/<exp>.csv; auto: best honest OOF
 
 
 @dataclass
@@ -326,7 +326,7 @@ def _validate(cfg: ExperimentConfig) -> None:
     for mth in cfg.ensemble.methods:
         if mth not in known:
             raise PipelineError(f"config: ensemble.methods has unknown method {mth!r} (known: {sorted(known)})")
-    if cfg.ensemble.submit not in cfg.ensemble.methods:
+    if cfg.ensemble.submit != "auto" and cfg.ensemble.submit not in cfg.ensemble.methods:
         raise PipelineError(f"config: ensemble.submit={cfg.ensemble.submit!r} is not in ensemble.methods")
 
 

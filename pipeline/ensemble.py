@@ -218,6 +218,29 @@ def score_rows(names: list[str], oof_scores: list[dict], test_scores: list[Optio
     return rows
 
 
+def honest_metric(result: dict, metric: str) -> float:
+    """A method's honest OOF `metric` (thresholded where a threshold was tuned), higher is better."""
+    value = (result.get("oof_scores_thresholded") or result["oof_scores"])[metric]
+    return -value if metric == "logloss" else value
+
+
+def choose_submit(cfg: ExperimentConfig, results: dict[str, dict]) -> str:
+    """ensemble.submit, or with `auto` the method with the best honest OOF metric (first on ties);
+    never the test labels."""
+    if cfg.ensemble.submit != "auto":
+        return cfg.ensemble.submit
+    return max(results, key=lambda name: honest_metric(results[name], cfg.metric))
+
+
+def fit_submitted(cfg: ExperimentConfig, models: list[Matrices], y: np.ndarray,
+                  folds: np.ndarray) -> tuple[str, dict]:
+    """(name, combine() result) of the method the ensemble stage submits."""
+    names = cfg.ensemble.methods if cfg.ensemble.submit == "auto" else [cfg.ensemble.submit]
+    results = {name: combine(name, cfg, models, y, folds) for name in names}
+    chosen = choose_submit(cfg, results)
+    return chosen, results[chosen]
+
+
 def run_ensemble(cfg: ExperimentConfig) -> dict:
     e = cfg.ensemble
     models, train, test, meta, folds = checked_models(cfg, e.models, e.round)
@@ -227,14 +250,15 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
     for m in models:
         summary["models"][m.name] = {"oof": m.manifest["oof_scores"],
                                      "test": scores(test.y, m.test) if test.y is not None else None}
-    for name in e.methods:
-        r = combine(name, cfg, models, y, folds)
+    results = {name: combine(name, cfg, models, y, folds) for name in e.methods}
+    summary["submitted"] = choose_submit(cfg, results)
+    for name, r in results.items():
         write_npy(out_dir / name / "oof.npy", r["oof"].astype(np.float32))
         write_npy(out_dir / name / "test.npy", r["test"].astype(np.float32))
         pred = decide(r["test"], r["threshold"])
         sub = submission_frame(cfg, test.ids, pred, classes)
         path = write_csv(Path(cfg.paths.submissions) / f"{cfg.experiment}_{name}.csv", sub)
-        if name == e.submit:
+        if name == summary["submitted"]:
             write_csv(Path(cfg.paths.submissions) / f"{cfg.experiment}.csv", sub)
         test_scores = scores(test.y, np.eye(len(classes))[pred]) if test.y is not None else None
         if test_scores is not None:
@@ -268,7 +292,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for n, s in summary["methods"].items():
         if "weights" in s:
             print(f"{n} weights: {s['weights']}")
-    print(f"submission: {Path(cfg.paths.submissions) / (cfg.experiment + '.csv')} ({cfg.ensemble.submit})")
+    how = " (best honest OOF " + cfg.metric + ")" if cfg.ensemble.submit == "auto" else ""
+    print(f"submission: {Path(cfg.paths.submissions) / (cfg.experiment + '.csv')} ({summary['submitted']}{how})")
     return 0
 
 

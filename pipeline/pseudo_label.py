@@ -27,7 +27,7 @@ from . import cli
 from .artifacts import Matrices
 from .config import ExperimentConfig, PseudoConfig
 from .data import Split, Table
-from .ensemble import checked_models, combine
+from .ensemble import checked_models, fit_submitted
 from .errors import PipelineError
 from .io import read_json, sha256_file, write_csv, write_json
 from .metrics import scores
@@ -271,11 +271,11 @@ def run_pseudo(cfg: ExperimentConfig, force: bool = False) -> list[dict]:
 
 def ensemble_scores(cfg: ExperimentConfig, models: list[Matrices], y: np.ndarray, folds: np.ndarray,
                     test_y: Optional[np.ndarray]) -> dict:
-    """Scores of the ensemble.submit method over `models`, fitted as the ensemble stage fits it
+    """Scores of the method the ensemble stage would submit over `models`, fitted as it fits it
     (its OOF rows from fits on the other folds), without writing a submission. At argmax, like
     every other score of the report, so rounds compare on equal terms (no tuned threshold)."""
-    r = combine(cfg.ensemble.submit, cfg, models, y, folds)
-    return {"method": cfg.ensemble.submit, "oof": r["oof_scores"],
+    method, r = fit_submitted(cfg, models, y, folds)
+    return {"method": method, "oof": r["oof_scores"],
             "test": scores(test_y, r["test"]) if test_y is not None else None}
 
 
@@ -303,13 +303,19 @@ def rounds_overview(cfg: ExperimentConfig, upto: int) -> list[dict]:
     return out
 
 
+def ensemble_label(overview: list[dict]) -> str:
+    """"[stack]", or with ensemble.submit=auto and rounds that chose differently "[stack/blend]"."""
+    methods = list(dict.fromkeys(e["ensemble"]["method"] for e in overview))
+    return f"[{'/'.join(methods)}]"
+
+
 def overview_table(overview: list[dict], metric: str, markdown: bool = False) -> str:
     """One row per round: pseudo rows, each student's OOF metric, the ensemble's OOF (and test) metric."""
     names = list(overview[0]["models"])
     has_test = overview[0]["ensemble"]["test"] is not None
-    method = overview[0]["ensemble"]["method"]
-    head = ["round", "pseudo rows"] + [f"{n} oof {metric}" for n in names] + [f"[{method}] oof {metric}"]
-    head += ([f"{n} test {metric}" for n in names] + [f"[{method}] test {metric}"]) if has_test else []
+    label = ensemble_label(overview)
+    head = ["round", "pseudo rows"] + [f"{n} oof {metric}" for n in names] + [f"{label} oof {metric}"]
+    head += ([f"{n} test {metric}" for n in names] + [f"{label} test {metric}"]) if has_test else []
     rows = []
     for e in overview:
         row = [e["round"], e.get("rows", "-")] + [e["models"][n]["oof"][metric] for n in names]
@@ -346,8 +352,8 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"(round {info['teacher_round']})" + (f", {acc:.4f} of them correct" if acc is not None else "")
               + f" -> {round_paths(cfg, info['round'])[0]}")
         print(counts_table(info, classes))
-    print(f"\nstudents before (round 0) and after pseudo labelling, and their {cfg.ensemble.submit} ensemble "
-          "(honest OOF; scores at argmax)")
+    print(f"\nstudents before (round 0) and after pseudo labelling, and their ensemble ({cfg.ensemble.submit}; "
+          "honest OOF; scores at argmax)")
     print(overview_table(rounds_overview(cfg, cfg.pseudo.rounds), cfg.metric))
     return 0
 

@@ -25,7 +25,8 @@ from .errors import PipelineError
 from .inspect import oof_correlation
 from .io import read_json, read_npy, write_json, write_text, write_with
 from .metrics import scores
-from .pseudo_label import load_round_models, overview_table, round_paths, rounds_overview, student_names
+from .pseudo_label import (ensemble_label, load_round_models, overview_table, round_paths, rounds_overview,
+                           student_names)
 from .tables import format_table
 
 log = logging.getLogger("pipeline.report")
@@ -77,10 +78,11 @@ def gather(cfg: ExperimentConfig) -> Evidence:
     if not summary.is_file():
         raise PipelineError(f"{summary} not found: run `python -m pipeline.ensemble` first")
     check_ensemble_models(summary, models)
+    submitted = read_json(summary).get("submitted", e.submit)
     C = len(meta["classes"])
-    oof = ensemble_matrix(out / e.submit, "oof.npy", (len(train), C))
-    test_p = ensemble_matrix(out / e.submit, "test.npy", (len(test), C))
-    return Evidence(cfg, models, train.y, folds, test.y, meta["classes"], e.submit, oof, test_p)
+    oof = ensemble_matrix(out / submitted, "oof.npy", (len(train), C))
+    test_p = ensemble_matrix(out / submitted, "test.npy", (len(test), C))
+    return Evidence(cfg, models, train.y, folds, test.y, meta["classes"], submitted, oof, test_p)
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -224,7 +226,7 @@ def plot_rounds(path: Path, overview: list[dict], metric: str) -> Path:
     left.bar(rounds, [e.get("rows", 0) for e in overview], color="tab:blue")
     left.set_xticks(rounds), left.set_xlabel("round"), left.set_ylabel("pseudo rows (all folds)")
     lines = {n: [e["models"][n] for e in overview] for n in overview[0]["models"]}
-    lines[f"[{overview[0]['ensemble']['method']}]"] = [e["ensemble"] for e in overview]
+    lines[ensemble_label(overview)] = [e["ensemble"] for e in overview]
     for name, seq in lines.items():
         (line,) = right.plot(rounds, [s["oof"][metric] for s in seq], marker="o", label=f"{name} oof")
         if seq[0]["test"] is not None:

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.ensemble import Blender, Stacker, Voter, honest_oof
+from pipeline.config import ExperimentConfig
+from pipeline.ensemble import Blender, Stacker, Voter, choose_submit, honest_oof
 from pipeline.io import read_json, sha256_file, write_json
 
 
@@ -55,6 +56,30 @@ def test_ensemble_writes_checked_submission(prepared, capsys):
     assert summary["methods"]["stack"]["oof_scores"]["accuracy"] > 0.5
     for m in ("stack", "blend", "vote"):
         assert (prepared.tmp / "subs" / f"tiny_{m}.csv").is_file()
+
+
+def test_submit_auto_takes_the_best_honest_oof_method():
+    cfg = ExperimentConfig()
+    results = {"stack": {"oof_scores": {"accuracy": 0.80, "logloss": 0.40},
+                         "oof_scores_thresholded": {"accuracy": 0.78, "logloss": 0.40}},
+               "blend": {"oof_scores": {"accuracy": 0.79, "logloss": 0.45}},
+               "vote": {"oof_scores": {"accuracy": 0.79, "logloss": 0.30}}}
+    assert cfg.ensemble.submit == "auto" and choose_submit(cfg, results) == "blend"  # thresholded .78 < .79
+    cfg.metric = "logloss"
+    assert choose_submit(cfg, results) == "vote"  # lower is better
+    cfg.ensemble.submit = "stack"
+    assert choose_submit(cfg, results) == "stack"
+
+
+def test_submit_auto_through_the_stage(prepared, capsys):
+    assert prepared.run("train") == 0
+    assert prepared.run("ensemble", "ensemble.submit=auto") == 0
+    summary = read_json(prepared.models / "ensembles" / "summary.json")
+    honest = {m: (r.get("oof_scores_thresholded") or r["oof_scores"])["accuracy"] for m, r in summary["methods"].items()}
+    assert honest[summary["submitted"]] == max(honest.values())
+    chosen = prepared.tmp / "subs" / f"tiny_{summary['submitted']}.csv"
+    assert (prepared.tmp / "subs" / "tiny.csv").read_bytes() == chosen.read_bytes()
+    assert f"({summary['submitted']} (best honest OOF accuracy))" in capsys.readouterr().out
 
 
 def test_original_label_names_written_back(exp):

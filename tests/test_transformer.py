@@ -509,3 +509,34 @@ def test_batches_pad_to_a_multiple_of_8_within_max_length():
     assert width([2], 12) == 12 and width([1], 10) == 10  # never past max_length (the model's limit)
     batch = tokens.collate(enc, np.array([0, 1]), 0, CPU, 128)
     assert batch["attention_mask"].sum(1).tolist() == [3, 9]  # padding is masked out
+
+
+def _swapped(table: Table) -> Table:
+    return Table(table.name + "-swapped", table.ids, {v: (b, a) for v, (a, b) in table.views.items()}, table.y)
+
+
+def test_swap_tta_averages_both_pair_orders(bert_dir):
+    table = make_table("train", pair=True)
+    model, valid = fit(params(bert_dir), table)
+    rows = valid.parts[0][1]
+    plain = model.predict_proba(valid)
+    other = model.predict_proba(Split([(_swapped(table), rows)], valid.y))
+    assert np.abs(plain - other).max() > 1e-4  # the order matters to a cross-encoder
+    model.params.swap_tta = True
+    np.testing.assert_allclose(model.predict_proba(valid), (plain + other) / 2, atol=1e-6)
+    single = make_table("single", pair=False)
+    single_model, single_valid = fit(params(bert_dir, swap_tta=True), single)
+    assert single_model.predict_proba(single_valid).shape == (len(single_valid), 2)  # no pair: no swap
+
+
+def test_swap_augment_trains_on_both_orders(bert_dir):
+    table = make_table("train", pair=True)
+    model, _ = fit(params(bert_dir, swap_augment=True), table)
+    train, _ = folds(table)
+    enc, y, w = model._training_rows(train)
+    n = len(train)
+    assert len(enc) == len(y) == len(w) == 2 * n and torch.equal(y[:n], y[n:])
+    swapped = model._encode(Split([(_swapped(table), train.parts[0][1])], train.y))
+    assert all(np.array_equal(a, b) for a, b in zip(enc.ids[n:], swapped.ids))
+    model.params.swap_augment = False
+    assert len(model._training_rows(train)[0]) == n

@@ -64,6 +64,8 @@ class TransformerParams:
     head: Literal["cls", "mean", "max4", "bilstm"] = "mean"
     max_length: int = 128
     truncation: Literal["head", "tail", "head_tail"] = "head"
+    swap_augment: bool = False     # pairs: also train on (b, a), so each epoch sees every pair twice
+    swap_tta: bool = False         # pairs: predict the mean over (a, b) and (b, a)
     epochs: int = 3
     batch_size: int = 32
     grad_accum: int = 1

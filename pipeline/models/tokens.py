@@ -117,31 +117,39 @@ def encode_texts(tokenizer, a: list[str], b: Optional[list[str]], max_length: in
 
 
 def encode_table(cache: dict, tok_key: str, tokenizer, table: Table, view: str,
-                 max_length: int, strategy: str) -> Encoded:
-    """Every row of `table` encoded, computed once per key and kept in `cache`.
+                 max_length: int, strategy: str, swapped: bool = False) -> Encoded:
+    """Every row of `table` encoded, computed once per key and kept in `cache`; `swapped` encodes
+    pairs as (text_b, text_a).
 
     The key holds id(table) and the entry holds the table itself, so the id cannot be reused by
     another table while the entry lives.
     """
-    key = ("tokens", tok_key, max_length, strategy, view, table.name, id(table))
+    key = ("tokens", tok_key, max_length, strategy, view, swapped, table.name, id(table))
     hit = cache.get(key)
     if hit is not None and hit[0] is table:
         return hit[1]
     a, b = table.views[view]
-    enc = encode_texts(tokenizer, a, b, max_length, strategy)
+    enc = encode_texts(tokenizer, b, a, max_length, strategy) if swapped else \
+        encode_texts(tokenizer, a, b, max_length, strategy)
     cache[key] = (table, enc)
     return enc
 
 
 def encode_split(cache: dict, tok_key: str, tokenizer, split: Split, view: str,
-                 max_length: int, strategy: str) -> Encoded:
+                 max_length: int, strategy: str, swapped: bool = False) -> Encoded:
     """The rows of `split`, in its order, gathered from its tables' cached encodings."""
-    parts = [(encode_table(cache, tok_key, tokenizer, table, view, max_length, strategy), rows)
+    parts = [(encode_table(cache, tok_key, tokenizer, table, view, max_length, strategy, swapped), rows)
              for table, rows in split.parts]
     ids = [enc.ids[i] for enc, rows in parts for i in rows]
     with_types = bool(ids) and all(enc.types is not None for enc, _ in parts)
     types = [enc.types[i] for enc, rows in parts for i in rows] if with_types else None
     return Encoded(ids, types, np.array([len(x) for x in ids], dtype=np.int64))
+
+
+def concat(first: Encoded, second: Encoded) -> Encoded:
+    """The rows of `first`, then those of `second`."""
+    types = first.types + second.types if first.types is not None and second.types is not None else None
+    return Encoded(first.ids + second.ids, types, np.concatenate([first.lengths, second.lengths]))
 
 
 # ----------------------------------------------------------------------------- batching

