@@ -540,3 +540,53 @@ def test_swap_augment_trains_on_both_orders(bert_dir):
     assert all(np.array_equal(a, b) for a, b in zip(enc.ids[n:], swapped.ids))
     model.params.swap_augment = False
     assert len(model._training_rows(train)[0]) == n
+
+
+def test_fast_attention_matches_sdpa_and_is_restored(bert_dir, monkeypatch):
+    """The training-only attention path is SDPA's product (mask, scaling, layout) with a fast mask
+    between softmax and values; on exit the backbone is back on SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from pipeline.models import dropout as fast
+
+    _, module, _ = load_backbone(params(bert_dir), 2)
+    layer = module.backbone.encoder.layer[0].attention.self
+    layer.train()
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 16) for _ in range(3))
+    mask = torch.ones(3, 1, 7, 7, dtype=torch.bool)
+    mask[1, :, :, 5:] = False  # padding keys of row 1
+    want, _ = sdpa_attention_forward(layer, q, k, v, mask, dropout=0.0, scaling=0.25)
+    monkeypatch.setattr(fast, "fast_dropout", lambda x, p: x)  # the mask aside, the same product
+    got, _ = fast.attention(layer, q, k, v, mask, dropout=0.1, scaling=0.25)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    monkeypatch.undo()
+    dropped, _ = fast.attention(layer, q, k, v, mask, dropout=0.5, scaling=0.25)
+    assert not torch.allclose(dropped, want)
+    with fast.fast_attention_dropout(module.backbone):
+        assert module.backbone.config._attn_implementation == fast.ATTENTION
+    assert module.backbone.config._attn_implementation == "sdpa"
+
+
+def test_attention_dropout_trains_through_the_fast_path(bert_dir, tmp_path, monkeypatch):
+    """A backbone with attention dropout trains through `attention` (counted), and its saved config
+    names plain SDPA, so the checkpoint loads anywhere."""
+    from transformers import AutoConfig, AutoModel
+
+    from pipeline.models import dropout as fast
+
+    noisy = tmp_path / "noisy"
+    config = AutoConfig.from_pretrained(bert_dir)
+    config.attention_probs_dropout_prob = 0.2
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(noisy)
+    for name in ("vocab.txt", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json"):
+        if (bert_dir / name).is_file():
+            (noisy / name).write_bytes((bert_dir / name).read_bytes())
+    calls = []
+    real = fast.attention
+    monkeypatch.setattr(fast, "attention", lambda *a, **kw: calls.append(kw["dropout"]) or real(*a, **kw))
+    model, valid = fit(params(noisy, save_checkpoint=True), make_table("train", pair=True), tmp_path=tmp_path)
+    assert 0.2 in calls and set(calls) <= {0.0, 0.2}  # 0.0: the per-epoch validation pass (eval mode)
+    model.save(tmp_path / "ckpt")
+    assert load_checkpoint(tmp_path / "ckpt").module_.backbone.config._attn_implementation == "sdpa"
