@@ -56,7 +56,6 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.models.base import FitContext
     from pipeline.models.params import TransformerParams
     from pipeline.models.tokens import train_steps
-    from pipeline.models.dropout import fast_attention_dropout
     from pipeline.models.optim import build_optim
     from pipeline.models.transformer import TransformerModel
 
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     y, w = model._targets(train)
     steps = train_steps(enc.lengths, p.batch_size, p.grad_accum, np.random.default_rng(0))[: args.steps]
     optim = build_optim(model.module_, p, len(steps), model.precision_, model.device_)
-    with profile(activities=[ProfilerActivity.CPU]) as prof, fast_attention_dropout(model.module_.backbone):
+    with profile(activities=[ProfilerActivity.CPU]) as prof, model.training_attention():
         model._train_epoch(steps, enc, y, w, optim, tqdm(disable=True), "profile")
     report(f"training, {len(steps)} steps of {p.batch_size}, mean length {enc.lengths.mean():.0f} tokens", prof,
            args.top)

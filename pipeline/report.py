@@ -62,9 +62,9 @@ def ensemble_matrix(directory: Path, name: str, shape: tuple[int, int]) -> np.nd
     return arr.astype(np.float64)
 
 
-def check_ensemble_models(summary_path: Path, models: list[Matrices]) -> None:
+def check_ensemble_models(summary_path: Path, summary: dict, models: list[Matrices]) -> None:
     """The ensemble's summary must list the models the report shows, or its matrices are another ensemble's."""
-    listed = sorted(read_json(summary_path).get("models", {}))
+    listed = sorted(summary.get("models", {}))
     if listed != sorted(m.name for m in models):
         raise PipelineError(f"{summary_path} combines {listed}, the report's models are "
                             f"{sorted(m.name for m in models)}: run `python -m pipeline.ensemble` again")
@@ -77,8 +77,9 @@ def gather(cfg: ExperimentConfig) -> Evidence:
     summary = out / "summary.json"
     if not summary.is_file():
         raise PipelineError(f"{summary} not found: run `python -m pipeline.ensemble` first")
-    check_ensemble_models(summary, models)
-    submitted = read_json(summary).get("submitted", e.submit)
+    record = read_json(summary)
+    check_ensemble_models(summary, record, models)
+    submitted = record.get("submitted", e.submit)
     C = len(meta["classes"])
     oof = ensemble_matrix(out / submitted, "oof.npy", (len(train), C))
     test_p = ensemble_matrix(out / submitted, "test.npy", (len(test), C))

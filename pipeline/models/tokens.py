@@ -129,8 +129,9 @@ def encode_table(cache: dict, tok_key: str, tokenizer, table: Table, view: str,
     if hit is not None and hit[0] is table:
         return hit[1]
     a, b = table.views[view]
-    enc = encode_texts(tokenizer, b, a, max_length, strategy) if swapped else \
-        encode_texts(tokenizer, a, b, max_length, strategy)
+    if swapped:
+        a, b = b, a
+    enc = encode_texts(tokenizer, a, b, max_length, strategy)
     cache[key] = (table, enc)
     return enc
 

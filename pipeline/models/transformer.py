@@ -326,14 +326,23 @@ class TransformerModel:
         self.precision_ = resolve_precision(p.precision, self.device_)
         torch.manual_seed(ctx.seed)  # head init and dropout masks
         self.tokenizer_, self.module_, self._source = load_backbone(p, self.n_classes)
-        fast = p.fast_dropout and self.device_.type == "cpu"
-        if fast:
+        if self._fast_dropout:
             swap_dropout(self.module_)
         self.module_.to(self.device_)
         self._cache = ctx.cache
-        with fast_attention_dropout(self.module_.backbone) if fast else contextlib.nullcontext():
+        with self.training_attention():
             self._train_loop(train, valid, ctx)
         return self
+
+    @property
+    def _fast_dropout(self) -> bool:
+        """fast_dropout applies to CPU training only (CUDA's fused dropout is already cheap)."""
+        return self.params.fast_dropout and self.device_.type == "cpu"
+
+    def training_attention(self) -> contextlib.AbstractContextManager:
+        """The attention the training steps run under: fast attention-dropout masks with fast_dropout
+        (see models/dropout.py), else the backbone's own."""
+        return fast_attention_dropout(self.module_.backbone) if self._fast_dropout else contextlib.nullcontext()
 
     def _targets(self, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
         """(n,) int64 labels and (n,) float32 sample weights (1 where none are given)."""
