@@ -95,9 +95,10 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from pipeline.config import load_config
     from pipeline.io import write_json, write_text
+    from pipeline.store import models_dir as models_root
 
     cfg = load_config(ROOT / args.config, overrides)
-    models_dir = ROOT / cfg.models_dir(0)  # an absolute models path stays as it is
+    models_dir = ROOT / models_root(cfg)  # an absolute models path stays as it is
     summary = json.loads((models_dir / "ensembles" / "summary.json").read_text())
     result = {"config": args.config, "stage_seconds": stage_seconds, "models": model_rows(models_dir, summary),
               "methods": method_rows(summary), "hf": hf_baseline()}

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import logging
 import sys
 from pathlib import Path
@@ -9,11 +11,14 @@ from typing import Callable, Optional
 
 import yaml
 
+from . import store
 from .config import ExperimentConfig, load_config, to_dict
 from .errors import PipelineError
 from .io import write_text
 
 DEFAULT_CONFIG = "configs/default.yaml"
+# The running stage's resources (the experiment lock), released when `run` returns.
+_STAGE: contextvars.ContextVar[Optional[contextlib.ExitStack]] = contextvars.ContextVar("stage", default=None)
 log = logging.getLogger("pipeline")
 
 
@@ -32,8 +37,16 @@ def split_config_arg(args: argparse.Namespace) -> None:
 
 
 def load(args: argparse.Namespace) -> ExperimentConfig:
+    """The stage's config, after the checks that must pass before anything is written: no output
+    can land on an input, and no other process is writing this experiment (its lock is held until
+    the stage ends, when run by `run`)."""
     split_config_arg(args)
-    return load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
+    store.check_outputs_spare_inputs(cfg, Path(args.config) if args.config else None)
+    stack = _STAGE.get()
+    if stack is not None:
+        stack.enter_context(store.experiment_lock(cfg))
+    return cfg
 
 
 def save_resolved(cfg: ExperimentConfig, directory: Path) -> Path:
@@ -45,7 +58,12 @@ def run(main: Callable[[Optional[list[str]]], int | None], argv: Optional[list[s
     # Logs go to stdout; stderr holds only the one-line error (and progress bars).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     try:
-        code = main(argv)
+        with contextlib.ExitStack() as stack:
+            token = _STAGE.set(stack)
+            try:
+                code = main(argv)
+            finally:
+                _STAGE.reset(token)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

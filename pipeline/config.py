@@ -14,11 +14,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 
-from .errors import PipelineError
+from . import store
+from .errors import InvalidValue, PipelineError, excerpt
+
+
+Column = Union[str, int]  # a column name, or with data.header=false a 0-based position
 
 
 @dataclass
@@ -26,16 +30,24 @@ class DataConfig:
     dir: str = "data/demo"          # ${VAR} is expanded, so `${MRPC_DIR}` works
     train: str = "train.csv"
     test: str = "test.csv"
-    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
-    id: Optional[str] = None        # None: row number
-    text_a: str = "text_a"
-    text_b: Optional[str] = None    # None: single-text task
-    label: str = "label"
-    test_id: Optional[str] = None   # defaults to `id`
-    test_label: Optional[str] = None  # labelled test files: used for scoring only
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = "auto"
+    header: bool = True             # false: columns are named by position (text_a: 3)
+    sep: Optional[str] = None       # None: by format (',' for CSV, tab for TSV)
+    encoding: str = "utf-8"
+    id: Optional[Column] = None     # None: a conventional id column of the test file, else row number
+    text_a: Column = "text_a"
+    text_b: Optional[Column] = None  # None: single-text task
+    label: Column = "label"
+    test_id: Optional[Column] = None   # defaults to `id`
+    test_label: Optional[Column] = None  # labelled test files: used for scoring only
     on_empty_text: Literal["error", "empty"] = "error"
-    max_train_rows: Optional[int] = None  # quick runs: keep the first N rows
+    max_train_rows: Optional[int] = None  # quick runs: keep the first N rows (N >= 1)
     max_test_rows: Optional[int] = None
+
+    def __post_init__(self):
+        for key in ("max_train_rows", "max_test_rows"):
+            require(self, key, lambda v: v is None or v >= 1, "at least 1 (or null: every row)")
+        require(self, "sep", lambda v: v is None or len(v) == 1, "one character (or null: by format)")
 
 
 @dataclass
@@ -44,6 +56,9 @@ class FoldsConfig:
     strategy: Literal["stratified", "group", "auto_group"] = "stratified"
     group_column: Optional[str] = None
     seed: int = 42
+
+    def __post_init__(self):
+        require(self, "n_splits", lambda v: v >= 2, "at least 2")
 
 
 @dataclass
@@ -69,6 +84,11 @@ class EnsembleConfig:
     stack_c: float = 1.0
     submit: str = "auto"                 # the method copied to submissions/<exp>.csv; auto: best honest OOF
 
+    def __post_init__(self):
+        require(self, "round", lambda v: v >= 0, "0 or more")
+        require(self, "stack_c", lambda v: v > 0, "positive")
+        require(self, "methods", lambda v: len(v) >= 1, "a non-empty list")
+
 
 @dataclass
 class PseudoConfig:
@@ -80,6 +100,12 @@ class PseudoConfig:
     keep_class_balance: bool = True
     models: Optional[list[str]] = None   # teachers; None: all
     retrain: Optional[list[str]] = None  # students; None: all
+
+    def __post_init__(self):
+        require(self, "rounds", lambda v: v >= 1, "at least 1")
+        require(self, "min_votes", lambda v: v is None or v >= 1, "at least 1 (or null: every teacher)")
+        require(self, "min_confidence", lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
+        require(self, "max_fraction", lambda v: v > 0, "positive")
 
 
 @dataclass
@@ -103,22 +129,18 @@ class ExperimentConfig:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
-    # Derived locations; every stage finds its inputs and outputs through these.
-    def work_dir(self) -> Path:
-        return Path(self.paths.work) / self.experiment
-
-    def models_dir(self, round_: int = 0) -> Path:
-        base = Path(self.paths.models) / self.experiment
-        return base if round_ == 0 else base / "rounds" / f"r{round_}"
-
-    def data_dir(self) -> Path:
-        return Path(expand_env(self.data.dir, "data.dir"))
-
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
             if m.name == name:
                 return m
         raise PipelineError(f"config: no model named {name!r} (models: {[m.name for m in self.models]})")
+
+
+def require(obj: Any, key: str, ok: Callable[[Any], bool], expected: str) -> None:
+    """Range check for a __post_init__: raise InvalidValue naming `key` when ok(value) is false."""
+    value = getattr(obj, key)
+    if not ok(value):
+        raise InvalidValue(key, f"must be {expected}, got {excerpt(value)}")
 
 
 ENV_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -159,7 +181,7 @@ FLOAT_LITERAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; return it converted (dataclasses built)."""
     origin = typing.get_origin(tp)
-    bad = PipelineError(f"config: {key} must be {_type_name(tp)}, got {value!r}")
+    bad = PipelineError(f"config: {key} must be {_type_name(tp)}, got {excerpt(value)}")
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad
@@ -225,7 +247,11 @@ def build(cls: type, values: dict, prefix: str = "") -> Any:
             kwargs[f.name] = coerce(values[f.name], hints[f.name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise PipelineError(f"config: {key} is required")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except InvalidValue as e:  # out of range, found by the class itself
+        where = f"{prefix}.{e.key}" if prefix else e.key
+        raise PipelineError(f"config: {where} {e.problem}") from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -304,6 +330,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
 def _validate(cfg: ExperimentConfig) -> None:
     from .models import registry  # the registry knows each kind's params class
 
+    store.check_name("experiment", cfg.experiment)
+    for i, m in enumerate(cfg.models):
+        store.check_model_name(f"models[{i}].name", m.name)
     names = [m.name for m in cfg.models]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -313,8 +342,6 @@ def _validate(cfg: ExperimentConfig) -> None:
         m.params = to_dict(build(params_cls, m.params, f"models.{m.name}.params"))
         if m.seed is None:
             m.seed = cfg.seed
-    if cfg.folds.n_splits < 2:
-        raise PipelineError(f"config: folds.n_splits must be at least 2, got {cfg.folds.n_splits}")
     if cfg.folds.strategy == "group" and not cfg.folds.group_column:
         raise PipelineError("config: folds.strategy=group needs folds.group_column")
     for label, sel in (("ensemble.models", cfg.ensemble.models), ("pseudo.models", cfg.pseudo.models),
@@ -322,10 +349,10 @@ def _validate(cfg: ExperimentConfig) -> None:
         for n in sel or []:
             if n not in names:
                 raise PipelineError(f"config: {label} names unknown model {n!r} (models: {names})")
-    known = {"stack", "blend", "vote", "best"}
     for mth in cfg.ensemble.methods:
-        if mth not in known:
-            raise PipelineError(f"config: ensemble.methods has unknown method {mth!r} (known: {sorted(known)})")
+        if mth not in store.METHODS:
+            raise PipelineError(f"config: ensemble.methods has unknown method {excerpt(mth)} "
+                                f"(known: {', '.join(store.METHODS)})")
     if cfg.ensemble.submit != "auto" and cfg.ensemble.submit not in cfg.ensemble.methods:
         raise PipelineError(f"config: ensemble.submit={cfg.ensemble.submit!r} is not in ensemble.methods")
 

@@ -22,10 +22,11 @@ from . import cli
 from .artifacts import Matrices, check_agree, load_model, mixed_versions
 from .config import ExperimentConfig
 from .errors import PipelineError
-from .folds import folds_paths, load_folds
+from .folds import load_folds
 from .io import read_json, sha256_strings, write_csv, write_json, write_npy
 from .metrics import decide, scores, tune_threshold
 from .preprocess import load_prepared
+from .store import folds_paths, models_dir, round_paths, submission_path
 from .tables import format_table
 
 log = logging.getLogger("pipeline.ensemble")
@@ -157,22 +158,20 @@ def load_models(cfg: ExperimentConfig, names: Optional[list[str]] = None, round_
     found = {n: latest_model_dir(cfg, n, round_) for n in wanted}
     missing = [n for n, d in found.items() if d is None]
     if missing:
-        raise PipelineError(f"no finished matrices for {missing} under {cfg.models_dir(round_)}: "
+        raise PipelineError(f"no finished matrices for {missing} under {models_dir(cfg, round_)}: "
                             "run the train stage first")
     return [load_model(found[n]) for n in wanted]
 
 
 def latest_model_dir(cfg: ExperimentConfig, name: str, round_: int) -> Optional[Path]:
     for r in range(round_, -1, -1):
-        if (cfg.models_dir(r) / name / "manifest.json").is_file():
-            return cfg.models_dir(r) / name
+        if (models_dir(cfg, r) / name / "manifest.json").is_file():
+            return models_dir(cfg, r) / name
     return None
 
 
 def check_pseudo_labels(cfg: ExperimentConfig, models: list[Matrices]) -> None:
     """A student of round r must have been trained on round r's current pseudo labels."""
-    from .pseudo_label import round_paths
-
     for m in models:
         r = int(m.manifest.get("round", 0))
         if r > 0:
@@ -245,7 +244,7 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
     e = cfg.ensemble
     models, train, test, meta, folds = checked_models(cfg, e.models, e.round)
     y, classes = train.y, meta["classes"]
-    out_dir = cfg.models_dir(e.round) / "ensembles"
+    out_dir = models_dir(cfg, e.round) / "ensembles"
     summary: dict = {"models": {}, "methods": {}, "round": e.round, "metric": cfg.metric}
     for m in models:
         summary["models"][m.name] = {"oof": m.manifest["oof_scores"],
@@ -257,9 +256,9 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
         write_npy(out_dir / name / "test.npy", r["test"].astype(np.float32))
         pred = decide(r["test"], r["threshold"])
         sub = submission_frame(cfg, test.ids, pred, classes)
-        path = write_csv(Path(cfg.paths.submissions) / f"{cfg.experiment}_{name}.csv", sub)
+        path = write_csv(submission_path(cfg, name), sub)
         if name == summary["submitted"]:
-            write_csv(Path(cfg.paths.submissions) / f"{cfg.experiment}.csv", sub)
+            write_csv(submission_path(cfg), sub)
         test_scores = scores(test.y, np.eye(len(classes))[pred]) if test.y is not None else None
         if test_scores is not None:
             test_scores["logloss"] = scores(test.y, r["test"])["logloss"]
@@ -293,7 +292,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if "weights" in s:
             print(f"{n} weights: {s['weights']}")
     how = " (best honest OOF " + cfg.metric + ")" if cfg.ensemble.submit == "auto" else ""
-    print(f"submission: {Path(cfg.paths.submissions) / (cfg.experiment + '.csv')} ({summary['submitted']}{how})")
+    print(f"submission: {submission_path(cfg)} ({summary['submitted']}{how})")
     return 0
 
 

@@ -21,6 +21,7 @@ from .data import Table
 from .errors import PipelineError
 from .io import read_json, sha256_file, sha256_strings, write_csv, write_json
 from .preprocess import load_prepared
+from .store import folds_paths
 
 log = logging.getLogger("pipeline.folds")
 
@@ -81,10 +82,6 @@ def assign_folds(train: Table, cfg: ExperimentConfig, classes: list[str]) -> np.
         fold[val] = f
     assert (fold >= 0).all(), "every row must land in a fold"
     return fold
-
-
-def folds_paths(cfg: ExperimentConfig) -> tuple[Path, Path]:
-    return cfg.work_dir() / "folds.csv", cfg.work_dir() / "folds.json"
 
 
 def data_signature(train: Table, cfg: ExperimentConfig) -> dict:

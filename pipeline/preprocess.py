@@ -21,6 +21,7 @@ from .config import ExperimentConfig, config_hash, to_dict
 from .data import VIEWS, RawTable, Table, class_order, encode_labels, read_raw
 from .errors import PipelineError
 from .io import read_json, sha256_file, write_json, write_text
+from .store import data_dir, prepared_dir
 
 log = logging.getLogger("pipeline.preprocess")
 TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -106,13 +107,9 @@ def table_from_jsonl(name: str, path: Path) -> Table:
     return Table(name, [r["id"] for r in rows], views, y, groups)
 
 
-def prepared_dir(cfg: ExperimentConfig) -> Path:
-    return cfg.work_dir() / "prepared"
-
-
 def source_fingerprint(cfg: ExperimentConfig) -> dict:
     """What the prepared files were made from: input files' hashes and the settings that matter."""
-    base = cfg.data_dir()
+    base = data_dir(cfg)
     settings = {"data": to_dict(cfg.data), "preprocess": to_dict(cfg.preprocess),
                 "group_column": cfg.folds.group_column if cfg.folds.strategy == "group" else None}
     return {"train_file_sha256": sha256_file(_existing(base / cfg.data.train)),
@@ -127,7 +124,7 @@ def _existing(path: Path) -> Path:
 
 
 def run_preprocess(cfg: ExperimentConfig) -> dict:
-    base = cfg.data_dir()
+    base = data_dir(cfg)
     group_col = cfg.folds.group_column if cfg.folds.strategy == "group" else None
     raw_train = read_raw(cfg.data, "train", base, group_col)
     raw_test = read_raw(cfg.data, "test", base)

@@ -31,6 +31,7 @@ from .ensemble import checked_models, fit_submitted
 from .errors import PipelineError
 from .io import read_json, sha256_file, write_csv, write_json
 from .metrics import scores
+from .store import round_paths
 from .tables import format_table
 from .train import ExtraRows, Run, open_run, train_model
 
@@ -55,10 +56,6 @@ def resolve_rules(p: PseudoConfig, n_teachers: int) -> Rules:
     if not 1 <= min_votes <= n_teachers:
         raise PipelineError(f"config: pseudo.min_votes={min_votes} must be between 1 and the number of "
                             f"teachers ({n_teachers})")
-    if not 0.0 <= p.min_confidence <= 1.0:
-        raise PipelineError(f"config: pseudo.min_confidence={p.min_confidence} must be between 0 and 1")
-    if p.max_fraction <= 0:
-        raise PipelineError(f"config: pseudo.max_fraction={p.max_fraction} must be positive")
     return Rules(min_votes, float(p.min_confidence), float(p.max_fraction), p.keep_class_balance)
 
 
@@ -161,14 +158,6 @@ def select_round(teachers: list[Matrices], folds: np.ndarray, y: np.ndarray, rul
 # ----------------------------------------------------------------------------- files
 
 
-def pseudo_dir(cfg: ExperimentConfig) -> Path:
-    return cfg.work_dir() / "pseudo"
-
-
-def round_paths(cfg: ExperimentConfig, round_: int) -> tuple[Path, Path]:
-    return pseudo_dir(cfg) / f"r{round_}.csv", pseudo_dir(cfg) / f"r{round_}.json"
-
-
 def selection_frame(round_: int, selections: list[FoldSelection], teachers: list[str], test_ids: list[str],
                     classes: list[str]) -> pd.DataFrame:
     """One row per (fold, pseudo label) with its provenance, folds in order, most confident first."""
@@ -260,8 +249,6 @@ def run_round(cfg: ExperimentConfig, run: Run, round_: int, force: bool = False)
 
 def run_pseudo(cfg: ExperimentConfig, force: bool = False) -> list[dict]:
     """Every round in order: round N's teachers are round N-1's students."""
-    if cfg.pseudo.rounds < 1:
-        raise PipelineError(f"config: pseudo.rounds={cfg.pseudo.rounds} must be at least 1")
     run = open_run(cfg)
     return [run_round(cfg, run, r, force) for r in range(1, cfg.pseudo.rounds + 1)]
 

@@ -25,8 +25,8 @@ from .errors import PipelineError
 from .inspect import oof_correlation
 from .io import read_json, read_npy, write_json, write_text, write_with
 from .metrics import scores
-from .pseudo_label import (ensemble_label, load_round_models, overview_table, round_paths, rounds_overview,
-                           student_names)
+from .pseudo_label import ensemble_label, load_round_models, overview_table, rounds_overview, student_names
+from .store import models_dir, reports_dir, round_paths
 from .tables import format_table
 
 log = logging.getLogger("pipeline.report")
@@ -73,7 +73,7 @@ def check_ensemble_models(summary_path: Path, summary: dict, models: list[Matric
 def gather(cfg: ExperimentConfig) -> Evidence:
     e = cfg.ensemble
     models, train, test, meta, folds = load_round_models(cfg, e.models, e.round)
-    out = cfg.models_dir(e.round) / "ensembles"
+    out = models_dir(cfg, e.round) / "ensembles"
     summary = out / "summary.json"
     if not summary.is_file():
         raise PipelineError(f"{summary} not found: run `python -m pipeline.ensemble` first")
@@ -142,7 +142,7 @@ def finished_rounds(cfg: ExperimentConfig) -> int:
     """The last pseudo-label round whose labels and every student's matrices are on disk (0: none)."""
     done = 0
     for r in range(1, cfg.pseudo.rounds + 1):
-        students = [cfg.models_dir(r) / n / "manifest.json" for n in student_names(cfg)]
+        students = [models_dir(cfg, r) / n / "manifest.json" for n in student_names(cfg)]
         if not round_paths(cfg, r)[1].is_file() or not all(p.is_file() for p in students):
             break
         done = r
@@ -319,7 +319,7 @@ def pseudo_section(cfg: ExperimentConfig, overview: Optional[list[dict]]) -> str
 
 
 def header(nums: dict, cfg: ExperimentConfig) -> str:
-    where = cfg.models_dir(nums["round"])
+    where = models_dir(cfg, nums["round"])
     return (f"# Report: {nums['experiment']}\n\n"
             f"- metric: {nums['metric']}\n- rows: {nums['n_train']} train, {nums['n_test']} test; classes: "
             f"{', '.join(nums['classes'])}\n- folds: {nums['n_splits']}\n- models: {', '.join(nums['models'])} "
@@ -354,7 +354,7 @@ def run_report(cfg: ExperimentConfig) -> Path:
     nums = numbers(gather(cfg))
     done = finished_rounds(cfg) if cfg.pseudo.enabled else 0
     overview = rounds_overview(cfg, done) if done else None
-    out = Path(cfg.paths.reports) / cfg.experiment
+    out = reports_dir(cfg)
     draw(out, nums, overview)
     write_json(out / "report.json", {**nums, "pseudo_rounds": overview})
     cli.save_resolved(cfg, out)

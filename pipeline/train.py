@@ -21,12 +21,13 @@ from .artifacts import fold_dir, load_fold, save_fold, write_model
 from .config import ExperimentConfig, ModelConfig, config_hash, model_params, to_dict
 from .data import Split, Table, whole
 from .errors import PipelineError
-from .folds import folds_paths, load_folds
+from .folds import load_folds
 from .io import read_json, sha256_file, sha256_strings
 from .metrics import score, scores
 from .models import registry
 from .models.base import FitContext
 from .preprocess import load_prepared
+from .store import models_dir
 
 log = logging.getLogger("pipeline.train")
 
@@ -109,7 +110,7 @@ def fit_fold(run: Run, m: ModelConfig, k: int, out: Path) -> tuple[np.ndarray, n
 
 def train_model(run: Run, m: ModelConfig, force: bool = False) -> dict:
     """Run every fold of one model (skipping finished ones) and write its matrices + manifest."""
-    model_dir = run.cfg.models_dir(run.round) / m.name
+    model_dir = models_dir(run.cfg, run.round) / m.name
     fp = fingerprint(run, m)
     if not force and _up_to_date(model_dir, fp):
         log.info("%s: up to date, skipped (--force retrains)", m.name)
@@ -207,7 +208,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     run = open_run(cfg)
     if args.dry_run:
         for m in models:
-            print(f"{m.name}: {m.kind} on view {m.view}, {run.n_splits} folds -> {cfg.models_dir() / m.name}")
+            print(f"{m.name}: {m.kind} on view {m.view}, {run.n_splits} folds -> {models_dir(cfg) / m.name}")
         return 0
     for m in models:
         train_model(run, m, force=args.force)

@@ -4,6 +4,7 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
+from pipeline.store import data_dir
 
 
 def test_defaults_file_then_overrides(exp):
@@ -46,13 +47,13 @@ def test_env_expansion(exp, monkeypatch, tmp_path):
     cfg["data"]["dir"] = "${TINY_DIR:-/nowhere}/x"
     exp.write_config(cfg)
     monkeypatch.setenv("TINY_DIR", "/data")
-    assert str(load_config(exp.config).data_dir()) == "/data/x"
+    assert str(data_dir(load_config(exp.config))) == "/data/x"
     monkeypatch.delenv("TINY_DIR")
-    assert str(load_config(exp.config).data_dir()) == "/nowhere/x"
+    assert str(data_dir(load_config(exp.config))) == "/nowhere/x"
     cfg["data"]["dir"] = "${TINY_UNSET_VAR}"
     exp.write_config(cfg)
     with pytest.raises(PipelineError, match="TINY_UNSET_VAR"):
-        load_config(exp.config).data_dir()
+        data_dir(load_config(exp.config))
 
 
 def test_resolved_config_saved_beside_outputs(prepared):
