@@ -14,7 +14,7 @@ import yaml
 from . import store
 from .config import ExperimentConfig, load_config, to_dict
 from .errors import PipelineError
-from .io import write_text
+from .io import Commit, write_text
 
 DEFAULT_CONFIG = "configs/default.yaml"
 # The running stage's resources (the experiment lock), released when `run` returns.
@@ -49,8 +49,15 @@ def load(args: argparse.Namespace) -> ExperimentConfig:
     return cfg
 
 
-def save_resolved(cfg: ExperimentConfig, directory: Path) -> Path:
-    return write_text(Path(directory) / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def resolved_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as saved beside every output it produced (config.yaml)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_resolved(cfg: ExperimentConfig, directory: Path, commit: Optional[Commit] = None) -> Path:
+    """directory/config.yaml, written at once or staged in `commit`."""
+    path = Path(directory) / "config.yaml"
+    return commit.write_text(path, resolved_yaml(cfg)) if commit else write_text(path, resolved_yaml(cfg))
 
 
 def run(main: Callable[[Optional[list[str]]], int | None], argv: Optional[list[str]] = None) -> None:

@@ -140,7 +140,7 @@ def require(obj: Any, key: str, ok: Callable[[Any], bool], expected: str) -> Non
     """Range check for a __post_init__: raise InvalidValue naming `key` when ok(value) is false."""
     value = getattr(obj, key)
     if not ok(value):
-        raise InvalidValue(key, f"must be {expected}, got {excerpt(value)}")
+        raise InvalidValue(key, f"must be {expected}", value)
 
 
 ENV_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -250,8 +250,7 @@ def build(cls: type, values: dict, prefix: str = "") -> Any:
     try:
         return cls(**kwargs)
     except InvalidValue as e:  # out of range, found by the class itself
-        where = f"{prefix}.{e.key}" if prefix else e.key
-        raise PipelineError(f"config: {where} {e.problem}") from None
+        raise PipelineError(f"config: {e.where(prefix)}") from None
 
 
 def to_dict(obj: Any) -> Any:

@@ -23,7 +23,7 @@ from .artifacts import Matrices, check_agree, load_model, mixed_versions
 from .config import ExperimentConfig
 from .errors import PipelineError
 from .folds import load_folds
-from .io import read_json, sha256_strings, write_csv, write_json, write_npy
+from .io import Commit, committed, read_json, sha256_strings
 from .metrics import decide, scores, tune_threshold
 from .preprocess import load_prepared
 from .store import folds_paths, models_dir, round_paths, submission_path
@@ -251,22 +251,34 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
                                      "test": scores(test.y, m.test) if test.y is not None else None}
     results = {name: combine(name, cfg, models, y, folds) for name in e.methods}
     summary["submitted"] = choose_submit(cfg, results)
-    for name, r in results.items():
-        write_npy(out_dir / name / "oof.npy", r["oof"].astype(np.float32))
-        write_npy(out_dir / name / "test.npy", r["test"].astype(np.float32))
-        pred = decide(r["test"], r["threshold"])
-        sub = submission_frame(cfg, test.ids, pred, classes)
-        path = write_csv(submission_path(cfg, name), sub)
-        if name == summary["submitted"]:
-            write_csv(submission_path(cfg), sub)
-        test_scores = scores(test.y, np.eye(len(classes))[pred]) if test.y is not None else None
-        if test_scores is not None:
-            test_scores["logloss"] = scores(test.y, r["test"])["logloss"]
-        summary["methods"][name] = {k: v for k, v in r.items() if k not in ("oof", "test")}
-        summary["methods"][name].update({"test": test_scores, "submission": str(path)})
-    write_json(out_dir / "summary.json", summary)
-    cli.save_resolved(cfg, out_dir)
+    with committed() as c:  # matrices, submissions, config.yaml and summary.json: together or not at all
+        for name, r in results.items():
+            summary["methods"][name] = write_method(c, cfg, out_dir / name, name, r, test, classes)
+        summary["submission"] = str(c.write_csv(submission_path(cfg), submission_of(cfg, results[summary["submitted"]],
+                                                                                    test.ids, classes)))
+        cli.save_resolved(cfg, out_dir, c)
+        summary["files"] = {str(path.relative_to(out_dir)): c.sha256(path)
+                            for _, path in c.staged if path.is_relative_to(out_dir)}
+        c.write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def submission_of(cfg: ExperimentConfig, r: dict, test_ids: list[str], classes: list[str]) -> pd.DataFrame:
+    return submission_frame(cfg, test_ids, decide(r["test"], r["threshold"]), classes)
+
+
+def write_method(c: Commit, cfg: ExperimentConfig, directory: Path, name: str, r: dict, test, classes: list[str]) -> dict:
+    """Stage one method's matrices and submission; return its summary entry (scores, threshold,
+    weights, test scores where the test file is labelled)."""
+    c.write_npy(directory / "oof.npy", r["oof"].astype(np.float32))
+    c.write_npy(directory / "test.npy", r["test"].astype(np.float32))
+    pred = decide(r["test"], r["threshold"])
+    path = c.write_csv(submission_path(cfg, name), submission_of(cfg, r, test.ids, classes))
+    test_scores = scores(test.y, np.eye(len(classes))[pred]) if test.y is not None else None
+    if test_scores is not None:
+        test_scores["logloss"] = scores(test.y, r["test"])["logloss"]
+    entry = {k: v for k, v in r.items() if k not in ("oof", "test")}
+    return {**entry, "test": test_scores, "submission": str(path)}
 
 
 def summary_table(summary: dict, metric: str) -> str:

@@ -14,9 +14,16 @@ class InvalidValue(PipelineError):
     """A config value of the right type but out of range, raised from a config or params class's
     __post_init__ with the key relative to that class; config.build names the full dotted key."""
 
-    def __init__(self, key: str, problem: str):
+    _UNSET = object()
+
+    def __init__(self, key: str, problem: str, value: Any = _UNSET):
         super().__init__(f"{key} {problem}")
-        self.key, self.problem = key, problem
+        self.key, self.problem, self.value = key, problem, value
+
+    def where(self, prefix: str) -> str:
+        """`prefix.key=value problem` (or without `=value` when none was given)."""
+        key = f"{prefix}.{self.key}" if prefix else self.key
+        return f"{key} {self.problem}" if self.value is self._UNSET else f"{key}={excerpt(self.value)} {self.problem}"
 
 
 def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:

@@ -19,7 +19,7 @@ from . import cli
 from .config import ExperimentConfig, to_dict
 from .data import Table
 from .errors import PipelineError
-from .io import read_json, sha256_file, sha256_strings, write_csv, write_json
+from .io import committed, read_json, sha256_file, sha256_strings
 from .preprocess import load_prepared
 from .store import folds_paths
 
@@ -101,14 +101,14 @@ def run_folds(cfg: ExperimentConfig) -> dict:
     train, _, meta = load_prepared(cfg)
     fold = assign_folds(train, cfg, meta["classes"])
     csv_path, json_path = folds_paths(cfg)
-    write_csv(csv_path, pd.DataFrame({"id": train.ids, "fold": fold}))
-    info = {"splitter": cfg.folds.strategy, "n_splits": cfg.folds.n_splits, "seed": cfg.folds.seed,
-            "folds_config": to_dict(cfg.folds), "n_rows": len(fold),
-            "fold_sizes": np.bincount(fold).tolist(), "folds_csv_sha256": sha256_file(csv_path),
-            **data_signature(train, cfg)}
-    write_json(json_path, info)
-    # last: a write that fails before this point leaves the old folds and the config they were made with
-    cli.save_resolved(cfg, csv_path.parent)
+    with committed() as c:  # folds.csv, its record and config.yaml land together or not at all
+        c.write_csv(csv_path, pd.DataFrame({"id": train.ids, "fold": fold}))
+        cli.save_resolved(cfg, csv_path.parent, c)
+        info = {"splitter": cfg.folds.strategy, "n_splits": cfg.folds.n_splits, "seed": cfg.folds.seed,
+                "folds_config": to_dict(cfg.folds), "n_rows": len(fold),
+                "fold_sizes": np.bincount(fold).tolist(), "folds_csv_sha256": c.sha256(csv_path),
+                **data_signature(train, cfg)}
+        c.write_json(json_path, info)
     return info
 
 

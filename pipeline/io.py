@@ -175,6 +175,27 @@ def atomic_path(path: Path) -> Iterator[Path]:
     faults.point("write:<path>") runs between the two: where the tests kill or fail a write.
     """
     path = Path(path)
+    tmp_path = _temp_beside(path)
+    try:
+        with _write_errors(path):
+            yield tmp_path
+        _seal(tmp_path, path)
+        _rename(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """An OSError while filling a temporary file (disk full, quota) is one line naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        raise PipelineError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _temp_beside(path: Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path)
@@ -182,21 +203,95 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.close(fd)
     except OSError as e:
         raise PipelineError(f"cannot write {path}: {e.strerror or e}") from None
-    tmp_path = Path(tmp)
+    return Path(tmp)
+
+
+def _seal(tmp_path: Path, path: Path) -> None:
+    """Make the temporary file durable with the mode open() would give `path`; the fault point
+    sits here, where a real full disk would show."""
     try:
-        yield tmp_path
         faults.point(f"write:{path}")
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp_path, _file_mode(path))  # mkstemp makes 0600; give the mode open() would
+    except OSError as e:
+        raise PipelineError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _rename(tmp_path: Path, path: Path) -> None:
+    try:
         os.replace(tmp_path, path)
     except OSError as e:
-        tmp_path.unlink(missing_ok=True)
         raise PipelineError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
     _fsync_dir(path.parent)
+
+
+class Commit:
+    """A stage's outputs, written together or not at all.
+
+    Each `write_*` stages its file beside its final name; nothing visible changes until the block
+    of `committed()` ends without error, when every file is renamed into place in the order it was
+    staged (so the file staged last, the stage's record, lands last). An error while staging (bad
+    input found late, a full disk) removes every staged file and leaves all earlier outputs as
+    they were.
+    """
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path]] = []
+
+    def write_with(self, path: Path, writer: Callable[[Path], None]) -> Path:
+        path = Path(path)
+        if any(final == path for _, final in self.staged):
+            raise ValueError(f"{path} staged twice in one commit")
+        tmp = _temp_beside(path)
+        self.staged.append((tmp, path))
+        with _write_errors(path):
+            writer(tmp)
+        _seal(tmp, path)
+        return path
+
+    def write_bytes(self, path: Path, data: bytes) -> Path:
+        return self.write_with(path, lambda t: t.write_bytes(data))
+
+    def write_text(self, path: Path, text: str) -> Path:
+        return self.write_bytes(path, text.encode("utf-8"))
+
+    def write_json(self, path: Path, obj: Any) -> Path:
+        return self.write_text(path, json_text(obj))
+
+    def write_npy(self, path: Path, array: np.ndarray) -> Path:
+        return self.write_with(path, lambda t: _save_npy(t, array))
+
+    def write_csv(self, path: Path, df: pd.DataFrame) -> Path:
+        return self.write_with(path, lambda t: _save_csv(t, df))
+
+    def sha256(self, path: Path) -> str:
+        """sha256 of a file staged in this commit (read from its temporary file)."""
+        for tmp, final in self.staged:
+            if final == Path(path):
+                return sha256_file(tmp)
+        raise KeyError(path)
+
+    def _publish(self) -> None:
+        for i, (tmp, path) in enumerate(self.staged):
+            _rename(tmp, path)
+            self.staged[i] = (path, path)
+
+    def _discard(self) -> None:
+        for tmp, path in self.staged:
+            if tmp != path:
+                tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def committed() -> Iterator[Commit]:
+    """`with committed() as c: c.write_json(...); ...`: see Commit."""
+    commit = Commit()
+    try:
+        yield commit
+        commit._publish()
+    finally:
+        commit._discard()
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -269,20 +364,29 @@ def write_text(path: Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+
+
 def write_json(path: Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+    return write_text(path, json_text(obj))
+
+
+def _save_npy(tmp: Path, array: np.ndarray) -> None:
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def _save_csv(tmp: Path, df: pd.DataFrame) -> None:
+    df.to_csv(tmp, index=False, lineterminator="\n")
 
 
 def write_npy(path: Path, array: np.ndarray) -> Path:
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-
-    return write_with(path, save)
+    return write_with(path, lambda t: _save_npy(t, array))
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> Path:
-    return write_with(path, lambda t: df.to_csv(t, index=False, lineterminator="\n"))
+    return write_with(path, lambda t: _save_csv(t, df))
 
 
 def read_json(path: Path) -> Any:

@@ -20,7 +20,7 @@ from . import cli
 from .config import ExperimentConfig, config_hash, to_dict
 from .data import VIEWS, RawTable, Table, class_order, encode_labels, read_raw
 from .errors import PipelineError
-from .io import read_json, sha256_file, write_json, write_text
+from .io import committed, read_json, sha256_file
 from .store import data_dir, prepared_dir
 
 log = logging.getLogger("pipeline.preprocess")
@@ -138,17 +138,18 @@ def run_preprocess(cfg: ExperimentConfig) -> dict:
     train = prepare(raw_train, lemma, classes, str(base / cfg.data.train))
     test = prepare(raw_test, lemma, classes, str(base / cfg.data.test))
     out = prepared_dir(cfg)
-    write_text(out / "train.jsonl", table_to_jsonl(train))
-    write_text(out / "test.jsonl", table_to_jsonl(test))
-    meta = {"classes": classes, "lemmatizer": lem_name, "is_pair": train.is_pair,
-            "n_train": len(train), "n_test": len(test), "has_test_labels": test.y is not None,
-            "n_empty_texts": {"train": raw_train.n_empty, "test": raw_test.n_empty},
-            "train_sha256": sha256_file(out / "train.jsonl"), "test_sha256": sha256_file(out / "test.jsonl"),
-            **source_fingerprint(cfg)}
     if raw_train.n_empty or raw_test.n_empty:
         log.warning("empty texts treated as '': train %d, test %d", raw_train.n_empty, raw_test.n_empty)
-    write_json(out / "meta.json", meta)
-    cli.save_resolved(cfg, out)
+    with committed() as c:  # the tables, their record and config.yaml land together or not at all
+        c.write_text(out / "train.jsonl", table_to_jsonl(train))
+        c.write_text(out / "test.jsonl", table_to_jsonl(test))
+        cli.save_resolved(cfg, out, c)
+        meta = {"classes": classes, "lemmatizer": lem_name, "is_pair": train.is_pair,
+            "n_train": len(train), "n_test": len(test), "has_test_labels": test.y is not None,
+                "n_empty_texts": {"train": raw_train.n_empty, "test": raw_test.n_empty},
+                "train_sha256": c.sha256(out / "train.jsonl"), "test_sha256": c.sha256(out / "test.jsonl"),
+                **source_fingerprint(cfg)}
+        c.write_json(out / "meta.json", meta)
     return meta
 
 

@@ -29,7 +29,7 @@ from .config import ExperimentConfig, PseudoConfig
 from .data import Split, Table
 from .ensemble import checked_models, fit_submitted
 from .errors import PipelineError
-from .io import read_json, sha256_file, write_csv, write_json
+from .io import committed, read_json, sha256_file
 from .metrics import scores
 from .store import round_paths
 from .tables import format_table
@@ -190,10 +190,11 @@ def label_accuracy(frame: pd.DataFrame, test_y: Optional[np.ndarray], classes: l
 def write_round(cfg: ExperimentConfig, round_: int, frame: pd.DataFrame, info: dict) -> dict:
     """The csv first, then the json holding its sha256 (the json is the commit marker)."""
     csv_path, json_path = round_paths(cfg, round_)
-    write_csv(csv_path, frame)
-    info = {**info, "csv": csv_path.name, "csv_sha256": sha256_file(csv_path), "n_rows": len(frame)}
-    write_json(json_path, info)
-    cli.save_resolved(cfg, csv_path.parent)  # after the commit marker, like the folds stage
+    with committed() as c:  # the labels, their record and config.yaml land together or not at all
+        c.write_csv(csv_path, frame)
+        cli.save_resolved(cfg, csv_path.parent, c)
+        info = {**info, "csv": csv_path.name, "csv_sha256": c.sha256(csv_path), "n_rows": len(frame)}
+        c.write_json(json_path, info)
     return info
 
 

@@ -23,7 +23,7 @@ from .artifacts import Matrices
 from .config import ExperimentConfig
 from .errors import PipelineError
 from .inspect import oof_correlation
-from .io import read_json, read_npy, write_json, write_text, write_with
+from .io import Commit, committed, read_json, read_npy, sha256_file
 from .metrics import scores
 from .pseudo_label import ensemble_label, load_round_models, overview_table, rounds_overview, student_names
 from .store import models_dir, reports_dir, round_paths
@@ -51,10 +51,14 @@ class Evidence:
     ens_test: np.ndarray
 
 
-def ensemble_matrix(directory: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
-    path = directory / name
+def ensemble_matrix(out: Path, summary: dict, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """A matrix of the submitted method, (n, C), verified against its sha256 in summary.json."""
+    path = out / name
     if not path.is_file():
         raise PipelineError(f"{path} not found: run `python -m pipeline.ensemble` first")
+    if sha256_file(path) != (summary.get("files") or {}).get(name):
+        raise PipelineError(f"{path} does not match its sha256 in {out / 'summary.json'}: "
+                            "run `python -m pipeline.ensemble` again")
     arr = read_npy(path)
     if arr.shape != shape or not np.isfinite(arr).all():
         raise PipelineError(f"{path} has shape {arr.shape} (expected {shape}) or non-finite values: "
@@ -81,8 +85,8 @@ def gather(cfg: ExperimentConfig) -> Evidence:
     check_ensemble_models(summary, record, models)
     submitted = record.get("submitted", e.submit)
     C = len(meta["classes"])
-    oof = ensemble_matrix(out / submitted, "oof.npy", (len(train), C))
-    test_p = ensemble_matrix(out / submitted, "test.npy", (len(test), C))
+    oof = ensemble_matrix(out, record, f"{submitted}/oof.npy", (len(train), C))
+    test_p = ensemble_matrix(out, record, f"{submitted}/test.npy", (len(test), C))
     return Evidence(cfg, models, train.y, folds, test.y, meta["classes"], submitted, oof, test_p)
 
 
@@ -152,27 +156,23 @@ def finished_rounds(cfg: ExperimentConfig) -> int:
 # ----------------------------------------------------------------------------- plots
 
 
-def pyplot():
-    """matplotlib's pyplot on the Agg backend: chosen here, so importing the package draws nothing."""
-    import matplotlib
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (5, 3.5)):
+    """(figure, axes) drawn by Agg without pyplot: no process-wide backend or figure registry is
+    touched, so a stage or test that runs after the report sees matplotlib as it was."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> Path:
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    pyplot().close(fig)
-    return path
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols)
 
 
-def plot_fold_scores(path: Path, names: list[str], table: np.ndarray, metric: str) -> Path:
+def save_figure(fig, path: Path, commit: Commit) -> Path:
+    return commit.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+
+
+def plot_fold_scores(commit: Commit, path: Path, names: list[str], table: np.ndarray, metric: str) -> Path:
     """Grouped bars: table (M, K) `metric` of each model (M) on each fold (K)."""
-    plt = pyplot()
     M, K = table.shape
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * K + 2), 3.5))
+    fig, ax = subplots(figsize=(max(5, 1.2 * K + 2), 3.5))
     width = 0.8 / M
     for i, name in enumerate(names):
         ax.bar(np.arange(K) + (i - (M - 1) / 2) * width, table[i], width, label=name)
@@ -182,14 +182,13 @@ def plot_fold_scores(path: Path, names: list[str], table: np.ndarray, metric: st
     ax.set_ylim(max(0.0, lo - 0.1 * (hi - lo + 0.05)), hi + 0.1 * (hi - lo + 0.05))
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"{metric} per fold (OOF rows)")
-    return save_figure(fig, path)
+    return save_figure(fig, path, commit)
 
 
-def plot_matrix(path: Path, values: np.ndarray, xlabels: list[str], ylabels: list[str], title: str,
+def plot_matrix(commit: Commit, path: Path, values: np.ndarray, xlabels: list[str], ylabels: list[str], title: str,
                 fmt: str, cmap: str, vmin=None, vmax=None, xlabel: str = "", ylabel: str = "") -> Path:
     """A heatmap (rows x columns) with every cell's value written in it."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(xlabels) + 1.5, 1.0 + 0.7 * len(ylabels)))
+    fig, ax = subplots(figsize=(1.0 + 0.9 * len(xlabels) + 1.5, 1.0 + 0.7 * len(ylabels)))
     im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax)
     ax.set_xticks(np.arange(len(xlabels)), xlabels, rotation=30, ha="right")
     ax.set_yticks(np.arange(len(ylabels)), ylabels)
@@ -198,13 +197,12 @@ def plot_matrix(path: Path, values: np.ndarray, xlabels: list[str], ylabels: lis
         ax.text(j, i, format(v, fmt), ha="center", va="center", color="white" if v > mid else "black", fontsize=8)
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title)
     fig.colorbar(im, ax=ax)
-    return save_figure(fig, path)
+    return save_figure(fig, path, commit)
 
 
-def plot_reliability(path: Path, curves: dict[str, dict], binary: bool) -> Path:
+def plot_reliability(commit: Commit, path: Path, curves: dict[str, dict], binary: bool) -> Path:
     """Calibration curves: curves[name] = reliability(...) of that model or ensemble."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
     for name, c in curves.items():
         bold = name.startswith("[")
@@ -215,14 +213,13 @@ def plot_reliability(path: Path, curves: dict[str, dict], binary: bool) -> Path:
     ax.set_xlim(-0.02, 1.02), ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title("calibration on OOF")
-    return save_figure(fig, path)
+    return save_figure(fig, path, commit)
 
 
-def plot_rounds(path: Path, overview: list[dict], metric: str) -> Path:
+def plot_rounds(commit: Commit, path: Path, overview: list[dict], metric: str) -> Path:
     """Left: pseudo rows per round; right: each student's and the ensemble's OOF (solid) and
     test (dashed, when labelled) `metric` per round."""
-    plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (left, right) = subplots(1, 2, figsize=(9, 3.5))
     rounds = [e["round"] for e in overview]
     left.bar(rounds, [e.get("rows", 0) for e in overview], color="tab:blue")
     left.set_xticks(rounds), left.set_xlabel("round"), left.set_ylabel("pseudo rows (all folds)")
@@ -237,7 +234,7 @@ def plot_rounds(path: Path, overview: list[dict], metric: str) -> Path:
     right.legend(fontsize=7)
     fig.suptitle("pseudo-label rounds")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, commit)
 
 
 # ----------------------------------------------------------------------------- page
@@ -332,20 +329,20 @@ def render(cfg: ExperimentConfig, nums: dict, overview: Optional[list[dict]]) ->
     return "\n\n".join(parts) + "\n"
 
 
-def draw(out: Path, nums: dict, overview: Optional[list[dict]]) -> list[Path]:
+def draw(commit: Commit, out: Path, nums: dict, overview: Optional[list[dict]]) -> list[Path]:
     names = list(nums["models"]) + [f"[{nums['ensemble']['method']}]"]
     entries = list(nums["models"].values()) + [nums["ensemble"]]
     classes = nums["classes"]
-    paths = [plot_fold_scores(out / "fold_scores.png", names, np.array([e["folds"] for e in entries]), nums["metric"]),
-             plot_matrix(out / "correlation.png", np.array(nums["correlation"]), names[:-1], names[:-1],
+    paths = [plot_fold_scores(commit, out / "fold_scores.png", names, np.array([e["folds"] for e in entries]), nums["metric"]),
+             plot_matrix(commit, out / "correlation.png", np.array(nums["correlation"]), names[:-1], names[:-1],
                          "OOF correlation", ".2f", "viridis", vmin=-1, vmax=1),
-             plot_matrix(out / "confusion.png", np.array(nums["ensemble"]["confusion"]), classes, classes,
+             plot_matrix(commit, out / "confusion.png", np.array(nums["ensemble"]["confusion"]), classes, classes,
                          f"{nums['ensemble']['method']}: OOF confusion", "d", "Blues",
                          xlabel="predicted", ylabel="true"),
-             plot_reliability(out / "reliability.png", {n: e["calibration"] for n, e in zip(names, entries)},
+             plot_reliability(commit, out / "reliability.png", {n: e["calibration"] for n, e in zip(names, entries)},
                               len(classes) == 2)]
     if overview is not None:
-        paths.append(plot_rounds(out / "pseudo_rounds.png", overview, nums["metric"]))
+        paths.append(plot_rounds(commit, out / "pseudo_rounds.png", overview, nums["metric"]))
     return paths
 
 
@@ -355,10 +352,12 @@ def run_report(cfg: ExperimentConfig) -> Path:
     done = finished_rounds(cfg) if cfg.pseudo.enabled else 0
     overview = rounds_overview(cfg, done) if done else None
     out = reports_dir(cfg)
-    draw(out, nums, overview)
-    write_json(out / "report.json", {**nums, "pseudo_rounds": overview})
-    cli.save_resolved(cfg, out)
-    return write_text(out / "report.md", render(cfg, nums, overview))
+    with committed() as c:  # plots, numbers, config.yaml and the page: together or not at all
+        draw(c, out, nums, overview)
+        c.write_json(out / "report.json", {**nums, "pseudo_rounds": overview})
+        cli.save_resolved(cfg, out, c)
+        page = c.write_text(out / "report.md", render(cfg, nums, overview))
+    return page
 
 
 def main(argv: Optional[list[str]] = None) -> int:
