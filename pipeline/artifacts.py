@@ -23,7 +23,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import PipelineError
+from .config import config_hash
+from .errors import PipelineError, excerpt
 from .io import read_json, read_npy, sha256_file, write_json, write_npy
 
 log = logging.getLogger("pipeline.artifacts")
@@ -43,6 +44,52 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
+
+
+# ----------------------------------------------------------------------------- is a model current?
+
+
+def fingerprint_parts(model: dict, classes: list[str], metric: str, prepared_meta: dict, folds_info: dict,
+                      round_: int, pseudo_sha256: Optional[str]) -> dict:
+    """Everything that shapes a model's predictions: its config (to_dict of the ModelConfig), the
+    classes, the metric (early stopping), the prepared data, the folds, the round and its pseudo
+    labels. The one definition the train stage skips by and every reader refuses stale models by."""
+    return {"model": model, "classes": classes, "metric": metric, "train": prepared_meta["train_sha256"],
+            "test": prepared_meta["test_sha256"], "folds": folds_info["folds_csv_sha256"], "round": round_,
+            "extra": pseudo_sha256}
+
+
+def fingerprint(parts: dict) -> str:
+    return config_hash(parts)
+
+
+# What each part is called in a message, and the manifest key that recorded it.
+_PART_NAMES = {"classes": ("classes", "classes"), "metric": ("metric", "metric"),
+               "train": ("prepared train data", "prepared_train_sha256"),
+               "test": ("prepared test data", "prepared_test_sha256"),
+               "folds": ("folds", "folds_csv_sha256"), "round": ("round", "round"),
+               "extra": ("pseudo labels", "pseudo_labels_sha256")}
+
+
+def stale_reason(manifest: dict, parts: dict) -> Optional[str]:
+    """None when the manifest was made with exactly these parts; else what changed, in words."""
+    if manifest.get("config_sha256") == fingerprint(parts):
+        return None
+    changed = config_diff(manifest.get("config"), parts["model"])
+    changed += [name for key, (name, mkey) in _PART_NAMES.items() if manifest.get(mkey) != parts[key]]
+    return ", ".join(changed) or "settings recorded by an older version"
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """['params.C: 4.0 -> 2.0', ...]: the dotted keys whose values differ between two config trees."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += config_diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    if old == new:
+        return []
+    return [f"{prefix.rstrip('.') or 'config'}: {excerpt(old, 40)} -> {excerpt(new, 40)}"]
 
 
 # ----------------------------------------------------------------------------- per fold
@@ -111,9 +158,28 @@ def write_model(model_dir: Path, oof: np.ndarray, test_folds: np.ndarray, manife
     write_npy(model_dir / "test_folds.npy", test_folds.astype(np.float32))
     write_npy(model_dir / "test.npy", test_folds.mean(axis=0).astype(np.float32))
     manifest = {**manifest, "files": {n: sha256_file(model_dir / n) for n in MATRICES}, "versions": versions(),
-                "fold_versions": _fold_versions(model_dir, len(test_folds))}
+                "fold_versions": _fold_versions(model_dir, len(test_folds)),
+                "fold_records": {f"fold{k}/fold.json": sha256_file(fold_dir(model_dir, k) / "fold.json")
+                                 for k in range(len(test_folds))}}
     write_json(model_dir / "manifest.json", manifest)
     return manifest
+
+
+def folds_intact(model_dir: Path, manifest: dict, fp: str) -> bool:
+    """Every fold the manifest lists is on disk as it was when the model was assembled: its
+    record has the sha256 the manifest holds, and every file the record lists (matrices,
+    checkpoints) has its sha256. A missing or changed file is logged by name."""
+    records = manifest.get("fold_records")
+    if not isinstance(records, dict) or len(records) != manifest.get("n_splits"):
+        return False
+    for name, digest in records.items():
+        path = Path(model_dir) / name
+        if not path.is_file() or sha256_file(path) != digest:
+            log.warning("%s is missing or does not match its sha256 in %s", path, Path(model_dir) / "manifest.json")
+            return False
+        if load_fold(path.parent, fp) is None:
+            return False
+    return True
 
 
 def _fold_versions(model_dir: Path, k: int) -> list[dict]:

@@ -24,7 +24,7 @@ log = logging.getLogger("pipeline")
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="experiment YAML (default: %(default)s)")
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. folds.n_splits=3")
     return p
 

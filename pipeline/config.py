@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
-import yaml
 
 from . import store
 from .errors import InvalidValue, PipelineError, excerpt
+from .yamlio import load_yaml, load_yaml_value, read_config_text
 
 
 Column = Union[str, int]  # a column name, or with data.header=false a 0-based position
@@ -270,11 +270,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise PipelineError(f"override {text!r} is not key=value")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
+    return key.strip().split("."), load_yaml_value(raw, f"override {key.strip()}")
 
 
 def _set_path(tree: dict, path: list[str], value: Any, full: str) -> None:
@@ -310,12 +306,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
     tree: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise PipelineError(f"config file not found: {p}")
-        try:
-            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise PipelineError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        tree = load_yaml(read_config_text(p), f"config file {p}") or {}
         if not isinstance(tree, dict):
             raise PipelineError(f"config file {p} must hold a mapping at the top level")
     for text in overrides:
@@ -323,7 +314,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
         _set_path(tree, keys, value, text)
     cfg = build(ExperimentConfig, tree)
     _validate(cfg)
+    cfg.source = str(path) if path is not None else None  # not a field: never hashed or saved
     return cfg
+
+
+def config_source(cfg: ExperimentConfig) -> str:
+    """The config file a config was loaded from, for the commands that error messages suggest."""
+    return getattr(cfg, "source", None) or "<config.yaml>"
 
 
 def _validate(cfg: ExperimentConfig) -> None:

@@ -9,9 +9,9 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .config import DataConfig
+from .config import Column, DataConfig
 from .errors import PipelineError
-from .io import read_table
+from .readers import read_table
 
 log = logging.getLogger("pipeline.data")
 
@@ -28,6 +28,10 @@ class RawTable:
     labels: Optional[list[str]]          # stripped label strings, None for unlabelled files
     groups: Optional[list[str]] = None
     n_empty: int = 0
+    # Where the ids came from, for the submission summary: "column 'id'" (data.id / data.test_id),
+    # "column 'ID' (detected)" (a conventional name, test file only), "column 3" or "row numbers".
+    id_source: str = "row numbers"
+    id_column: Optional[str] = None      # the id column's header name; None for row numbers or no header
 
 
 @dataclass
@@ -89,14 +93,113 @@ def whole(table: Table) -> Split:
 
 # ----------------------------------------------------------------------------- loading raw files
 
-
-def _column(df: pd.DataFrame, col: str, path: Path) -> list:
-    if col not in df.columns:
-        raise PipelineError(f"{path}: missing column {col!r} (columns found: {', '.join(map(str, df.columns))})")
-    return df[col].tolist()
+# Column names that mean "the row's id" in competition test files, in the order they are tried.
+CONVENTIONAL_IDS = ("id", "ID", "Id", "index")
 
 
-def _texts(values: list, col: str, path: Path, on_empty: str) -> tuple[list[str], int]:
+def read_raw(cfg: DataConfig, which: str, base: Path, group_col: Optional[Column] = None) -> RawTable:
+    """Read the train or test file through the column mapping of `cfg`.
+
+    A column key that is a str names a header column; an int is a 0-based position, the only way
+    to name a column with data.header=false (a str is then refused before the file is read).
+
+    Ids: the column data.id (test file: data.test_id, else data.id). With both unset, the test file
+    uses the first of CONVENTIONAL_IDS it has as a column (a header-less file has none) and falls
+    back to row numbers 0..n-1 with a warning, since those become the submission's ids. The train
+    file keeps row numbers even when it has such a column: train ids only key folds.csv, and reading
+    them from a column would turn a repeated or blank value there into an error and make the
+    folds.csv of an existing experiment stale, for no gain.
+    """
+    path = base / (cfg.train if which == "train" else cfg.test)
+    if not cfg.header:
+        _refuse_names(cfg, group_col)
+    df = read_table(path, cfg.format, header=cfg.header, sep=cfg.sep, encoding=cfg.encoding)
+    limit = cfg.max_train_rows if which == "train" else cfg.max_test_rows
+    if limit is not None:
+        df = df.iloc[:limit]
+    ids, id_source, id_column = _ids(df, cfg, which, path)
+    text_a, na = _texts(_column(df, cfg.text_a, path, "data.text_a"), cfg.text_a, path, cfg.on_empty_text)
+    text_b, nb = (None, 0)
+    if cfg.text_b is not None:
+        text_b, nb = _texts(_column(df, cfg.text_b, path, "data.text_b"), cfg.text_b, path, cfg.on_empty_text)
+    labels = _labels(df, cfg, which, path)
+    groups = None
+    if group_col is not None:
+        groups = _stripped(_column(df, group_col, path, "folds.group_column"))
+        if "" in groups:
+            raise PipelineError(f"{path} row {groups.index('') + 1}: missing group in column {group_col!r}")
+    return RawTable(which, ids, text_a, text_b, labels, groups, na + nb, id_source, id_column)
+
+
+def _refuse_names(cfg: DataConfig, group_col: Optional[Column]) -> None:
+    """With data.header=false a file has no names: every column key must be a position."""
+    keys = {f"data.{k}": getattr(cfg, k) for k in ("id", "text_a", "text_b", "label", "test_id", "test_label")}
+    keys["folds.group_column"] = group_col
+    for key, col in keys.items():
+        if isinstance(col, str):
+            raise PipelineError(f"config: {key} is {col!r}, a column name, but data.header is false: "
+                                f"name the column by its 0-based position (e.g. {key}: 0 for the first column)")
+
+
+def _position(df: pd.DataFrame, col: Column) -> Optional[int]:
+    """0-based position of a column named or numbered `col`; None when the file lacks it."""
+    if isinstance(col, int):
+        return col if 0 <= col < df.shape[1] else None
+    return df.columns.get_loc(col) if col in df.columns else None
+
+
+def _column(df: pd.DataFrame, col: Column, path: Path, key: str) -> list:
+    pos = _position(df, col)
+    if pos is not None:
+        return df.iloc[:, pos].tolist()
+    if isinstance(col, int):
+        raise PipelineError(f"{path}: no column at position {col} ({key}; positions are 0-based and the file "
+                            f"has {df.shape[1]} columns: 0..{df.shape[1] - 1})")
+    raise PipelineError(f"{path}: missing column {col!r} (columns found: {', '.join(map(str, df.columns))})")
+
+
+def _stripped(values: list) -> list[str]:
+    return [("" if v is None else str(v)).strip() for v in values]
+
+
+def _ids(df: pd.DataFrame, cfg: DataConfig, which: str, path: Path) -> tuple[list[str], str, Optional[str]]:
+    """(ids, where they came from, the id column's header name or None); see read_raw."""
+    key, col = ("data.test_id", cfg.test_id) if which == "test" and cfg.test_id is not None else ("data.id", cfg.id)
+    detected = col is None and which == "test" and cfg.header
+    if detected:
+        col = next((c for c in CONVENTIONAL_IDS if c in df.columns), None)
+    if col is None:
+        if which == "test":
+            why = "no column is named " + ", ".join(CONVENTIONAL_IDS) if cfg.header else "the file has no header"
+            log.warning("%s: no id column (data.id is unset and %s): the submission ids will be row numbers 0..%d",
+                        path, why, len(df) - 1)
+        return [str(i) for i in range(len(df))], "row numbers", None
+    ids = _stripped(_column(df, col, path, key))
+    hint = " (found by its name because data.id is unset; set data.test_id to pick the id column)" if detected else ""
+    _check_ids(ids, path, col, hint)
+    if detected:
+        log.info("%s: ids from column %r (data.id is unset; it is the first of %s the file has)",
+                 path, col, "/".join(CONVENTIONAL_IDS))
+    name = df.columns[_position(df, col)] if cfg.header else None
+    return ids, f"column {col!r}" + (" (detected)" if detected else ""), name
+
+
+def _labels(df: pd.DataFrame, cfg: DataConfig, which: str, path: Path) -> Optional[list[str]]:
+    """Stripped labels; the test file's only when data.test_label names a column it has."""
+    col, key = (cfg.label, "data.label") if which == "train" else (cfg.test_label, "data.test_label")
+    if col is None:
+        return None
+    if which == "test" and _position(df, col) is None:
+        log.warning("%s: no column %r (data.test_label); test scores are not computed", path, col)
+        return None
+    labels = _stripped(_column(df, col, path, key))
+    missing = [i for i, v in enumerate(labels) if v == ""]
+    if missing:
+        raise PipelineError(f"{path} row {missing[0] + 1}: missing label in column {col!r}")
+    return labels
+
+
+def _texts(values: list, col: Column, path: Path, on_empty: str) -> tuple[list[str], int]:
     out, n_empty = [], 0
     for i, v in enumerate(values):
         if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
@@ -110,49 +213,15 @@ def _texts(values: list, col: str, path: Path, on_empty: str) -> tuple[list[str]
     return out, n_empty
 
 
-def _check_ids(ids: list[str], path: Path, col: Optional[str]) -> None:
+def _check_ids(ids: list[str], path: Path, col: Column, hint: str = "") -> None:
     """Ids are the submission's key: each row needs one, and no two rows may share it."""
     seen: dict[str, int] = {}
     for i, x in enumerate(ids):
         if x == "":
-            raise PipelineError(f"{path} row {i + 1}: missing id in column {col!r}")
+            raise PipelineError(f"{path} row {i + 1}: missing id in column {col!r}{hint}")
         if x in seen:
-            raise PipelineError(f"{path}: duplicate id {x!r} in column {col!r} (rows {seen[x] + 1} and {i + 1})")
+            raise PipelineError(f"{path}: duplicate id {x!r} in column {col!r} (rows {seen[x] + 1} and {i + 1}){hint}")
         seen[x] = i
-
-
-def read_raw(cfg: DataConfig, which: str, base: Path, group_col: Optional[str] = None) -> RawTable:
-    """Read the train or test file through the column mapping of `cfg`."""
-    path = base / (cfg.train if which == "train" else cfg.test)
-    df = read_table(path, cfg.format)
-    limit = cfg.max_train_rows if which == "train" else cfg.max_test_rows
-    if limit:
-        df = df.iloc[:limit]
-    id_col = cfg.id if which == "train" else (cfg.test_id or cfg.id)
-    if id_col:
-        ids = [("" if v is None else str(v)).strip() for v in _column(df, id_col, path)]
-        _check_ids(ids, path, id_col)
-    else:
-        ids = [str(i) for i in range(len(df))]
-    text_a, na = _texts(_column(df, cfg.text_a, path), cfg.text_a, path, cfg.on_empty_text)
-    text_b, nb = (None, 0)
-    if cfg.text_b:
-        text_b, nb = _texts(_column(df, cfg.text_b, path), cfg.text_b, path, cfg.on_empty_text)
-    label_col = cfg.label if which == "train" else cfg.test_label
-    labels = None
-    if label_col and which == "test" and label_col not in df.columns:
-        log.warning("%s: no column %r (data.test_label); test scores are not computed", path, label_col)
-    if label_col and (which == "train" or label_col in df.columns):
-        labels = [("" if v is None else str(v)).strip() for v in _column(df, label_col, path)]
-        missing = [i for i, v in enumerate(labels) if v == ""]
-        if missing:
-            raise PipelineError(f"{path} row {missing[0] + 1}: missing label in column {label_col!r}")
-    groups = None
-    if group_col:
-        groups = [("" if v is None else str(v)).strip() for v in _column(df, group_col, path)]
-        if "" in groups:
-            raise PipelineError(f"{path} row {groups.index('') + 1}: missing group in column {group_col!r}")
-    return RawTable(which, ids, text_a, text_b, labels, groups, na + nb)
 
 
 def class_order(labels: list[str]) -> list[str]:

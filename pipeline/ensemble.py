@@ -19,8 +19,8 @@ from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 
 from . import cli
-from .artifacts import Matrices, check_agree, load_model, mixed_versions
-from .config import ExperimentConfig
+from .artifacts import Matrices, check_agree, fingerprint_parts, load_model, mixed_versions, stale_reason
+from .config import ExperimentConfig, config_source, to_dict
 from .errors import PipelineError
 from .folds import load_folds
 from .io import Commit, committed, read_json, sha256_strings
@@ -170,16 +170,30 @@ def latest_model_dir(cfg: ExperimentConfig, name: str, round_: int) -> Optional[
     return None
 
 
-def check_pseudo_labels(cfg: ExperimentConfig, models: list[Matrices]) -> None:
-    """A student of round r must have been trained on round r's current pseudo labels."""
+def check_current(cfg: ExperimentConfig, models: list[Matrices], meta: dict, folds_info: dict) -> None:
+    """Refuse a model whose matrices were made with other settings than the current config (its
+    params, view or kind, the metric, the data, the folds, or its round's pseudo labels), naming
+    what changed and the command that retrains it."""
     for m in models:
         r = int(m.manifest.get("round", 0))
-        if r > 0:
-            json_path = round_paths(cfg, r)[1]
-            sha = read_json(json_path).get("csv_sha256") if json_path.is_file() else None
-            if m.manifest.get("pseudo_labels_sha256") != sha:
-                raise PipelineError(f"{m.path / 'manifest.json'} and {json_path} disagree on the pseudo labels: "
-                                    "run the pseudo_label stage again")
+        parts = fingerprint_parts(to_dict(cfg.model(m.name)), meta["classes"], cfg.metric, meta, folds_info, r,
+                                  pseudo_labels_sha256(cfg, r))
+        reason = stale_reason(m.manifest, parts)
+        if reason:
+            again = (f"python -m pipeline.train {config_source(cfg)} --models {m.name}" if r == 0
+                     else f"python -m pipeline.pseudo_label {config_source(cfg)}")
+            raise PipelineError(f"model {m.name!r} ({m.path}) was trained with other settings than the config "
+                                f"({reason}): run `{again}` to retrain it")
+
+
+def pseudo_labels_sha256(cfg: ExperimentConfig, round_: int) -> Optional[str]:
+    """The sha256 of round `round_`'s pseudo-label csv as its record states it (None for round 0
+    or a round whose labels are gone)."""
+    if round_ == 0:
+        return None
+    json_path = round_paths(cfg, round_)[1]
+    record = read_json(json_path) if json_path.is_file() else {}
+    return record.get("csv_sha256") if isinstance(record, dict) else None
 
 
 def checked_models(cfg: ExperimentConfig, names: Optional[list[str]], round_: int):
@@ -192,18 +206,29 @@ def checked_models(cfg: ExperimentConfig, names: Optional[list[str]], round_: in
                                                     "classes": meta["classes"], "n_test": len(test),
                                                     "prepared_train_sha256": meta["train_sha256"],
                                                     "prepared_test_sha256": meta["test_sha256"]})
-    check_pseudo_labels(cfg, models)
+    check_current(cfg, models, meta, info)
     mixed = mixed_versions(models)
     if mixed:
         log.warning("matrices were made under different versions of: %s", ", ".join(mixed))
     return models, train, test, meta, folds
 
 
-def submission_frame(cfg: ExperimentConfig, test_ids: list[str], pred: np.ndarray, classes: list[str]) -> pd.DataFrame:
+def submission_columns(cfg: ExperimentConfig, meta: dict) -> tuple[str, str]:
+    """(id column, label column) of the submission: the names the files use, "id" / "label" where
+    the files have no names (row numbers, columns given by position)."""
+    id_col = (meta.get("test_ids") or {}).get("column")
+    if id_col is None:
+        key = cfg.data.test_id if cfg.data.test_id is not None else cfg.data.id
+        id_col = key if isinstance(key, str) else "id"
+    return id_col, cfg.data.label if isinstance(cfg.data.label, str) else "label"
+
+
+def submission_frame(cfg: ExperimentConfig, meta: dict, test_ids: list[str], pred: np.ndarray,
+                     classes: list[str]) -> pd.DataFrame:
     """One row per test row in test order: id column + label column with the original label names."""
-    id_col = cfg.data.test_id or cfg.data.id or "id"
-    df = pd.DataFrame({id_col: test_ids, cfg.data.label: [classes[i] for i in pred]})
-    if len(df) != len(test_ids) or df[id_col].duplicated().any() or df[cfg.data.label].isna().any():
+    id_col, label_col = submission_columns(cfg, meta)
+    df = pd.DataFrame({id_col: test_ids, label_col: [classes[i] for i in pred]})
+    if len(df) != len(test_ids) or df[id_col].duplicated().any() or df[label_col].isna().any():
         raise PipelineError("submission check failed: ids must be unique and every row labelled")
     return df
 
@@ -245,7 +270,9 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
     models, train, test, meta, folds = checked_models(cfg, e.models, e.round)
     y, classes = train.y, meta["classes"]
     out_dir = models_dir(cfg, e.round) / "ensembles"
-    summary: dict = {"models": {}, "methods": {}, "round": e.round, "metric": cfg.metric}
+    ids = meta.get("test_ids") or {}
+    summary: dict = {"models": {}, "methods": {}, "round": e.round, "metric": cfg.metric,
+                     "test_ids": ids.get("source", "unknown: run the preprocess stage again")}
     for m in models:
         summary["models"][m.name] = {"oof": m.manifest["oof_scores"],
                                      "test": scores(test.y, m.test) if test.y is not None else None}
@@ -253,27 +280,28 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
     summary["submitted"] = choose_submit(cfg, results)
     with committed() as c:  # matrices, submissions, config.yaml and summary.json: together or not at all
         for name, r in results.items():
-            summary["methods"][name] = write_method(c, cfg, out_dir / name, name, r, test, classes)
-        summary["submission"] = str(c.write_csv(submission_path(cfg), submission_of(cfg, results[summary["submitted"]],
+            summary["methods"][name] = write_method(c, cfg, meta, out_dir / name, name, r, test, classes)
+        summary["submission"] = str(c.write_csv(submission_path(cfg), submission_of(cfg, meta, results[summary["submitted"]],
                                                                                     test.ids, classes)))
         cli.save_resolved(cfg, out_dir, c)
         summary["files"] = {str(path.relative_to(out_dir)): c.sha256(path)
-                            for _, path in c.staged if path.is_relative_to(out_dir)}
+                            for _, path in c.staged if path.is_relative_to(out_dir) and path.suffix == ".npy"}
         c.write_json(out_dir / "summary.json", summary)
     return summary
 
 
-def submission_of(cfg: ExperimentConfig, r: dict, test_ids: list[str], classes: list[str]) -> pd.DataFrame:
-    return submission_frame(cfg, test_ids, decide(r["test"], r["threshold"]), classes)
+def submission_of(cfg: ExperimentConfig, meta: dict, r: dict, test_ids: list[str], classes: list[str]) -> pd.DataFrame:
+    return submission_frame(cfg, meta, test_ids, decide(r["test"], r["threshold"]), classes)
 
 
-def write_method(c: Commit, cfg: ExperimentConfig, directory: Path, name: str, r: dict, test, classes: list[str]) -> dict:
+def write_method(c: Commit, cfg: ExperimentConfig, meta: dict, directory: Path, name: str, r: dict, test,
+                 classes: list[str]) -> dict:
     """Stage one method's matrices and submission; return its summary entry (scores, threshold,
     weights, test scores where the test file is labelled)."""
     c.write_npy(directory / "oof.npy", r["oof"].astype(np.float32))
     c.write_npy(directory / "test.npy", r["test"].astype(np.float32))
     pred = decide(r["test"], r["threshold"])
-    path = c.write_csv(submission_path(cfg, name), submission_of(cfg, r, test.ids, classes))
+    path = c.write_csv(submission_path(cfg, name), submission_of(cfg, meta, r, test.ids, classes))
     test_scores = scores(test.y, np.eye(len(classes))[pred]) if test.y is not None else None
     if test_scores is not None:
         test_scores["logloss"] = scores(test.y, r["test"])["logloss"]
@@ -304,7 +332,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if "weights" in s:
             print(f"{n} weights: {s['weights']}")
     how = " (best honest OOF " + cfg.metric + ")" if cfg.ensemble.submit == "auto" else ""
-    print(f"submission: {submission_path(cfg)} ({summary['submitted']}{how})")
+    print(f"submission: {submission_path(cfg)} ({summary['submitted']}{how}); ids: {summary['test_ids']}"
+          + (" 0..n-1 (no id column in the test file; set data.test_id to use one)"
+             if summary["test_ids"] == "row numbers" else ""))
     return 0
 
 

@@ -17,8 +17,8 @@ class InvalidValue(PipelineError):
     _UNSET = object()
 
     def __init__(self, key: str, problem: str, value: Any = _UNSET):
-        super().__init__(f"{key} {problem}")
         self.key, self.problem, self.value = key, problem, value
+        super().__init__(self.where(""))
 
     def where(self, prefix: str) -> str:
         """`prefix.key=value problem` (or without `=value` when none was given)."""

@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from .errors import PipelineError
 from .models.params import TfidfParams
 
 WORD = re.compile(r"\w+", re.UNICODE)
@@ -23,27 +24,60 @@ SEQ_MAX_TOKENS = 1000
 
 
 class TfidfBlock:
-    """Word and char n-gram TF-IDF; for pairs the vocabulary is fitted on both sides."""
+    """Word and char n-gram TF-IDF; for pairs the vocabulary is fitted on both sides.
 
-    def __init__(self, p: TfidfParams):
-        self.p = p
+    An analyzer is off when its n-gram range is [] (the params refuse both off). One that learns no
+    terms (every text is "!!!" or emoji for the word analyzer; min_df above every term's count)
+    raises one PipelineError starting with `label`, or with allow_empty gives an all-zero block of
+    width 0 (pair_lgbm: its cosine feature is then 0 and its surface features still carry signal).
+    """
+
+    def __init__(self, p: TfidfParams, label: str = "TF-IDF", allow_empty: bool = False):
+        self.p, self.label, self.allow_empty = p, label, allow_empty
 
     def fit(self, texts: list[str]) -> "TfidfBlock":
-        self.vectorizers_ = [TfidfVectorizer(analyzer="word", ngram_range=tuple(self.p.word_ngrams),
-                                             min_df=self.p.min_df, max_features=self.p.max_features,
-                                             sublinear_tf=self.p.sublinear_tf, token_pattern=r"(?u)\b\w+\b",
-                                             dtype=np.float32)]
-        if self.p.char_ngrams:
-            self.vectorizers_.append(TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(self.p.char_ngrams),
-                                                     min_df=self.p.min_df, max_features=self.p.max_features,
-                                                     sublinear_tf=self.p.sublinear_tf, dtype=np.float32))
-        for v in self.vectorizers_:
-            v.fit(texts)
+        self.vectorizers_ = [self._fitted(v, texts) for v in self._vectorizers()]
         return self
 
+    def _vectorizers(self) -> list[TfidfVectorizer]:
+        common = dict(min_df=self.p.min_df, max_features=self.p.max_features, sublinear_tf=self.p.sublinear_tf,
+                      dtype=np.float32)
+        out = []
+        if self.p.word_ngrams:
+            out.append(TfidfVectorizer(analyzer="word", ngram_range=tuple(self.p.word_ngrams),
+                                       token_pattern=r"(?u)\b\w+\b", **common))
+        if self.p.char_ngrams:
+            out.append(TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(self.p.char_ngrams), **common))
+        return out
+
+    def _fitted(self, v: TfidfVectorizer, texts: list[str]) -> Optional[TfidfVectorizer]:
+        """v fitted on texts; None (allow_empty) when it learns no terms."""
+        try:
+            return v.fit(texts)
+        except ValueError:
+            problem = self._no_terms(v, texts)
+            if problem is None:
+                raise  # not a vocabulary problem: a bug worth its traceback
+        if self.allow_empty:
+            return None
+        raise PipelineError(f"{self.label}: the {v.analyzer} n-gram TF-IDF learned no terms: {problem}")
+
+    def _no_terms(self, v: TfidfVectorizer, texts: list[str]) -> Optional[str]:
+        """Why v found no vocabulary in texts, or None when it is not that."""
+        analyze = v.build_analyzer()
+        if not any(analyze(t) for t in texts):
+            what = "a word character (letter, digit or _)" if v.analyzer == "word" else "any character"
+            hint = ("; set word_ngrams: [] to use char n-grams alone" if v.analyzer == "word" and self.p.char_ngrams
+                    else "")
+            return f"none of the {len(texts)} training texts has {what}{hint}"
+        if self.p.min_df > 1:
+            return f"no term is in min_df={self.p.min_df} or more of the {len(texts)} training texts; lower min_df"
+        return None
+
     def transform(self, texts: list[str]) -> list[sp.csr_matrix]:
-        """One (n, vocab_i) L2-normalised matrix per analyzer."""
-        return [v.transform(texts).tocsr() for v in self.vectorizers_]
+        """One (n, vocab_i) L2-normalised matrix per analyzer ((n, 0) for one that learned nothing)."""
+        return [sp.csr_matrix((len(texts), 0), dtype=np.float32) if v is None else v.transform(texts).tocsr()
+                for v in self.vectorizers_]
 
 
 def tfidf_design(block: TfidfBlock, a: list[str], b: Optional[list[str]]) -> sp.csr_matrix:

@@ -1,18 +1,15 @@
-"""Readers for CSV / TSV / JSON-lines files, atomic writers and file hashes."""
+"""Atomic writers (one file, or a stage's outputs committed together), file hashes, checked
+readers of the JSON and .npy files the stages pass between them. Input tables: see readers.py."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import glob
 import hashlib
-import io
 import json
-import logging
 import os
 import socket
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,120 +18,6 @@ import pandas as pd
 
 from . import faults
 from .errors import PipelineError
-
-log = logging.getLogger("pipeline.io")
-# Python's csv module refuses fields over 128 KiB by default; a long abstract or a whole document
-# in one TSV cell is legitimate input (the C parser used for CSV has no such limit).
-FIELD_SIZE_LIMIT = 1 << 30
-
-# ----------------------------------------------------------------------------- reading
-
-
-def detect_format(path: Path, fmt: str = "auto") -> str:
-    if fmt != "auto":
-        return fmt
-    suffix = path.suffix.lower()
-    if suffix in (".tsv", ".txt"):
-        return "tsv"
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return "jsonl"
-    return "csv"
-
-
-def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise PipelineError(f"file not found: {path}")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise PipelineError(f"cannot read {path}: {e.strerror or e}") from None
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise PipelineError(f"{path}: UTF-16 text (byte-order mark {raw[:2].hex()}); save it as UTF-8")
-    try:
-        text = raw.decode("utf-8-sig")  # GLUE files start with a BOM
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise PipelineError(f"{path}: not valid UTF-8 at byte {e.start} (line {line})") from None
-    if not text.strip():
-        raise PipelineError(f"{path}: file is empty")
-    return text
-
-
-def read_table(path: Path, fmt: str = "auto") -> pd.DataFrame:
-    """Every cell as str (None where missing), column names stripped; no type guessing.
-
-    Refused with one line naming the file: not UTF-8 (UTF-16 named as such), empty, header only,
-    repeated column names, a row with more fields than the header, unparseable quoting. A short row's
-    missing trailing fields are None (so the column mapping reports them). NUL characters are removed
-    with a warning: they are never meaningful text and break the C parser. Fields may be any length.
-    """
-    fmt = detect_format(path, fmt)
-    text = _read_text(path)
-    if "\x00" in text:
-        log.warning("%s: removed %d NUL characters", path, text.count("\x00"))
-        text = text.replace("\x00", "")
-    try:
-        df = _read_jsonl(text, path) if fmt == "jsonl" else _read_delimited(text, fmt, path)
-    except (pd.errors.ParserError, ValueError, csv.Error) as e:
-        raise PipelineError(f"{path}: cannot parse as {fmt}: {str(e).strip().splitlines()[-1]}") from None
-    except pd.errors.ParserWarning:
-        raise PipelineError(f"{path}: cannot parse as {fmt}: a row has more fields than the header "
-                            f"({len(_header(text, fmt))} columns)") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    if len(df) == 0:
-        raise PipelineError(f"{path}: no data rows (header only)")
-    # Short rows and absent JSON keys come back as NaN; missing is None, never the string "nan".
-    return df.astype(object).where(df.notna(), None)
-
-
-def _delimited_options(fmt: str) -> dict:
-    # TSV files such as GLUE's hold bare double quotes inside fields: quoting must be off.
-    if fmt == "tsv":
-        return {"sep": "\t", "quoting": csv.QUOTE_NONE}
-    return {"sep": ",", "quoting": csv.QUOTE_MINIMAL}
-
-
-def _header(text: str, fmt: str) -> list[str]:
-    """The first record's fields as written (pandas would rename a repeated `x` to `x.1`)."""
-    opts = _delimited_options(fmt)
-    return [c.strip() for c in next(csv.reader(io.StringIO(text), delimiter=opts["sep"], quoting=opts["quoting"]), [])]
-
-
-def _read_delimited(text: str, fmt: str, path: Path) -> pd.DataFrame:
-    csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
-    header = _header(text, fmt)
-    repeated = sorted({c for c in header if header.count(c) > 1})
-    if repeated:
-        raise PipelineError(f"{path}: column names repeated in the header: {', '.join(map(repr, repeated))}")
-    with warnings.catch_warnings():
-        # index_col=False: a row with one field too many must not silently turn column 1 into an
-        # index and shift every column left; pandas warns instead, and the warning becomes an error.
-        warnings.simplefilter("error", pd.errors.ParserWarning)
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, index_col=False,
-                           engine="python" if fmt == "tsv" else "c", **_delimited_options(fmt))
-
-
-def _read_jsonl(text: str, path: Path) -> pd.DataFrame:
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PipelineError(f"{path} line {i}: invalid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise PipelineError(f"{path} line {i}: expected a JSON object")
-        rows.append({k: (None if v is None else _json_cell(v)) for k, v in obj.items()})
-    return pd.DataFrame(rows, dtype=object)
-
-
-def _json_cell(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    # An escaped \u0000 survives json.loads; drop it like a raw NUL byte.
-    return v.replace("\x00", "") if isinstance(v, str) else json.dumps(v)
-
 
 # ----------------------------------------------------------------------------- hashing
 

@@ -147,6 +147,7 @@ def run_preprocess(cfg: ExperimentConfig) -> dict:
         meta = {"classes": classes, "lemmatizer": lem_name, "is_pair": train.is_pair,
             "n_train": len(train), "n_test": len(test), "has_test_labels": test.y is not None,
                 "n_empty_texts": {"train": raw_train.n_empty, "test": raw_test.n_empty},
+                "test_ids": {"source": raw_test.id_source, "column": raw_test.id_column},
                 "train_sha256": c.sha256(out / "train.jsonl"), "test_sha256": c.sha256(out / "test.jsonl"),
                 **source_fingerprint(cfg)}
         c.write_json(out / "meta.json", meta)

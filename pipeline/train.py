@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import cli
+from . import artifacts, cli
 from .artifacts import fold_dir, load_fold, save_fold, write_model
 from .config import ExperimentConfig, ModelConfig, config_hash, model_params, to_dict
 from .data import Split, Table, whole
@@ -63,10 +63,8 @@ def open_run(cfg: ExperimentConfig) -> Run:
 
 def fingerprint(run: Run, m: ModelConfig) -> str:
     """Changes whenever anything that shapes this model's predictions changes."""
-    return config_hash({"model": to_dict(m), "classes": run.classes, "metric": run.cfg.metric,
-                        "train": run.prepared_meta["train_sha256"], "test": run.prepared_meta["test_sha256"],
-                        "folds": run.folds_info["folds_csv_sha256"], "round": run.round,
-                        "extra": run.extra_sha256})
+    return artifacts.fingerprint(artifacts.fingerprint_parts(to_dict(m), run.classes, run.cfg.metric, run.prepared_meta,
+                                                             run.folds_info, run.round, run.extra_sha256))
 
 
 def fold_splits(run: Run, k: int) -> tuple[Split, Split]:
@@ -163,14 +161,15 @@ def build_manifest(run: Run, m: ModelConfig, fp: str, oof: np.ndarray, records: 
 
 
 def _up_to_date(model_dir: Path, fp: str) -> bool:
-    from .artifacts import load_model
-
+    """The model's matrices verify against its manifest, were made with this fingerprint, and every
+    file of every fold (records, matrices, checkpoints) is still there with its sha256."""
     if not (model_dir / "manifest.json").is_file():
         return False
     try:
-        return load_model(model_dir).manifest.get("config_sha256") == fp
+        manifest = artifacts.load_model(model_dir).manifest
     except PipelineError:
         return False
+    return manifest.get("config_sha256") == fp and artifacts.folds_intact(model_dir, manifest, fp)
 
 
 def _log_fold(name: str, k: int, K: int, rec: dict, metric: str) -> None:

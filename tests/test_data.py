@@ -7,7 +7,7 @@ import pytest
 from pipeline.config import DataConfig
 from pipeline.data import class_order, read_raw
 from pipeline.errors import PipelineError
-from pipeline.io import read_table
+from pipeline.readers import read_table
 
 MRPC = ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
         '1\t1\t2\tHe said " the witness " lied .\tThe "witness" lied , he said .\n'

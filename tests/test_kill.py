@@ -27,7 +27,7 @@ CHAIN = [
     ("writing a model's OOF matrix", "write:*/plgbm/oof.npy"),
     ("during the ensemble, between two submissions", "write:*/subs/tiny_blend.csv"),
 ]
-VOLATILE = {"seconds", "fit_seconds", "timings", "settings_sha256"}  # wall-clock times; data.dir's hash
+VOLATILE = {"seconds", "fit_seconds", "timings", "settings_sha256", "fold_records"}  # wall-clock times (also inside the hashed fold records); data.dir's hash
 
 
 def setup(root: Path) -> Path:
@@ -104,6 +104,9 @@ def test_killed_anywhere_resumes_to_identical_results(tmp_path):
         assert any(_temp_of(p, target) for p in hits), f"no temporary file for {target}: died elsewhere"
         _assert_skipped(done, finished_jobs(models), what)
         done = finished_jobs(models)
+    # the skip checks above had finished jobs to watch: every fold, and both models assembled
+    assert {f"{m}/fold{k}/fold.json" for m in ("lr", "plgbm") for k in range(3)} <= set(done), sorted(done)
+    assert {"lr/manifest.json", "plgbm/manifest.json"} <= set(done), sorted(done)
     rc, out = finish(start(config))
     assert rc == 0, out[-3000:]
     _assert_skipped(done, finished_jobs(models), "the final rerun")

