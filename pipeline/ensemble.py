@@ -274,7 +274,7 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
     summary: dict = {"models": {}, "methods": {}, "round": e.round, "metric": cfg.metric,
                      "test_ids": ids.get("source", "unknown: run the preprocess stage again")}
     for m in models:
-        summary["models"][m.name] = {"oof": m.manifest["oof_scores"],
+        summary["models"][m.name] = {"oof": scores(y, m.oof),
                                      "test": scores(test.y, m.test) if test.y is not None else None}
     results = {name: combine(name, cfg, models, y, folds) for name in e.methods}
     summary["submitted"] = choose_submit(cfg, results)

@@ -129,7 +129,7 @@ def test_scores(test_y: Optional[np.ndarray], proba: np.ndarray) -> Optional[dic
 def numbers(ev: Evidence) -> dict:
     """Every number the page shows, recomputed from the matrices and the labels."""
     metric, C = ev.cfg.metric, len(ev.classes)
-    models = {m.name: {"kind": m.manifest["kind"], "oof": scores(ev.y, m.oof), "test": test_scores(ev.test_y, m.test),
+    models = {m.name: {"kind": m.manifest.get("kind", "-"), "oof": scores(ev.y, m.oof), "test": test_scores(ev.test_y, m.test),
                        "folds": fold_scores(m.oof, ev.y, ev.folds, metric), "calibration": reliability(m.oof, ev.y)}
               for m in ev.models}
     ens = {"method": ev.method, "oof": scores(ev.y, ev.ens_oof), "test": test_scores(ev.test_y, ev.ens_test),

@@ -184,13 +184,13 @@ def _syntax_line(e: yaml.YAMLError, text: str, source: str) -> str:
     if isinstance(e, yaml.MarkedYAMLError):
         mark = e.problem_mark or e.context_mark
         what = " ".join(str(p) for p in (e.context, e.problem) if p)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        return f"{source}{where}: not valid YAML: {_flat(what)}"
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        return f"{source} is not valid YAML{where}: {_flat(what)}"
     if isinstance(e, yaml.reader.ReaderError):
         line = text.count("\n", 0, max(e.position, 0)) + 1
         code = ord(e.character) if isinstance(e.character, str) else e.character
-        return f"{source} line {line}: not valid YAML: control character U+{code:04X} is not allowed"
-    return f"{source}: not valid YAML: {_flat(str(e))}"
+        return f"{source} is not valid YAML (line {line}): control character U+{code:04X} is not allowed"
+    return f"{source} is not valid YAML: {_flat(str(e))}"
 
 
 def _flat(s: str, limit: int = 200) -> str:

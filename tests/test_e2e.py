@@ -42,6 +42,7 @@ def one_line_error(r):
 def test_bad_train_file_one_line_and_outputs_intact(exp, change, message):
     assert sh("bash", str(ROOT / "run_all.sh"), str(exp.config)).returncode == 0
     outputs = {p: p.read_bytes() for p in exp.tmp.rglob("*") if p.is_file() and "in" not in p.parts}
+    assert exp.tmp / "subs" / "tiny.csv" in outputs and exp.models / "lr" / "oof.npy" in outputs
     path = exp.tmp / "in" / "train.csv"
     change(pd.read_csv(path, dtype=str, keep_default_na=False)).to_csv(path, index=False)
     line = one_line_error(sh(sys.executable, "-m", "pipeline.preprocess", str(exp.config)))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from pipeline.data import Split
 from pipeline.models import embed
@@ -64,11 +63,17 @@ def test_split_rows_follow_the_split_order(bert_dir):
     assert np.array_equal(a, full_a[rows]) and np.array_equal(b, full_b[rows])
 
 
-@pytest.mark.parametrize("with_embed", [False, True])
-def test_pair_lgbm_embed_adds_the_cosine_column(bert_dir, with_embed):
+def test_pair_lgbm_embed_adds_the_cosine_column(bert_dir):
+    """With `embed`, the design is the plain design plus one last column: the cosine of the two
+    sides' embeddings (computed here straight from the encoder)."""
     table = make_table("t", True)
     train, valid = folds(table)
-    p = PairLGBMParams(n_estimators=5, n_jobs=1, embed=str(bert_dir) if with_embed else None)
-    model = PairLGBM(p, 2, "raw").fit(train, valid, context())
     plain = PairLGBM(PairLGBMParams(n_estimators=5, n_jobs=1), 2, "raw").fit(train, valid, context())
-    assert model.info_["n_features"] == plain.info_["n_features"] + int(with_embed)
+    model = PairLGBM(PairLGBMParams(n_estimators=5, n_jobs=1, embed=str(bert_dir)), 2, "raw").fit(train, valid, context())
+    assert model.info_["n_features"] == plain.info_["n_features"] + 1
+    x_plain, x = plain._design(valid, fit=False), model._design(valid, fit=False)
+    np.testing.assert_array_equal(x[:, :-1], x_plain)
+    tokenizer, encoder = load_encoder({}, str(bert_dir))
+    a, b = (embed.embed_texts(tokenizer, encoder, t, 128, 64) for t in valid.texts("raw"))
+    np.testing.assert_allclose(x[:, -1], (a * b).sum(1), atol=1e-6)
+    assert np.ptp(x[:, -1]) > 1e-3  # a real per-row cosine, not a constant

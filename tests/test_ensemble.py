@@ -8,6 +8,9 @@ import pytest
 from pipeline.config import ExperimentConfig
 from pipeline.ensemble import Blender, Stacker, Voter, choose_submit, honest_oof
 from pipeline.io import read_json, sha256_file, write_json
+from pipeline.metrics import decide
+
+from conftest import tiny_pairs
 
 
 def test_blender_weights_on_simplex_and_prefer_the_good_model():
@@ -83,15 +86,24 @@ def test_submit_auto_through_the_stage(prepared, capsys):
 
 
 def test_original_label_names_written_back(exp):
-    for name in ("train.csv", ):
-        path = exp.tmp / "in" / name
-        df = pd.read_csv(path)
-        df["label"] = df["label"].map({0: "different", 1: "paraphrase"})
-        df.to_csv(path, index=False)
+    """Names sorted the other way round from the numbers they replace: class 0 is "no" (was 1), class 1
+    "yes" (was 0). Every method's submission must name, row by row, the class its matrix decides."""
+    path = exp.tmp / "in" / "train.csv"
+    df = pd.read_csv(path)
+    df["label"] = df["label"].map({0: "yes", 1: "no"})
+    df.to_csv(path, index=False)
     for stage in ("preprocess", "folds", "train", "ensemble"):
         assert exp.run(stage) == 0
-    sub = pd.read_csv(exp.tmp / "subs" / "tiny.csv")
-    assert set(sub["label"]) <= {"different", "paraphrase"}
+    summary = read_json(exp.models / "ensembles" / "summary.json")
+    assert set(summary["methods"]) == {"stack", "blend", "vote"}
+    names = np.array(["no", "yes"])
+    for m, record in summary["methods"].items():
+        sub = pd.read_csv(exp.tmp / "subs" / f"tiny_{m}.csv", dtype=str)
+        pred = decide(np.load(exp.models / "ensembles" / m / "test.npy"), record["threshold"])
+        assert sub["label"].tolist() == names[pred].tolist(), m
+    truth = np.where(tiny_pairs(30, 1)["label"] == 1, "no", "yes")
+    sub = pd.read_csv(exp.tmp / "subs" / "tiny.csv", dtype=str)
+    assert (sub["label"].to_numpy() == truth).mean() > 0.7  # a swapped name would score below 0.3
 
 
 def test_matrix_from_other_folds_refused(prepared, capsys):

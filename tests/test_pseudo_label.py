@@ -162,6 +162,7 @@ def test_no_pseudo_row_ever_in_a_validation_fold(oracle):
             assert c["valid"] == {("train", int(i)) for i in np.flatnonzero(folds == k)}
             pseudo = [(key, y) for key, y in zip(c["train"], c["train_y"]) if key[0] == "test"]
             mine = df[df["fold"] == k]
+            assert len(mine) == 10  # the test rows i with i % 3 == k: something to check below
             assert sorted(key[1] for key, _ in pseudo) == sorted(mine["test_row"])
             assert {key[1]: y for key, y in pseudo} == dict(zip(mine["test_row"], mine["label"]))
             assert {key for key in c["train"] if key[0] == "train"} == {("train", int(i))

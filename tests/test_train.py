@@ -47,18 +47,27 @@ def test_oof_each_row_once_and_manifest(spy):
     assert oof.shape == (90, 2) and oof.dtype == np.float32
     assert tf.shape == (3, 30, 2)
     np.testing.assert_allclose(np.load(spy.models / "spy" / "test.npy"), tf.mean(0), rtol=1e-6)
+    # row i holds, once, the prediction of the fold model that held it out (the spy's formula)
+    cfg = load_config(spy.config)
+    train, _, _ = load_prepared(cfg)
+    folds, _ = load_folds(cfg, train)
+    bias = {c["fold"]: float(np.mean(c["train_y"])) for c in spy_model.CALLS}
+    p1 = [((len(t) % 7) / 10 + 0.2) * 0.5 + 0.5 * bias[k] for t, k in zip(train.views["raw"][0], folds)]
+    np.testing.assert_allclose(oof[:, 1], p1, rtol=1e-6)
     assert m["n_splits"] == 3 and m["classes"] == ["0", "1"]
+    assert {"oof.npy", "test.npy", "test_folds.npy"} <= set(m["files"])
     for name, h in m["files"].items():
         assert digest(spy.models / "spy" / name) == h
 
 
-def test_same_seed_gives_identical_matrices(prepared, tmp_path):
+def test_same_seed_gives_identical_matrices(prepared):
     assert prepared.run("train") == 0
-    first = {p.name: digest(p) for p in (prepared.models / "lr").glob("*.npy")}
-    first_lgbm = digest(prepared.models / "plgbm" / "oof.npy")
+    files = [prepared.models / m / f for m in ("lr", "plgbm") for f in ("oof.npy", "test.npy", "test_folds.npy")]
+    first = {f: (digest(f), f.stat().st_ino) for f in files}
     assert prepared.run("train", "--force") == 0
-    assert first == {p.name: digest(p) for p in (prepared.models / "lr").glob("*.npy")}
-    assert first_lgbm == digest(prepared.models / "plgbm" / "oof.npy")
+    for f in files:
+        assert f.stat().st_ino != first[f][1], f"{f} was not written again: --force retrained nothing"
+        assert digest(f) == first[f][0], f
 
 
 def test_resume_skips_finished_folds_and_models(spy, monkeypatch):

@@ -4,6 +4,7 @@ Everything runs offline in seconds; the real embedded backbone is only touched b
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -27,11 +28,24 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(autouse=True)
-def restore_torch_threads():
-    """fit() applies params.num_threads process-wide; give later tests the count they started with."""
+def process_state_kept():
+    """fit() and predict_proba() apply params.num_threads only while they run: every test here must
+    leave torch's thread count as it found it (restored anyway, so one failure stays one). The
+    tests' own torch.manual_seed calls are undone, so no test hands RNG state to the next."""
     n = torch.get_num_threads()
-    yield
+    with torch.random.fork_rng(devices=[]):
+        yield
+    after = torch.get_num_threads()
     torch.set_num_threads(n)
+    assert after == n, f"torch's thread count changed from {n} to {after}"
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """torch.manual_seed(seed) inside, the global RNG as it was afterwards (for module fixtures)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def make_texts(seed: int, n: int) -> tuple[list[str], list[str], np.ndarray]:
@@ -71,11 +85,11 @@ def bert_dir(tmp_path_factory):
     vocab = {t: i for i, t in enumerate(specials + sorted(set(WORDS)) + list(".,!?"))}
     tok = BertTokenizer(vocab=vocab)
     tok.save_pretrained(d)
-    torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0)
-    BertModel(config).save_pretrained(d)
+    with seeded(0):
+        BertModel(config).save_pretrained(d)
     return d
 
 
@@ -93,13 +107,13 @@ def roberta_dir(tmp_path_factory):
     bpe.save_model(str(raw))
     tok = RobertaTokenizer(vocab=str(raw / "vocab.json"), merges=str(raw / "merges.txt"))
     tok.save_pretrained(d)
-    torch.manual_seed(0)
     config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=64, max_position_embeddings=66, type_vocab_size=1,
                            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                            eos_token_id=tok.eos_token_id, hidden_dropout_prob=0.0,
                            attention_probs_dropout_prob=0.0)
-    RobertaModel(config).save_pretrained(d)
+    with seeded(0):
+        RobertaModel(config).save_pretrained(d)
     return d
 
 
@@ -164,8 +178,8 @@ def family_dirs(tmp_path_factory, bert_dir):
     for name, config in configs.items():
         dirs[name] = tmp_path_factory.mktemp(name)
         tok.save_pretrained(dirs[name])
-        torch.manual_seed(0)
-        tf.AutoModel.from_config(config).save_pretrained(dirs[name])
+        with seeded(0):
+            tf.AutoModel.from_config(config).save_pretrained(dirs[name])
     return dirs
 
 
@@ -378,8 +392,30 @@ def test_bf16_autocast_path_runs(bert_dir):
     model, valid = fit(params(bert_dir, precision="bf16", head="bilstm"), make_table("train", pair=True))
     assert model.info_["precision"] == "bf16"
     assert np.isfinite(model.predict_proba(valid)).all()
-    expected = "bf16" if transformer.bf16_cpu_supported() else "fp32"
-    assert transformer.resolve_precision("auto", torch.device("cpu")) == expected
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    """auto: bf16 where the CPU or GPU has it, else fp32 on CPU and fp16 on CUDA; each probe is
+    monkeypatched both ways, so the answer cannot come from this machine."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(transformer, "bf16_cpu_supported", lambda native=native: native)
+        assert transformer.resolve_precision("auto", cpu) == want
+    for native, want in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, native=native, **k: native)
+        assert transformer.resolve_precision("auto", cuda) == want
+    for explicit in ("fp32", "bf16"):
+        assert transformer.resolve_precision(explicit, cpu) == explicit
+    assert transformer.resolve_precision("fp16", cuda) == "fp16"
+    with pytest.raises(PipelineError, match="precision='fp16' needs a CUDA device"):
+        transformer.resolve_precision("fp16", cpu)
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, want", [(False, False, False), (True, False, True), (False, True, True)])
+def test_bf16_cpu_probe_reads_torch_cpu(monkeypatch, avx512_bf16, amx, want):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert transformer.bf16_cpu_supported() is want
 
 
 def test_early_stopping_stops_and_restores_the_best_epoch(bert_dir):
@@ -394,6 +430,38 @@ def test_early_stopping_stops_and_restores_the_best_epoch(bert_dir):
     assert model.info_["epochs_run"] == 4 and model.info_["best_epoch"] == 2
     assert not np.allclose(seen[1], seen[3])  # the weights did move after the best epoch
     np.testing.assert_array_equal(model.predict_proba(valid), seen[1])
+
+
+def test_num_threads_apply_while_fitting_and_predicting_only(bert_dir, monkeypatch):
+    """params.num_threads holds inside fit (training and validation) and predict_proba; torch's
+    count and global RNG are back to what they were after each."""
+    seen = []
+    predict = TransformerModel._predict
+    monkeypatch.setattr(TransformerModel, "_predict", lambda *a: seen.append(torch.get_num_threads()) or predict(*a))
+    loop = TransformerModel._train_loop
+    monkeypatch.setattr(TransformerModel, "_train_loop", lambda *a: seen.append(torch.get_num_threads()) or loop(*a))
+    start, rng = torch.get_num_threads(), torch.random.get_rng_state()
+    model, valid = fit(params(bert_dir, num_threads=start + 1), make_table("train", pair=False))
+    assert seen == [start + 1, start + 1] and torch.get_num_threads() == start  # train loop, one validation pass
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    model.predict_proba(valid)
+    assert seen[-1] == start + 1 and torch.get_num_threads() == start
+    model.params.num_threads = None  # unset: the process's own count
+    model.predict_proba(valid)
+    assert seen[-1] == start
+
+
+def test_seed_not_the_process_rng_decides_the_fit(bert_dir):
+    """fit seeds its own draws: the global RNG state before it changes nothing, and is left as it was."""
+    table = make_table("train", pair=True)
+    p = params(bert_dir, dropout=0.2, backbone_dropout=0.1)
+    torch.manual_seed(100)
+    first, valid = fit(p, table, seed=3)
+    torch.manual_seed(200)
+    state = torch.random.get_rng_state()
+    again, _ = fit(p, table, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    np.testing.assert_array_equal(first.predict_proba(valid), again.predict_proba(valid))
 
 
 def test_same_seed_same_predictions(bert_dir):
@@ -418,7 +486,8 @@ def test_checkpoint_reloads_and_reproduces_predictions(roberta_dir, tmp_path):
     loaded = load_checkpoint(tmp_path)
     np.testing.assert_allclose(loaded.predict_proba(valid), model.predict_proba(valid), atol=1e-6)
     assert json.loads((tmp_path / "head_config.json").read_text())["params"]["head"] == "max4"
-    assert TransformerModel(params(roberta_dir, save_checkpoint=False), 2, "lower").save(tmp_path / "x") == []
+    model.params.save_checkpoint = False  # a fitted model told not to save writes nothing
+    assert model.save(tmp_path / "off") == [] and not (tmp_path / "off").exists()
 
 
 def test_cache_tokenises_each_table_once(bert_dir, monkeypatch):

@@ -249,12 +249,12 @@ YAML_REFUSED = [
     ("alias bomb", bomb(), f"aliases expand this value to more than {MAX_NODES} values"),
     ("merge-key bomb", merge_bomb(), f"aliases expand this value to more than {MAX_NODES} values"),
     ("recursive alias", "a: &a [1, *a]\n", "config file x.yaml line 1: an alias refers to a value that contains it"),
-    ("syntax error", "a: 1\nb: [1, 2\nc: 3\n", "config file x.yaml line 3: not valid YAML:"),
-    ("tab indent", "a:\n\tb: 1\n", "config file x.yaml line 2: not valid YAML:"),
-    ("deep nesting", "[" * 100_000 + "]" * 100_000, "config file x.yaml line 1: not valid YAML: nested more than"),
-    ("control character", "a: 1\nb: \x07\n", "config file x.yaml line 2: not valid YAML: control character U+0007"),
-    ("two documents", "a: 1\n---\nb: 2\n", "config file x.yaml line 2: not valid YAML:"),
-    ("python tag", "a: !!python/object/apply:os.system [ls]\n", "config file x.yaml line 1: not valid YAML:"),
+    ("syntax error", "a: 1\nb: [1, 2\nc: 3\n", "config file x.yaml is not valid YAML (line 3):"),
+    ("tab indent", "a:\n\tb: 1\n", "config file x.yaml is not valid YAML (line 2):"),
+    ("deep nesting", "[" * 100_000 + "]" * 100_000, "config file x.yaml is not valid YAML (line 1): nested more than"),
+    ("control character", "a: 1\nb: \x07\n", "config file x.yaml is not valid YAML (line 2): control character U+0007"),
+    ("two documents", "a: 1\n---\nb: 2\n", "config file x.yaml is not valid YAML (line 2):"),
+    ("python tag", "a: !!python/object/apply:os.system [ls]\n", "config file x.yaml is not valid YAML (line 1):"),
 ]
 
 

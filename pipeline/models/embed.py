@@ -22,15 +22,20 @@ from .params import EmbedLRParams, TransformerParams
 
 
 def load_encoder(cache: dict, backbone: str):
-    """(tokenizer, eval-mode AutoModel) for `backbone`, loaded once per process."""
+    """(tokenizer, eval-mode AutoModel) for `backbone`, loaded once per process.
+
+    from_pretrained draws weights the checkpoint lacks (a sentence encoder's unused pooler) from
+    torch's global RNG: the draw is kept from the process, so loading moves no later seeded run."""
     key = ("encoder", backbone)
     if key not in cache:
-        from .transformer import load_config, load_pretrained, load_tokenizer, resolve_backbone
+        from .transformer import kept_rng, load_config, load_pretrained, load_tokenizer, resolve_backbone
 
         source, local_only = resolve_backbone(backbone)
         config = load_config(source, local_only, backbone, TransformerParams(backbone=backbone))
         tokenizer = load_tokenizer(source, local_only, backbone)
-        cache[key] = (tokenizer, load_pretrained(source, local_only, backbone, config).eval())
+        with kept_rng():
+            encoder = load_pretrained(source, local_only, backbone, config).eval()
+        cache[key] = (tokenizer, encoder)
     return cache[key]
 
 

@@ -35,7 +35,7 @@ from ..errors import PipelineError
 from ..io import read_json, write_json, write_with
 from .base import FitContext
 from .dropout import fast_attention_dropout, swap_dropout
-from .heads import HEADS, Classifier, Head, apply_freezing
+from .heads import Classifier, Head, apply_freezing
 from .optim import Optim, build_optim, clip_grad_norm
 from .params import TransformerParams
 from .tokens import Encoded, collate, concat, encode_split, predict_batches, train_steps
@@ -47,8 +47,6 @@ _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "l
 HEAD_CONFIG = "head_config.json"
 WEIGHTS = "model.safetensors"
 SAVE_TMP = ".save-"  # save_pretrained writes here first, then each file is renamed into place
-TRUNCATIONS = ("head", "tail", "head_tail")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 # ----------------------------------------------------------------------------- backbone
@@ -174,38 +172,14 @@ def build_classifier(backbone: nn.Module, params: TransformerParams, n_classes: 
 
 
 def load_backbone(params: TransformerParams, n_classes: int) -> tuple[object, Classifier, str]:
-    """(tokenizer, Classifier with pretrained backbone, resolved source) for params.backbone."""
-    check_params(params)
+    """(tokenizer, Classifier with pretrained backbone, resolved source) for params.backbone.
+    The params' own ranges were checked when they were built (TransformerParams.__post_init__)."""
     source, local_only = resolve_backbone(params.backbone)
     config = load_config(source, local_only, params.backbone, params)
     tokenizer = load_tokenizer(source, local_only, params.backbone)
     backbone = load_pretrained(source, local_only, params.backbone, config)
     check_compatible(tokenizer, backbone, params, params.backbone)
     return tokenizer, build_classifier(backbone, params, n_classes), source
-
-
-def check_params(p: TransformerParams) -> None:
-    """Values the type annotations cannot rule out; one line naming the parameter."""
-    rules = [
-        ("head", p.head in HEADS, f"one of {', '.join(HEADS)}"),
-        ("truncation", p.truncation in TRUNCATIONS, f"one of {', '.join(TRUNCATIONS)}"),
-        ("precision", p.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-        ("max_length", p.max_length >= 8, "at least 8"),
-        ("epochs", p.epochs >= 1, "at least 1"),
-        ("batch_size", p.batch_size >= 1, "at least 1"),
-        ("predict_batch_size", p.predict_batch_size >= 1, "at least 1"),
-        ("grad_accum", p.grad_accum >= 1, "at least 1"),
-        ("multi_sample_dropout", p.multi_sample_dropout >= 1, "at least 1"),
-        ("freeze_layers", p.freeze_layers >= 0, "0 or more"),
-        ("lr", p.lr > 0, "positive"),
-        ("head_lr", p.head_lr > 0, "positive"),
-        ("llrd", 0 < p.llrd <= 1, "in (0, 1]"),
-        ("warmup", 0 <= p.warmup <= 1, "in [0, 1]"),
-        ("dropout", 0 <= p.dropout < 1, "in [0, 1)"),
-    ]
-    for key, ok, expected in rules:
-        if not ok:
-            raise PipelineError(f"transformer params: {key}={getattr(p, key)!r} must be {expected}")
 
 
 # ----------------------------------------------------------------------------- precision
@@ -238,6 +212,45 @@ def autocast(precision: str, device: torch.device):
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------- process state
+
+
+@contextlib.contextmanager
+def num_threads(n: Optional[int]):
+    """torch's intra-op thread count set to n inside (None or 0: left alone), the old count restored
+    on exit: set_num_threads is process-wide, and a later model, stage or test must not inherit it."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
+
+
+def _cuda_devices() -> list[int]:
+    """Every CUDA device torch.manual_seed reseeds (none without CUDA)."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def kept_rng() -> contextlib.AbstractContextManager:
+    """torch's global RNG states (CPU and every CUDA device) saved here and restored on exit.
+
+    Head init, dropout masks and from_pretrained's init of missing weights draw from the global
+    generator (nn.Linear, nn.Dropout and transformers take no generator argument), so a local
+    torch.Generator cannot replace it; forking keeps the draws and hides them from the process."""
+    return torch.random.fork_rng(devices=_cuda_devices())
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """torch's global RNG seeded with `seed` inside (same seed, same draws), restored on exit."""
+    with kept_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 # ----------------------------------------------------------------------------- training pieces
@@ -317,14 +330,18 @@ class TransformerModel:
     # -- fit
 
     def fit(self, train: Split, valid: Split, ctx: FitContext) -> "TransformerModel":
-        p = self.params
+        """Fit one fold under params.num_threads and torch's global RNG seeded with ctx.seed; both
+        are put back on return, so what runs next in this process sees the state it had before."""
         if train.y is None:
             raise PipelineError(f"{ctx.label or 'transformer'}: training rows have no labels")
-        if p.num_threads:
-            torch.set_num_threads(p.num_threads)
+        with num_threads(self.params.num_threads), seeded(ctx.seed):  # head init and dropout masks
+            self._fit(train, valid, ctx)
+        return self
+
+    def _fit(self, train: Split, valid: Split, ctx: FitContext) -> None:
+        p = self.params
         self.device_ = default_device()
         self.precision_ = resolve_precision(p.precision, self.device_)
-        torch.manual_seed(ctx.seed)  # head init and dropout masks
         self.tokenizer_, self.module_, self._source = load_backbone(p, self.n_classes)
         if self._fast_dropout:
             swap_dropout(self.module_)
@@ -332,7 +349,6 @@ class TransformerModel:
         self._cache = ctx.cache
         with self.training_attention():
             self._train_loop(train, valid, ctx)
-        return self
 
     @property
     def _fast_dropout(self) -> bool:
@@ -446,10 +462,11 @@ class TransformerModel:
         """
         if self.module_ is None:
             raise PipelineError("transformer: predict_proba before fit (or load_checkpoint)")
-        module, precision = self._inference_module()
-        module.eval()
-        orders = (False, True) if self.params.swap_tta and len(split) and split.is_pair else (False,)
-        out = sum(self._predict(module, precision, self._encode(split, swapped)) for swapped in orders)
+        with num_threads(self.params.num_threads):
+            module, precision = self._inference_module()
+            module.eval()
+            orders = (False, True) if self.params.swap_tta and len(split) and split.is_pair else (False,)
+            out = sum(self._predict(module, precision, self._encode(split, swapped)) for swapped in orders)
         return (out / len(orders)).astype(np.float32)
 
     def _predict(self, module: nn.Module, precision: str, enc: Encoded) -> np.ndarray:
