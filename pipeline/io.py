@@ -26,6 +26,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def read_bytes(path: Path, what: str = "file") -> bytes:
+    """The bytes of a user's file; missing or unreadable is one PipelineError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{what} not found: {path}")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise PipelineError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     try:

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Optional
 import pandas as pd
 
 from .errors import PipelineError
+from .io import read_bytes
 
 log = logging.getLogger("pipeline.readers")
 
@@ -92,12 +93,7 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
 
 
 def _read_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise PipelineError(f"file not found: {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PipelineError(f"cannot read {path}: {e.strerror or e}") from None
+    data = read_bytes(path)
     if not data:
         raise PipelineError(f"{path}: file is empty")
     return data

@@ -19,6 +19,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import PipelineError, excerpt
+from .io import read_bytes
 
 MAX_NODES = 100_000   # values in the tree with every alias expanded; a large config has a few hundred
 MAX_DEPTH = 100       # nesting: PyYAML's composer recurses and its scanner is quadratic in the flow
@@ -56,13 +57,7 @@ class _Loader(yaml.SafeLoader):
 def read_config_text(path: Path) -> str:
     """The text of a config file; a missing file, an unreadable one or one that is not UTF-8 is
     one PipelineError naming it (and the first bad byte). A leading BOM is dropped."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"config file not found: {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PipelineError(f"config file {path} cannot be read: {e.strerror or e}") from None
+    data = read_bytes(Path(path), "config file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
