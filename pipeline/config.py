@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import json
 import os
 import re
@@ -59,6 +60,7 @@ class FoldsConfig:
 
     def __post_init__(self):
         require(self, "n_splits", lambda v: v >= 2, "at least 2")
+        require(self, "seed", lambda v: 0 <= v <= MAX_SEED, SEED_RANGE)
 
 
 @dataclass
@@ -74,6 +76,9 @@ class ModelConfig:
     seed: Optional[int] = None      # None: the experiment seed
     params: dict = field(default_factory=dict)  # validated against the kind's params class
 
+    def __post_init__(self):
+        require(self, "seed", lambda v: v is None or 0 <= v <= MAX_SEED, SEED_RANGE)
+
 
 @dataclass
 class EnsembleConfig:
@@ -88,6 +93,7 @@ class EnsembleConfig:
         require(self, "round", lambda v: v >= 0, "0 or more")
         require(self, "stack_c", lambda v: v > 0, "positive")
         require(self, "methods", lambda v: len(v) >= 1, "a non-empty list")
+        require(self, "models", lambda v: v is None or len(v) >= 1, "null (every model) or a non-empty list")
 
 
 @dataclass
@@ -103,6 +109,8 @@ class PseudoConfig:
 
     def __post_init__(self):
         require(self, "rounds", lambda v: v >= 1, "at least 1")
+        for key in ("models", "retrain"):
+            require(self, key, lambda v: v is None or len(v) >= 1, "null (every model) or a non-empty list")
         require(self, "min_votes", lambda v: v is None or v >= 1, "at least 1 (or null: every teacher)")
         require(self, "min_confidence", lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
         require(self, "max_fraction", lambda v: v > 0, "positive")
@@ -129,11 +137,19 @@ class ExperimentConfig:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
+    def __post_init__(self):
+        require(self, "seed", lambda v: 0 <= v <= MAX_SEED, SEED_RANGE)
+
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
             if m.name == name:
                 return m
         raise PipelineError(f"config: no model named {name!r} (models: {[m.name for m in self.models]})")
+
+
+# numpy and scikit-learn take seeds in [0, 2**32); fold k of a model uses its seed + k.
+MAX_SEED = 2**31 - 1
+SEED_RANGE = f"between 0 and {MAX_SEED}"
 
 
 def require(obj: Any, key: str, ok: Callable[[Any], bool], expected: str) -> None:
@@ -218,6 +234,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)  # YAML 1.1 reads 2e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):
+            raise PipelineError(f"config: {key} must be a finite number, got {excerpt(value)}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):

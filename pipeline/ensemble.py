@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 
 from . import cli
 from .artifacts import Matrices, check_agree, fingerprint_parts, load_model, mixed_versions, stale_reason
-from .config import ExperimentConfig, config_source, to_dict
+from .config import ExperimentConfig, config_hash, config_source, to_dict
 from .errors import PipelineError
 from .folds import load_folds
 from .io import Commit, committed, read_json, sha256_strings
@@ -155,6 +155,8 @@ def load_models(cfg: ExperimentConfig, names: Optional[list[str]] = None, round_
     """Each model's matrices from round `round_`; a model that round did not retrain (not one of
     pseudo.retrain) comes from the latest earlier round that has it."""
     wanted = names if names is not None else [m.name for m in cfg.models]
+    if not wanted:
+        raise PipelineError("config: no models to combine (the models list is empty)")
     found = {n: latest_model_dir(cfg, n, round_) for n in wanted}
     missing = [n for n, d in found.items() if d is None]
     if missing:
@@ -272,7 +274,8 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
     out_dir = models_dir(cfg, e.round) / "ensembles"
     ids = meta.get("test_ids") or {}
     summary: dict = {"models": {}, "methods": {}, "round": e.round, "metric": cfg.metric,
-                     "test_ids": ids.get("source", "unknown: run the preprocess stage again")}
+                     "test_ids": ids.get("source", "unknown: run the preprocess stage again"),
+                     "made_from": made_from(cfg, models)}
     for m in models:
         summary["models"][m.name] = {"oof": scores(y, m.oof),
                                      "test": scores(test.y, m.test) if test.y is not None else None}
@@ -288,6 +291,13 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
                             for _, path in c.staged if path.is_relative_to(out_dir) and path.suffix == ".npy"}
         c.write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def made_from(cfg: ExperimentConfig, models: list[Matrices]) -> dict:
+    """What an ensemble's matrices depend on: its settings and each model's OOF and test matrices.
+    The report refuses an ensemble whose record differs from this (run the ensemble again)."""
+    return {"settings_sha256": config_hash({"ensemble": to_dict(cfg.ensemble), "metric": cfg.metric, "seed": cfg.seed}),
+            "matrices": {m.name: {k: m.manifest["files"][k] for k in ("oof.npy", "test.npy")} for m in models}}
 
 
 def submission_of(cfg: ExperimentConfig, meta: dict, r: dict, test_ids: list[str], classes: list[str]) -> pd.DataFrame:

@@ -20,7 +20,8 @@ import numpy as np
 
 from . import cli
 from .artifacts import Matrices
-from .config import ExperimentConfig
+from .config import ExperimentConfig, config_source
+from .ensemble import made_from
 from .errors import PipelineError
 from .inspect import oof_correlation
 from .io import Commit, committed, read_json, read_npy, sha256_file
@@ -66,12 +67,19 @@ def ensemble_matrix(out: Path, summary: dict, name: str, shape: tuple[int, int])
     return arr.astype(np.float64)
 
 
-def check_ensemble_models(summary_path: Path, summary: dict, models: list[Matrices]) -> None:
-    """The ensemble's summary must list the models the report shows, or its matrices are another ensemble's."""
+def check_ensemble_models(cfg: ExperimentConfig, summary_path: Path, summary: dict, models: list[Matrices]) -> None:
+    """The ensemble's summary must list the models the report shows, made from their current
+    matrices with the current ensemble settings, or its matrices are another ensemble's."""
     listed = sorted(summary.get("models", {}))
     if listed != sorted(m.name for m in models):
         raise PipelineError(f"{summary_path} combines {listed}, the report's models are "
                             f"{sorted(m.name for m in models)}: run `python -m pipeline.ensemble` again")
+    now, then = made_from(cfg, models), summary.get("made_from") or {}
+    changed = [n for n in now["matrices"] if (then.get("matrices") or {}).get(n) != now["matrices"][n]]
+    if then.get("settings_sha256") != now["settings_sha256"] or changed:
+        what = f"models {changed} were retrained since" if changed else "the ensemble settings changed since"
+        raise PipelineError(f"{summary_path} is stale ({what}): run `python -m pipeline.ensemble "
+                            f"{config_source(cfg)}` again")
 
 
 def gather(cfg: ExperimentConfig) -> Evidence:
@@ -82,7 +90,7 @@ def gather(cfg: ExperimentConfig) -> Evidence:
     if not summary.is_file():
         raise PipelineError(f"{summary} not found: run `python -m pipeline.ensemble` first")
     record = read_json(summary)
-    check_ensemble_models(summary, record, models)
+    check_ensemble_models(cfg, summary, record, models)
     submitted = record.get("submitted", e.submit)
     C = len(meta["classes"])
     oof = ensemble_matrix(out, record, f"{submitted}/oof.npy", (len(train), C))

@@ -281,6 +281,12 @@ def test_row_number_ids_are_said_in_log_and_summary(tmp_path, capsys, caplog):
     ("pseudo.min_confidence=1.5", "pseudo.min_confidence=1.5 must be between 0 and 1"),
     ("pseudo.min_votes=0", "pseudo.min_votes=0 must be at least 1"),
     ("data.sep=;;", "data.sep=';;' must be one character"),
+    ("folds.seed=-1", "folds.seed=-1 must be between 0 and 2147483647"),
+    ("seed=99999999999999", "seed=99999999999999 must be between 0 and 2147483647"),
+    ("ensemble.models=[]", "ensemble.models=[] must be null (every model) or a non-empty list"),
+    ("pseudo.retrain=[]", "pseudo.retrain=[] must be null (every model) or a non-empty list"),
+    ("ensemble.stack_c=.inf", "ensemble.stack_c must be a finite number, got inf"),
+    ("pseudo.min_confidence=.nan", "pseudo.min_confidence must be a finite number, got nan"),
 ])
 def test_numbers_that_make_no_sense_are_one_line(exp, capsys, override, said):
     before = everything(exp.tmp)
@@ -323,3 +329,18 @@ def test_a_second_process_on_the_experiment_is_refused_naming_the_holder(exp, ca
         child.wait()
     assert exp.run("preprocess") == 0  # the lock died with its holder
     assert store.work_dir(cfg).is_dir()
+
+
+@pytest.mark.parametrize("change", ["ensemble settings", "a model retrained"])
+def test_report_refuses_an_ensemble_older_than_its_inputs(done, capsys, change):
+    if change == "ensemble settings":
+        args = ["ensemble.stack_c=0.5"]
+    else:
+        args = []
+        assert done.run("train", "--models", "lr", "--force", "models.lr.params.C=1.0") == 0
+        cfg = base_config(done.tmp)
+        cfg["models"][0]["params"]["C"] = 1.0
+        done.write_config(cfg)
+    line = refused(done, capsys, "report", *args)
+    assert "summary.json is stale" in line and "python -m pipeline.ensemble" in line
+    assert done.run("ensemble", *args) == 0 and done.run("report", *args) == 0
