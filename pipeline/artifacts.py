@@ -25,7 +25,7 @@ import numpy as np
 
 from .config import config_hash
 from .errors import PipelineError, excerpt
-from .io import read_json, read_npy, sha256_file, write_json, write_npy
+from .io import committed, read_json, read_npy, sha256_file
 
 log = logging.getLogger("pipeline.artifacts")
 MATRICES = ("oof.npy", "test.npy", "test_folds.npy")
@@ -100,11 +100,14 @@ def fold_dir(model_dir: Path, k: int) -> Path:
 
 
 def save_fold(directory: Path, val_pred: np.ndarray, test_pred: np.ndarray, record: dict) -> None:
-    """Matrices first, record last: the record is the commit marker of a finished fold."""
-    write_npy(directory / "val_pred.npy", val_pred.astype(np.float32))
-    write_npy(directory / "test_pred.npy", test_pred.astype(np.float32))
-    files = {name: sha256_file(directory / name) for name in FOLD_FILES + tuple(record.pop("extra_files", ()))}
-    write_json(directory / "fold.json", {**record, "files": files, "versions": versions()})
+    """Matrices and record land together, the record last: it is the commit marker of a finished
+    fold and holds the sha256 of its matrices and of the checkpoint files the model saved before."""
+    with committed() as c:
+        c.write_npy(directory / "val_pred.npy", val_pred.astype(np.float32))
+        c.write_npy(directory / "test_pred.npy", test_pred.astype(np.float32))
+        files = {name: c.sha256(directory / name) for name in FOLD_FILES}
+        files.update({name: sha256_file(directory / name) for name in record.pop("extra_files", ())})
+        c.write_json(directory / "fold.json", {**record, "files": files, "versions": versions()})
 
 
 def load_fold(directory: Path, fingerprint: str) -> Optional[tuple[np.ndarray, np.ndarray, dict]]:
@@ -151,17 +154,21 @@ def load_fold(directory: Path, fingerprint: str) -> Optional[tuple[np.ndarray, n
 # ----------------------------------------------------------------------------- per model
 
 
-def write_model(model_dir: Path, oof: np.ndarray, test_folds: np.ndarray, manifest: dict) -> dict:
-    """Write the three matrices, then the manifest (with their hashes) last."""
+def write_model(model_dir: Path, oof: np.ndarray, test_folds: np.ndarray, manifest: dict,
+                config_yaml: str) -> dict:
+    """The three matrices, the resolved config and the manifest (with their hashes) land together,
+    the manifest last: a write that fails leaves the model as it was."""
     model_dir = Path(model_dir)
-    write_npy(model_dir / "oof.npy", oof.astype(np.float32))
-    write_npy(model_dir / "test_folds.npy", test_folds.astype(np.float32))
-    write_npy(model_dir / "test.npy", test_folds.mean(axis=0).astype(np.float32))
-    manifest = {**manifest, "files": {n: sha256_file(model_dir / n) for n in MATRICES}, "versions": versions(),
-                "fold_versions": _fold_versions(model_dir, len(test_folds)),
-                "fold_records": {f"fold{k}/fold.json": sha256_file(fold_dir(model_dir, k) / "fold.json")
-                                 for k in range(len(test_folds))}}
-    write_json(model_dir / "manifest.json", manifest)
+    with committed() as c:
+        c.write_npy(model_dir / "oof.npy", oof.astype(np.float32))
+        c.write_npy(model_dir / "test_folds.npy", test_folds.astype(np.float32))
+        c.write_npy(model_dir / "test.npy", test_folds.mean(axis=0).astype(np.float32))
+        c.write_text(model_dir / "config.yaml", config_yaml)
+        manifest = {**manifest, "files": {n: c.sha256(model_dir / n) for n in MATRICES}, "versions": versions(),
+                    "fold_versions": _fold_versions(model_dir, len(test_folds)),
+                    "fold_records": {f"fold{k}/fold.json": sha256_file(fold_dir(model_dir, k) / "fold.json")
+                                     for k in range(len(test_folds))}}
+        c.write_json(model_dir / "manifest.json", manifest)
     return manifest
 
 

@@ -136,8 +136,7 @@ def train_model(run: Run, m: ModelConfig, force: bool = False) -> dict:
     if not (count == 1).all():
         raise AssertionError(f"{m.name}: OOF rows predicted {sorted(set(count.tolist()))} times, expected once")
     manifest = build_manifest(run, m, fp, oof, records)
-    cli.save_resolved(run.cfg, model_dir)  # before the manifest, which commits the model: a rerun skips it
-    manifest = write_model(model_dir, oof, test_folds, manifest)
+    manifest = write_model(model_dir, oof, test_folds, manifest, cli.resolved_yaml(run.cfg))
     _log_model(m.name, manifest, run.cfg.metric)
     return manifest
 
