@@ -69,12 +69,27 @@ class PreprocessConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """What one (model, fold) job asks of a Ray cluster; None: the kind's default (1 CPU; a
+    transformer also 1 GPU where the cluster has GPUs). The job's torch and LightGBM threads
+    equal num_cpus. Not part of a model's fingerprint: where a job runs changes nothing it makes."""
+    num_cpus: Optional[float] = None
+    num_gpus: Optional[float] = None
+    memory_gb: Optional[float] = None
+
+    def __post_init__(self):
+        for key in ("num_cpus", "num_gpus", "memory_gb"):
+            require(self, key, lambda v: v is None or v >= 0, "0 or more (or null: the kind's default)")
+
+
+@dataclass
 class ModelConfig:
     name: str
     kind: str
     view: Literal["raw", "lower", "lemma"] = "lower"
     seed: Optional[int] = None      # None: the experiment seed
     params: dict = field(default_factory=dict)  # validated against the kind's params class
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def __post_init__(self):
         require(self, "seed", lambda v: v is None or 0 <= v <= MAX_SEED, SEED_RANGE)
@@ -117,6 +132,16 @@ class PseudoConfig:
 
 
 @dataclass
+class ExecutionConfig:
+    backend: Literal["local", "ray"] = "local"
+    address: Optional[str] = None   # None: RAY_ADDRESS, else a local Ray instance; "auto" or "ray://host:port"
+    max_retries: int = 2            # per job whose worker process or node died (a job that raises is not retried)
+
+    def __post_init__(self):
+        require(self, "max_retries", lambda v: v >= 0, "0 or more")
+
+
+@dataclass
 class PathsConfig:
     work: str = "data"
     models: str = "models"
@@ -135,6 +160,7 @@ class ExperimentConfig:
     models: list[ModelConfig] = field(default_factory=list)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     def __post_init__(self):
@@ -273,6 +299,11 @@ def build(cls: type, values: dict, prefix: str = "") -> Any:
 
 def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def model_identity(m: ModelConfig) -> dict:
+    """What a model is, for its fingerprint and manifest: its config less where it runs."""
+    return {k: v for k, v in to_dict(m).items() if k != "resources"}
 
 
 def config_hash(obj: Any) -> str:

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 
 from . import cli
 from .artifacts import Matrices, check_agree, fingerprint_parts, load_model, mixed_versions, stale_reason
-from .config import ExperimentConfig, config_hash, config_source, to_dict
+from .config import ExperimentConfig, config_hash, config_source, model_identity, to_dict
 from .errors import PipelineError
 from .folds import load_folds
 from .io import Commit, committed, read_json, sha256_strings
@@ -178,7 +178,7 @@ def check_current(cfg: ExperimentConfig, models: list[Matrices], meta: dict, fol
     what changed and the command that retrains it."""
     for m in models:
         r = int(m.manifest.get("round", 0))
-        parts = fingerprint_parts(to_dict(cfg.model(m.name)), meta["classes"], cfg.metric, meta, folds_info, r,
+        parts = fingerprint_parts(model_identity(cfg.model(m.name)), meta["classes"], cfg.metric, meta, folds_info, r,
                                   pseudo_labels_sha256(cfg, r))
         reason = stale_reason(m.manifest, parts)
         if reason:

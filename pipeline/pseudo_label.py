@@ -33,7 +33,7 @@ from .io import committed, read_json, sha256_file
 from .metrics import scores
 from .store import round_paths
 from .tables import format_table
-from .train import ExtraRows, Run, open_run, train_model
+from .train import ExtraRows, Run, open_run, train_models
 
 log = logging.getLogger("pipeline.pseudo_label")
 CSV_COLUMNS = ["round", "fold", "test_row", "test_id", "label", "votes", "n_teachers", "voters", "confidence"]
@@ -216,13 +216,9 @@ def load_round_models(cfg: ExperimentConfig, names: list[str], round_: int):
     return checked_models(cfg, names, round_)
 
 
-def extra_rows(test: Table, selections: list[FoldSelection]) -> ExtraRows:
-    """fold k -> its pseudo-labelled test rows as a Split (labels from the teachers, not the file)."""
-    def rows_for(k: int) -> Optional[Split]:
-        s = selections[k]
-        return Split([(test, s.rows)], s.labels.astype(np.int64), name=f"fold{k}-pseudo") if len(s.rows) else None
-
-    return rows_for
+def extra_rows(selections: list[FoldSelection]) -> ExtraRows:
+    """fold k -> (its pseudo-labelled test rows, their labels from the teachers, not the file)."""
+    return {k: (s.rows, s.labels.astype(np.int64)) for k, s in enumerate(selections) if len(s.rows)}
 
 
 def run_round(cfg: ExperimentConfig, run: Run, round_: int, force: bool = False) -> dict:
@@ -241,10 +237,9 @@ def run_round(cfg: ExperimentConfig, run: Run, round_: int, force: bool = False)
                      for k, s in enumerate(selections)},
             "label_accuracy": label_accuracy(frame, run.test.y, run.classes)}
     info = write_round(cfg, round_, frame, info)
-    student_run = dataclasses.replace(run, round=round_, extra=extra_rows(run.test, selections),
+    student_run = dataclasses.replace(run, round=round_, extra=extra_rows(selections),
                                       extra_sha256=info["csv_sha256"])
-    for name in info["students"]:
-        train_model(student_run, cfg.model(name), force=force)
+    train_models(student_run, [cfg.model(name) for name in info["students"]], force=force)
     return info
 
 

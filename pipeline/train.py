@@ -8,21 +8,22 @@ test_folds.npy, test.npy and manifest.json. Finished folds and models are skippe
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-from . import artifacts, cli
+from . import artifacts, cli, executor, faults
 from .artifacts import fold_dir, load_fold, save_fold, write_model
-from .config import ExperimentConfig, ModelConfig, config_hash, model_params, to_dict
+from .config import ExperimentConfig, ModelConfig, model_identity, model_params
 from .data import Split, Table, whole
 from .errors import PipelineError
 from .folds import load_folds
-from .io import read_json, sha256_file, sha256_strings
+from .io import read_json, sha256_strings, write_bytes
 from .metrics import score, scores
 from .models import registry
 from .models.base import FitContext
@@ -31,8 +32,9 @@ from .store import models_dir
 
 log = logging.getLogger("pipeline.train")
 
-# fold k -> extra training rows for that fold (pseudo-labelled test rows), or None
-ExtraRows = Callable[[int], Optional[Split]]
+# fold k -> (rows (s,) of the test table, labels (s,)): fold k's pseudo-labelled test rows. Plain
+# arrays, so a Run can go to a Ray cluster's object store as it is.
+ExtraRows = dict[int, tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -63,7 +65,7 @@ def open_run(cfg: ExperimentConfig) -> Run:
 
 def fingerprint(run: Run, m: ModelConfig) -> str:
     """Changes whenever anything that shapes this model's predictions changes."""
-    return artifacts.fingerprint(artifacts.fingerprint_parts(to_dict(m), run.classes, run.cfg.metric, run.prepared_meta,
+    return artifacts.fingerprint(artifacts.fingerprint_parts(model_identity(m), run.classes, run.cfg.metric, run.prepared_meta,
                                                              run.folds_info, run.round, run.extra_sha256))
 
 
@@ -72,9 +74,10 @@ def fold_splits(run: Run, k: int) -> tuple[Split, Split]:
     tr = np.flatnonzero(run.folds != k)
     va = np.flatnonzero(run.folds == k)
     train = Split([(run.train, tr)], run.train.y[tr], name=f"fold{k}-train")
-    extra = run.extra(k) if run.extra else None
-    if extra is not None and len(extra):
-        train = Split(train.parts + extra.parts, np.concatenate([train.y, extra.y]), name=train.name)
+    rows, labels = (run.extra or {}).get(k, (None, None))
+    if rows is not None and len(rows):
+        train = Split(train.parts + [(run.test, rows)], np.concatenate([train.y, labels.astype(np.int64)]),
+                      name=train.name)
     return train, Split([(run.train, va)], run.train.y[va], name=f"fold{k}-valid")
 
 
@@ -86,14 +89,17 @@ def check_proba(p: np.ndarray, n: int, n_classes: int, what: str) -> np.ndarray:
     return p.astype(np.float32)
 
 
-def fit_fold(run: Run, m: ModelConfig, k: int, out: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Fit model `m` on fold k; return (val_pred (n_val, C), test_pred (n_test, C), record)."""
+def fit_fold(run: Run, m: ModelConfig, k: int, out: Path,
+             threads: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Fit model `m` on fold k; return (val_pred (n_val, C), test_pred (n_test, C), record).
+
+    threads: the job's CPU share on a cluster (torch and LightGBM threads); None keeps the params'."""
     tr, va = fold_splits(run, k)
     n_classes = len(run.classes)
     ctx = FitContext(n_classes=n_classes, seed=int(m.seed) + k, fold=k, out_dir=out,
                      score=lambda y, p: score(run.cfg.metric, y, p), cache=run.cache,
                      label=f"{m.name} fold {k + 1}/{run.n_splits}")
-    model = registry.kind(m.kind).build(model_params(m), n_classes, m.view)
+    model = registry.kind(m.kind).build(with_threads(model_params(m), threads), n_classes, m.view)
     start = time.perf_counter()
     model.fit(tr, va, ctx)
     fit_s = time.perf_counter() - start
@@ -106,28 +112,132 @@ def fit_fold(run: Run, m: ModelConfig, k: int, out: Path) -> tuple[np.ndarray, n
     return val_pred, test_pred, record
 
 
-def train_model(run: Run, m: ModelConfig, force: bool = False) -> dict:
-    """Run every fold of one model (skipping finished ones) and write its matrices + manifest."""
+def with_threads(params, threads: Optional[int]):
+    """The params with their thread counts (LightGBM's n_jobs, torch's num_threads) set to
+    `threads`; a job's threads never enter the fingerprint, which is made from the config."""
+    if threads is None:
+        return params
+    keys = [k for k in ("n_jobs", "num_threads") if hasattr(params, k)]
+    return dataclasses.replace(params, **{k: int(threads) for k in keys})
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unfinished (model, fold): plain data, so it can run in another process or node."""
+    model: ModelConfig
+    fold: int
+    fingerprint: str
+    expected_seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name} fold {self.fold}"
+
+
+@dataclass
+class JobResult:
+    """val_pred (n_val, C), test_pred (n_test, C), the fold record, and the files the model saved
+    ({name: bytes}; empty when the job saved them in the fold folder itself)."""
+    val_pred: np.ndarray
+    test_pred: np.ndarray
+    record: dict
+    files: dict = field(default_factory=dict)
+
+
+def run_job(run: Run, job: Job, out: Path, threads: Optional[int] = None) -> JobResult:
+    """Fit one (model, fold) job, saving the model's files in `out`."""
+    faults.point(f"job:{job.model.name}/fold{job.fold}")
+    val_pred, test_pred, record = fit_fold(run, job.model, job.fold, out, threads)
+    return JobResult(val_pred, test_pred, record)
+
+
+def commit_fold(run: Run, job: Job, result: JobResult) -> None:
+    """Write a finished job into models/<exp>/<model>/fold<k>/ (its saved files, then the fold's
+    matrices and record), on the driver, whichever backend ran it."""
+    out = fold_dir(models_dir(run.cfg, run.round) / job.model.name, job.fold)
+    for name, data in result.files.items():
+        write_bytes(out / name, data)
+    save_fold(out, result.val_pred, result.test_pred, {**result.record, "fingerprint": job.fingerprint})
+    _log_fold(job.model.name, job.fold, run.n_splits, result.record, run.cfg.metric)
+
+
+# Expected seconds per fold by kind, for ordering jobs longest first before any fold was timed.
+KIND_SECONDS = {"transformer": 600.0, "tfidf_lgbm": 30.0, "pair_lgbm": 10.0, "embed_lr": 5.0, "tfidf_lr": 3.0}
+
+
+def expected_seconds(model_dir: Path, m: ModelConfig) -> float:
+    """A fold's expected time: the mean of this model's earlier fold timings where a manifest
+    holds them, else by kind."""
+    try:
+        seconds = read_json(model_dir / "manifest.json")["timings"]["fold_seconds"]
+        return float(np.mean(seconds))
+    except (PipelineError, KeyError, TypeError, ValueError):
+        return KIND_SECONDS.get(m.kind, 60.0)
+
+
+def plan_model(run: Run, m: ModelConfig, force: bool) -> Optional[list[Job]]:
+    """The jobs of one model's unfinished folds; None when the whole model is up to date."""
     model_dir = models_dir(run.cfg, run.round) / m.name
     fp = fingerprint(run, m)
     if not force and _up_to_date(model_dir, fp):
         log.info("%s: up to date, skipped (--force retrains)", m.name)
-        return read_json(model_dir / "manifest.json")
+        return None
+    jobs = []
+    for k in range(run.n_splits):
+        if not force and load_fold(fold_dir(model_dir, k), fp) is not None:
+            log.info("%s fold %d/%d: finished earlier, reused", m.name, k + 1, run.n_splits)
+        else:
+            jobs.append(Job(m, k, fp, expected_seconds(model_dir, m)))
+    return jobs
+
+
+def train_models(run: Run, models: list[ModelConfig], force: bool = False) -> dict[str, dict]:
+    """The stage's one plan: every unfinished (model, fold) job of every model, run by the
+    configured executor; each fold is written as it finishes and each model assembled (matrices
+    and manifest) as soon as its last fold is in. Returns {model: manifest}."""
+    plans = {m.name: plan_model(run, m, force) for m in models}
+    out = {m.name: read_json(models_dir(run.cfg, run.round) / m.name / "manifest.json")
+           for m in models if plans[m.name] is None}
+    for m in models:
+        if plans[m.name] == []:  # every fold finished earlier: only the assembly is missing
+            out[m.name] = assemble(run, m)
+    left = {name: len(jobs) for name, jobs in plans.items() if jobs}
+    by_name = {m.name: m for m in models}
+
+    def done(job: Job, result: JobResult) -> None:
+        commit_fold(run, job, result)
+        left[job.model.name] -= 1
+        if left[job.model.name] == 0:
+            out[job.model.name] = assemble(run, by_name[job.model.name])
+
+    jobs = [job for m in models for job in plans[m.name] or []]
+    if jobs:
+        executor.make(run.cfg.execution).run(run, jobs, done)
+    return {m.name: out[m.name] for m in models}
+
+
+def train_model(run: Run, m: ModelConfig, force: bool = False) -> dict:
+    """Every fold of one model (skipping finished ones), then its matrices + manifest."""
+    return train_models(run, [m], force)[m.name]
+
+
+def assemble(run: Run, m: ModelConfig) -> dict:
+    """oof.npy, test_folds.npy, test.npy and manifest.json from the model's finished folds."""
+    model_dir = models_dir(run.cfg, run.round) / m.name
+    fp = fingerprint(run, m)
     n, n_classes, K = len(run.train), len(run.classes), run.n_splits
     oof = np.zeros((n, n_classes), dtype=np.float32)
     count = np.zeros(n, dtype=np.int64)
     test_folds = np.zeros((K, len(run.test), n_classes), dtype=np.float32)
     records = []
     for k in range(K):
-        out = fold_dir(model_dir, k)
-        done = None if force else load_fold(out, fp)
+        done = load_fold(fold_dir(model_dir, k), fp)
         if done is None:
-            val_pred, test_pred, record = fit_fold(run, m, k, out)
-            save_fold(out, val_pred, test_pred, {**record, "fingerprint": fp})
-            _log_fold(m.name, k, K, record, run.cfg.metric)
-        else:
-            val_pred, test_pred, record = done
-            log.info("%s fold %d/%d: finished earlier, reused", m.name, k + 1, K)
+            raise PipelineError(f"{fold_dir(model_dir, k)} is not finished after its job ran: run the train stage again")
+        val_pred, test_pred, record = done
         rows = np.flatnonzero(run.folds == k)
         oof[rows] = val_pred
         count[rows] += 1
@@ -143,7 +253,7 @@ def train_model(run: Run, m: ModelConfig, force: bool = False) -> dict:
 
 def build_manifest(run: Run, m: ModelConfig, fp: str, oof: np.ndarray, records: list[dict]) -> dict:
     return {
-        "model": m.name, "kind": m.kind, "config": to_dict(m), "config_sha256": fp, "round": run.round,
+        "model": m.name, "kind": m.kind, "config": model_identity(m), "config_sha256": fp, "round": run.round,
         "experiment": run.cfg.experiment, "metric": run.cfg.metric,
         "classes": run.classes, "n_classes": len(run.classes), "n_train": len(run.train),
         "n_test": len(run.test), "n_splits": run.n_splits,
@@ -174,7 +284,8 @@ def _up_to_date(model_dir: Path, fp: str) -> bool:
 def _log_fold(name: str, k: int, K: int, rec: dict, metric: str) -> None:
     s = rec["scores"]
     extra = "".join(f" {key} {v}" for key, v in rec.get("info", {}).items() if key in ("best_epoch", "samples_per_s"))
-    log.info("%s fold %d/%d: %s (%.1fs)%s", name, k + 1, K, _fmt_scores(s, metric), rec["seconds"], extra)
+    node = f" on {rec['node']}" if rec.get("resources") else ""  # named where a cluster ran it
+    log.info("%s fold %d/%d: %s (%.1fs%s)%s", name, k + 1, K, _fmt_scores(s, metric), rec["seconds"], node, extra)
 
 
 def _log_model(name: str, manifest: dict, metric: str) -> None:
@@ -208,8 +319,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for m in models:
             print(f"{m.name}: {m.kind} on view {m.view}, {run.n_splits} folds -> {models_dir(cfg) / m.name}")
         return 0
-    for m in models:
-        train_model(run, m, force=args.force)
+    train_models(run, models, force=args.force)
     return 0
 
 
