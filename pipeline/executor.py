@@ -205,7 +205,7 @@ class _Scheduler:
 
     def __init__(self, ray, max_retries: int, payload, wanted: dict["Job", Resources], on_done: OnDone):
         self.ray, self.payload, self.wanted, self.on_done = ray, payload, wanted, on_done
-        self.remote = ray.remote(_remote_job).options(max_retries=max_retries, retry_exceptions=False)
+        self.remote = ray.remote(max_retries=max_retries, retry_exceptions=False)(_remote_job)
         self.max_retries = max_retries
 
     def run(self, order: list["Job"], capacity: int) -> None:

@@ -124,7 +124,7 @@ def with_threads(params, threads: Optional[int]):
 # ----------------------------------------------------------------------------- jobs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: a plan holds each job once
 class Job:
     """One unfinished (model, fold): plain data, so it can run in another process or node."""
     model: ModelConfig

@@ -1,0 +1,167 @@
+"""The Ray backend against a real two-node Ray cluster on this machine (loopback only, one CPU a node):
+jobs on both nodes, artifacts byte-identical to the local backend, a killed driver resumed, a killed
+worker retried, a failing job named, an impossible resource request refused before anything runs."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Exp, base_config, tiny_pairs
+from pipeline.executor import loopback_only
+from pipeline.faults import KILL_AT, KILL_ONCE_AT, KILL_ONCE_MARKER, RAISE_AT
+
+loopback_only()
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+STAGES = ("preprocess", "folds", "train", "ensemble")
+# Manifest and fold-record keys that say when and where, not what.
+VOLATILE = {"seconds", "fit_seconds", "timings", "fold_records", "node", "resources", "settings_sha256"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+                                                      "include_dashboard": False})
+    c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    c.wait_for_nodes()
+    yield c
+    c.shutdown()
+
+
+def config(root: Path, backend: str, address: str | None = None) -> dict:
+    cfg = base_config(root)
+    cfg["models"][1]["params"]["n_jobs"] = 1  # one thread either way: the same trees
+    cfg["execution"] = {"backend": backend, "address": address}
+    return cfg
+
+
+def make(root: Path, backend: str, address: str | None = None) -> Exp:
+    (root / "in").mkdir(parents=True)
+    tiny_pairs(90, 0).to_csv(root / "in" / "train.csv", index=False)
+    tiny_pairs(30, 1, labelled=False).to_csv(root / "in" / "test.csv", index=False)
+    e = Exp(root, root / "tiny.yaml")
+    e.write_config(config(root, backend, address))
+    return e
+
+
+def comparable(root: Path) -> dict[str, object]:
+    """Every output (matrices, manifests less timings and nodes, fold records, checkpoints,
+    submissions) with paths made relative."""
+    out = {}
+    for top in ("models", "subs"):
+        for f in sorted((root / top).rglob("*")):
+            if not f.is_file() or f.suffix == ".yaml":
+                continue
+            if f.suffix == ".json":
+                out[str(f.relative_to(root))] = _drop(json.loads(f.read_text().replace(str(root), "<root>")))
+            else:
+                out[str(f.relative_to(root))] = f.read_bytes()
+    return out
+
+
+def _drop(obj):
+    if isinstance(obj, dict):
+        return {k: _drop(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [_drop(v) for v in obj]
+    return obj
+
+
+def records(e: Exp) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(e.models.glob("*/fold*/fold.json"))]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Path:
+    e = make(tmp_path_factory.mktemp("local"), "local")
+    for stage in STAGES:
+        assert e.run(stage) == 0
+    return e.tmp
+
+
+def test_jobs_on_both_nodes_and_byte_identical_to_local(cluster, local_run, tmp_path):
+    e = make(tmp_path / "ray", "ray", cluster.address)
+    for stage in STAGES:
+        assert e.run(stage) == 0
+    recs = records(e)
+    assert len(recs) == 6
+    nodes = {r["node"] for r in recs}
+    assert nodes == {n.node_id for n in cluster.list_all_nodes()} and len(nodes) == 2
+    assert all(r["resources"]["num_cpus"] == 1 and r["resources"]["threads"] == 1 for r in recs)
+    ours, theirs = comparable(e.tmp), comparable(local_run)
+    assert sorted(ours) == sorted(theirs)
+    assert [k for k in ours if ours[k] != theirs[k]] == []
+    assert (e.tmp / "subs" / "tiny.csv").read_bytes() == (local_run / "subs" / "tiny.csv").read_bytes()
+
+
+def _stage(e: Exp, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.train", str(e.config), *args], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+
+
+def test_killed_driver_resumes_redoing_only_unfinished_jobs(cluster, local_run, tmp_path):
+    e = make(tmp_path / "ray", "ray", cluster.address)
+    assert e.run("preprocess") == 0 and e.run("folds") == 0
+    killed = _stage(e, {KILL_AT: "write:*/fold.json"})  # dies writing the second fold it gets back
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    finished = {p: p.stat().st_mtime_ns for p in e.models.glob("*/fold*/fold.json")}
+    rerun = _stage(e, {})
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # finished folds not redone
+    assert len(records(e)) == 6
+    assert e.run("ensemble") == 0
+    assert (e.tmp / "subs" / "tiny.csv").read_bytes() == (local_run / "subs" / "tiny.csv").read_bytes()
+
+
+def test_worker_killed_mid_job_is_retried(cluster, tmp_path):
+    e = make(tmp_path / "ray", "ray", cluster.address)
+    assert e.run("preprocess") == 0 and e.run("folds") == 0
+    marker = tmp_path / "killed-once"
+    run = _stage(e, {KILL_ONCE_AT: "job:plgbm/fold1", KILL_ONCE_MARKER: str(marker)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert marker.exists()  # the worker did die once
+    assert len(records(e)) == 6
+
+
+def test_failing_job_is_one_line_naming_model_fold_and_node(cluster, tmp_path):
+    e = make(tmp_path / "ray", "ray", cluster.address)
+    assert e.run("preprocess") == 0 and e.run("folds") == 0
+    run = _stage(e, {RAISE_AT: "job:lr/fold2"})
+    assert run.returncode == 2
+    err = run.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: model 'lr' fold 2 failed on node ")
+    assert "injected failure at job:lr/fold2" in err[0]
+    assert not (e.models / "lr" / "fold2" / "fold.json").exists()
+    kept = records(e)
+    assert kept and all(r["node"] for r in kept)  # the jobs that finished are kept
+    assert _stage(e, {}).returncode == 0 and len(records(e)) == 6
+
+
+def test_resources_no_node_can_meet_refused_before_anything_runs(cluster, tmp_path, capsys):
+    e = make(tmp_path / "ray", "ray", cluster.address)
+    assert e.run("preprocess") == 0 and e.run("folds") == 0
+    cfg = config(e.tmp, "ray", cluster.address)
+    cfg["models"][0]["resources"] = {"num_cpus": 4}
+    e.write_config(cfg)
+    capsys.readouterr()
+    assert e.run("train") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "models.lr.resources (4 CPU, 0 GPU) fit no node of the cluster" in err[0]
+    assert not list(e.models.rglob("*"))
+
+
+def test_resources_are_not_part_of_the_fingerprint(local_run, tmp_path, capsys):
+    """Moving a model to other hardware must not make its finished matrices stale."""
+    shutil.copytree(local_run, tmp_path / "run")
+    e = Exp(tmp_path / "run", tmp_path / "run" / "tiny.yaml")
+    cfg = config(e.tmp, "local")
+    cfg["models"][0]["resources"] = {"num_cpus": 2, "memory_gb": 1.5}
+    e.write_config(cfg)
+    assert e.run("preprocess") == 0 and e.run("train") == 0 and e.run("ensemble") == 0
