@@ -15,6 +15,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
@@ -72,11 +73,40 @@ class Resources:
 
 
 def resources_of(m: ModelConfig, cluster_has_gpus: bool) -> Resources:
-    """The model's `resources`, with the kind's defaults: 1 CPU; a transformer also takes 1 GPU
-    where the cluster has GPUs; classical models never ask for one."""
+    """The model's `resources`, with the kind's defaults (see default_cpus); a transformer takes 1
+    GPU where the cluster has GPUs; classical models never ask for one."""
     r = m.resources
-    gpus = r.num_gpus if r.num_gpus is not None else (1.0 if m.kind == "transformer" and cluster_has_gpus else 0.0)
-    return Resources(r.num_cpus if r.num_cpus is not None else 1.0, gpus, r.memory_gb)
+    gpu_job = m.kind == "transformer" and cluster_has_gpus
+    gpus = r.num_gpus if r.num_gpus is not None else (1.0 if gpu_job else 0.0)
+    cpus = r.num_cpus if r.num_cpus is not None else default_cpus(m, gpu_job)
+    return Resources(cpus, gpus, r.memory_gb)
+
+
+def default_cpus(m: ModelConfig, gpu_job: bool) -> float:
+    """The threads the model would use in a local run, so that by default a job computes the same
+    numbers on a cluster (thread counts change floating-point sums): LightGBM's `n_jobs`, a torch
+    model's `num_threads`, else torch's default thread count here; 1 for a job on a GPU and for
+    single-threaded kinds."""
+    from .config import model_params
+
+    params = model_params(m)
+    if getattr(params, "n_jobs", None):
+        return float(params.n_jobs)
+    if getattr(params, "num_threads", None):
+        return float(params.num_threads)
+    if uses_torch(m) and not gpu_job:
+        import torch
+
+        return float(torch.get_num_threads())
+    return 1.0
+
+
+def uses_torch(m: ModelConfig) -> bool:
+    """Whether the model runs a torch encoder (fine-tuned or frozen)."""
+    from .config import model_params
+
+    params = model_params(m)
+    return bool(getattr(params, "backbone", None) or getattr(params, "embed", None))
 
 
 def loopback_only() -> None:
@@ -178,12 +208,14 @@ def _remote_job(run: "Run", job: "Job", res: Resources) -> "JobResult":
 
     from .train import run_job
 
+    start = time.perf_counter()
     node = ray.get_runtime_context().get_node_id()
     threads = max(1, int(res.num_cpus))
     tmp = Path(tempfile.mkdtemp(prefix=f"pipeline-{job.model.name}-fold{job.fold}-"))
     try:
         try:
-            result = run_job(run, job, tmp, threads)
+            with _torch_threads(threads if uses_torch(job.model) else None):
+                result = run_job(run, job, tmp, threads)
         except PipelineError as e:
             raise PipelineError(f"model {job.model.name!r} fold {job.fold} failed on node {node}: {e}") from None
         except Exception as e:  # any error in the model's code: named, with where it ran
@@ -192,10 +224,24 @@ def _remote_job(run: "Run", job: "Job", res: Resources) -> "JobResult":
         result.files = {p.name: p.read_bytes() for p in sorted(tmp.iterdir()) if p.is_file()}
         result.record.update(node=node, resources={"num_cpus": res.num_cpus, "num_gpus": res.num_gpus,
                                                    "memory_gb": res.memory_gb, "threads": threads,
-                                                   "gpu_ids": [str(g) for g in ray.get_gpu_ids()]})
+                                                   "gpu_ids": [str(g) for g in ray.get_gpu_ids()]},
+                             dispatch={"job_seconds": round(time.perf_counter() - start, 4)})
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: Optional[int]) -> Iterator[None]:
+    """torch's threads = n for the job (frozen embeddings too), restored after; torch is imported
+    only for the jobs that use it."""
+    if n is None:
+        yield
+        return
+    from .models.transformer import num_threads
+
+    with num_threads(n):
+        yield
 
 
 class _Scheduler:
@@ -207,6 +253,7 @@ class _Scheduler:
         self.ray, self.payload, self.wanted, self.on_done = ray, payload, wanted, on_done
         self.remote = ray.remote(max_retries=max_retries, retry_exceptions=False)(_remote_job)
         self.max_retries = max_retries
+        self.sent: dict = {}  # ref -> when it was submitted
 
     def run(self, order: list["Job"], capacity: int) -> None:
         queue, flight, failure = list(order), {}, None
@@ -215,8 +262,8 @@ class _Scheduler:
             while queue or flight:
                 while queue and failure is None and len(flight) < capacity:
                     job = queue.pop(0)
-                    flight[self.remote.options(**self.wanted[job].options()).remote(self.payload, job,
-                                                                                   self.wanted[job])] = job
+                    ref = self.remote.options(**self.wanted[job].options()).remote(self.payload, job, self.wanted[job])
+                    flight[ref], self.sent[ref] = job, time.perf_counter()
                 if not flight:
                     break
                 done, _ = self.ray.wait(list(flight), num_returns=1)
@@ -247,6 +294,8 @@ class _Scheduler:
                     f"({type(e).__name__}); finished folds are kept, rerun to resume")
         except self.ray.exceptions.RayError as e:
             return f"model {job.model.name!r} fold {job.fold}: {type(e).__name__}: {_first_line(e)}"
+        # The round trip less the job's own time is Ray's overhead: scheduling and data transfer.
+        result.record["dispatch"]["round_trip_seconds"] = round(time.perf_counter() - self.sent.pop(ref), 4)
         self.on_done(job, result)
         return None
 

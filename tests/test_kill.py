@@ -64,28 +64,29 @@ def finished_jobs(models: Path) -> dict[str, tuple]:
     return out
 
 
-def comparable(root: Path) -> dict[str, object]:
-    """Every output under work/, models/, subs/ (temporaries included, so leftovers show), in a
-    form that two runs in different directories share: paths replaced, wall-clock times dropped."""
+def comparable(root: Path, tops=("work", "models", "subs"), volatile=VOLATILE, configs: bool = True) -> dict:
+    """Every output under `tops` (temporaries included, so leftovers show), in a form that two runs
+    in different directories share: paths replaced, the `volatile` keys (wall-clock times) dropped;
+    config.yaml files left out unless `configs`."""
     out = {}
-    for top in ("work", "models", "subs"):
+    for top in tops:
         for f in sorted((root / top).rglob("*")):
-            if not f.is_file():
+            if not f.is_file() or (f.suffix == ".yaml" and not configs):
                 continue
             rel = str(f.relative_to(root))
             if f.suffix in (".json", ".yaml"):
                 text = f.read_text(encoding="utf-8").replace(str(root), "<root>")
-                out[rel] = _drop(json.loads(text)) if f.suffix == ".json" else text
+                out[rel] = _drop(json.loads(text), volatile) if f.suffix == ".json" else text
             else:
                 out[rel] = f.read_bytes()
     return out
 
 
-def _drop(obj):
+def _drop(obj, volatile):
     if isinstance(obj, dict):
-        return {k: _drop(v) for k, v in obj.items() if k not in VOLATILE}
+        return {k: _drop(v, volatile) for k, v in obj.items() if k not in volatile}
     if isinstance(obj, list):
-        return [_drop(v) for v in obj]
+        return [_drop(v, volatile) for v in obj]
     return obj
 
 

@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, Exp, base_config, tiny_pairs
 from pipeline.executor import loopback_only
 from pipeline.faults import KILL_AT, KILL_ONCE_AT, KILL_ONCE_MARKER, RAISE_AT
+from test_kill import comparable as kill_comparable
 
 loopback_only()
 ray = pytest.importorskip("ray")
@@ -22,7 +23,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 STAGES = ("preprocess", "folds", "train", "ensemble")
 # Manifest and fold-record keys that say when and where, not what.
-VOLATILE = {"seconds", "fit_seconds", "timings", "fold_records", "node", "resources", "settings_sha256"}
+VOLATILE = {"seconds", "fit_seconds", "timings", "fold_records", "node", "resources", "dispatch", "settings_sha256"}
 
 
 @pytest.fixture(scope="module")
@@ -52,26 +53,8 @@ def make(root: Path, backend: str, address: str | None = None) -> Exp:
 
 
 def comparable(root: Path) -> dict[str, object]:
-    """Every output (matrices, manifests less timings and nodes, fold records, checkpoints,
-    submissions) with paths made relative."""
-    out = {}
-    for top in ("models", "subs"):
-        for f in sorted((root / top).rglob("*")):
-            if not f.is_file() or f.suffix == ".yaml":
-                continue
-            if f.suffix == ".json":
-                out[str(f.relative_to(root))] = _drop(json.loads(f.read_text().replace(str(root), "<root>")))
-            else:
-                out[str(f.relative_to(root))] = f.read_bytes()
-    return out
-
-
-def _drop(obj):
-    if isinstance(obj, dict):
-        return {k: _drop(v) for k, v in obj.items() if k not in VOLATILE}
-    if isinstance(obj, list):
-        return [_drop(v) for v in obj]
-    return obj
+    """Matrices, manifests (less timings and nodes), fold records, checkpoints and submissions."""
+    return kill_comparable(root, ("models", "subs"), VOLATILE, configs=False)
 
 
 def records(e: Exp) -> list[dict]:
