@@ -148,3 +148,21 @@ def test_resources_are_not_part_of_the_fingerprint(local_run, tmp_path, capsys):
     cfg["models"][0]["resources"] = {"num_cpus": 2, "memory_gb": 1.5}
     e.write_config(cfg)
     assert e.run("preprocess") == 0 and e.run("train") == 0 and e.run("ensemble") == 0
+
+
+def test_pseudo_label_students_on_ray_equal_local(cluster, tmp_path):
+    """A pseudo-label round's students run through the same executor: same matrices as locally."""
+    runs = {}
+    for backend in ("local", "ray"):
+        e = make(tmp_path / backend, backend, cluster.address if backend == "ray" else None)
+        for stage in ("preprocess", "folds", "train"):
+            assert e.run(stage) == 0
+        assert e.run("pseudo_label", "pseudo.enabled=true", "pseudo.min_confidence=0.6") == 0
+        runs[backend] = e
+    students = sorted(runs["local"].models.glob("rounds/r1/*/oof.npy"))
+    assert len(students) == 2
+    for path in students:
+        other = runs["ray"].models / path.relative_to(runs["local"].models)
+        assert path.read_bytes() == other.read_bytes()
+    student_records = [json.loads(p.read_text()) for p in runs["ray"].models.glob("rounds/r1/*/fold*/fold.json")]
+    assert len(student_records) == 6 and all(r["resources"] for r in student_records)  # ran on the cluster
