@@ -18,10 +18,11 @@ from typing import Optional
 import numpy as np
 
 from . import cli
-from .artifacts import Matrices, list_models, load_model
+from .artifacts import Matrices, list_models, load_model, recorded
 from .errors import PipelineError, excerpt
 from .io import sha256_strings
-from .metrics import HIGHER_IS_BETTER, scores
+from .metrics import HIGHER_IS_BETTER
+from .tasks import get as get_task
 from .tables import format_table
 
 
@@ -63,12 +64,14 @@ def fold_table(models: list[Matrices], metric: str) -> str:
 
 
 def model_table(models: list[Matrices], y: Optional[np.ndarray]) -> str:
-    head = ["model", "kind", "folds", "accuracy", "f1", "logloss", "seconds"]
+    """The task's usual scores of each model (the manifests agree on the task: check_same_rows)."""
+    task = get_task(recorded(models[0].manifest, "task"))
+    head = ["model", "kind", "folds", *task.table_keys, "seconds"]
     rows = []
     for m in models:
-        s = scores(y, m.oof) if y is not None else m.manifest.get("oof_scores")
+        s = task.scores(y, m.oof) if y is not None else m.manifest.get("oof_scores")
         rows.append([m.name, field(m.manifest, "kind"), m.test_folds.shape[0]]
-                    + [field(s, key) for key in ("accuracy", "f1", "logloss")]
+                    + [field(s, key) for key in task.table_keys]
                     + [field(m.manifest, "timings", "total_seconds")])
     return format_table(head, rows)
 
@@ -88,6 +91,8 @@ def check_same_rows(models: list[Matrices]) -> None:
         if m.oof.shape[0] != first.oof.shape[0]:
             raise PipelineError(f"{m.path} and {first.path} disagree on the number of train rows "
                                 f"({m.oof.shape[0]} vs {first.oof.shape[0]}): they were trained on other data")
+        if recorded(m.manifest, "task") != recorded(first.manifest, "task"):
+            raise PipelineError(f"{m.path} and {first.path} disagree on task: they predict different things")
         for key in ("classes", "train_ids_sha256", "labels_sha256"):
             if key in m.manifest and key in first.manifest and m.manifest[key] != first.manifest[key]:
                 raise PipelineError(f"{m.path} and {first.path} disagree on {key}: they were trained on other data")

@@ -18,10 +18,11 @@ import numpy as np
 
 from . import cli
 from .config import ExperimentConfig, config_hash, to_dict
-from .data import VIEWS, RawTable, Table, class_order, encode_labels, read_raw
+from .data import VIEWS, RawTable, Table, read_raw
 from .errors import PipelineError
 from .io import committed, read_json, sha256_file
 from .store import data_dir, prepared_dir
+from .tasks import Task, get as get_task
 
 log = logging.getLogger("pipeline.preprocess")
 TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -79,16 +80,31 @@ def views_of(texts: Optional[list[str]], lemma: Callable[[str], str]) -> dict[st
     return {"raw": texts, "lower": [normalise(t) for t in texts], "lemma": [lemmatise(t, lemma) for t in texts]}
 
 
-def prepare(raw: RawTable, lemma: Callable[[str], str], classes: list[str], path: str) -> Table:
+def prepare(raw: RawTable, lemma: Callable[[str], str], classes: list[str], path: str, task: Task,
+            label_key) -> Table:
     a, b = views_of(raw.text_a, lemma), views_of(raw.text_b, lemma)
-    y = encode_labels(raw.labels, classes, path) if raw.labels is not None else None
+    y = task.encode(raw.labels, classes, path, label_key) if raw.labels is not None else None
     return Table(raw.name, raw.ids, {v: (a[v], b[v]) for v in VIEWS}, y, raw.groups)
+
+
+def label_to_json(value) -> object:
+    """One row's label as JSON: a class index (int), a target (float) or 0/1 labels (list)."""
+    if np.ndim(value) == 1:
+        return [int(v) for v in value]
+    return float(value) if isinstance(value, np.floating) else int(value)
+
+
+def labels_from_json(values: list) -> np.ndarray:
+    """The inverse of label_to_json over a column: (n,) int64, (n,) float64 or (n, L) int64."""
+    if isinstance(values[0], list):
+        return np.array(values, dtype=np.int64).reshape(len(values), -1)
+    return np.array(values, dtype=np.float64 if isinstance(values[0], float) else np.int64)
 
 
 def table_to_jsonl(table: Table) -> str:
     lines = []
     for i, id_ in enumerate(table.ids):
-        row = {"id": id_, "y": None if table.y is None else int(table.y[i])}
+        row = {"id": id_, "y": None if table.y is None else label_to_json(table.y[i])}
         if table.groups is not None:
             row["group"] = table.groups[i]
         for v in VIEWS:
@@ -102,7 +118,7 @@ def table_from_jsonl(name: str, path: Path) -> Table:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     pair = len(rows[0]["raw"]) == 2
     views = {v: ([r[v][0] for r in rows], [r[v][1] for r in rows] if pair else None) for v in VIEWS}
-    y = None if rows[0]["y"] is None else np.array([r["y"] for r in rows], dtype=np.int64)
+    y = None if rows[0]["y"] is None else labels_from_json([r["y"] for r in rows])
     groups = [r["group"] for r in rows] if "group" in rows[0] else None
     return Table(name, [r["id"] for r in rows], views, y, groups)
 
@@ -110,7 +126,7 @@ def table_from_jsonl(name: str, path: Path) -> Table:
 def source_fingerprint(cfg: ExperimentConfig) -> dict:
     """What the prepared files were made from: input files' hashes and the settings that matter."""
     base = data_dir(cfg)
-    settings = {"data": to_dict(cfg.data), "preprocess": to_dict(cfg.preprocess),
+    settings = {"task": cfg.task, "data": to_dict(cfg.data), "preprocess": to_dict(cfg.preprocess),
                 "group_column": cfg.folds.group_column if cfg.folds.strategy == "group" else None}
     return {"train_file_sha256": sha256_file(_existing(base / cfg.data.train)),
             "test_file_sha256": sha256_file(_existing(base / cfg.data.test)),
@@ -130,13 +146,13 @@ def run_preprocess(cfg: ExperimentConfig) -> dict:
     raw_test = read_raw(cfg.data, "test", base)
     if (raw_train.text_b is None) != (raw_test.text_b is None):
         raise PipelineError("train and test disagree on text_b")
-    classes = class_order(raw_train.labels)
-    if len(classes) < 2:
-        raise PipelineError(f"{base / cfg.data.train}: only one class ({classes[0]!r}) in column {cfg.data.label!r}")
+    task = get_task(cfg.task)
+    classes = task.columns(raw_train.labels, cfg.data.label, str(base / cfg.data.train))
     lem_name, lemma = make_lemmatizer(cfg.preprocess.lemmatizer)
     log.info("lemmatiser: %s", lem_name)
-    train = prepare(raw_train, lemma, classes, str(base / cfg.data.train))
-    test = prepare(raw_test, lemma, classes, str(base / cfg.data.test))
+    train = prepare(raw_train, lemma, classes, str(base / cfg.data.train), task, cfg.data.label)
+    task.check_labels(train.y, cfg.metric, str(base / cfg.data.train))
+    test = prepare(raw_test, lemma, classes, str(base / cfg.data.test), task, cfg.data.test_label)
     out = prepared_dir(cfg)
     if raw_train.n_empty or raw_test.n_empty:
         log.warning("empty texts treated as '': train %d, test %d", raw_train.n_empty, raw_test.n_empty)
@@ -144,7 +160,8 @@ def run_preprocess(cfg: ExperimentConfig) -> dict:
         c.write_text(out / "train.jsonl", table_to_jsonl(train))
         c.write_text(out / "test.jsonl", table_to_jsonl(test))
         cli.save_resolved(cfg, out, c)
-        meta = {"classes": classes, "lemmatizer": lem_name, "is_pair": train.is_pair,
+        meta = {"classes": classes, "task": task.name, "columns": task.outputs,
+                "lemmatizer": lem_name, "is_pair": train.is_pair,
             "n_train": len(train), "n_test": len(test), "has_test_labels": test.y is not None,
                 "n_empty_texts": {"train": raw_train.n_empty, "test": raw_test.n_empty},
                 "test_ids": {"source": raw_test.id_source, "column": raw_test.id_column},
@@ -180,8 +197,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = cli.parser(__doc__.splitlines()[0]).parse_intermixed_args(argv)
     cfg = cli.load(args)
     meta = run_preprocess(cfg)
-    print(f"preprocess: {meta['n_train']} train, {meta['n_test']} test rows, {len(meta['classes'])} classes "
-          f"{meta['classes']}, lemmatiser {meta['lemmatizer']} -> {prepared_dir(cfg)}")
+    print(f"preprocess: {meta['n_train']} train, {meta['n_test']} test rows, task {meta['task']}, "
+          f"{len(meta['classes'])} output columns ({meta['columns']}) {meta['classes']}, "
+          f"lemmatiser {meta['lemmatizer']} -> {prepared_dir(cfg)}")
     return 0
 
 
