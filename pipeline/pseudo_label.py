@@ -332,7 +332,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               + f" -> {round_paths(cfg, info['round'])[0]}")
         print(counts_table(info, classes))
     print(f"\nstudents before (round 0) and after pseudo labelling, and their ensemble ({cfg.ensemble.submit}; "
-          "honest OOF; scores at argmax)")
+          "honest OOF; classes at argmax)")
     print(overview_table(rounds_overview(cfg, cfg.pseudo.rounds), cfg.metric))
     return 0
 
