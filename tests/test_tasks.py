@@ -84,7 +84,7 @@ def experiment(tmp: Path, train: pd.DataFrame, test: pd.DataFrame, **cfg_changes
     (tmp / "in").mkdir(parents=True, exist_ok=True)
     train.to_csv(tmp / "in" / "train.csv", index=False)
     test.to_csv(tmp / "in" / "test.csv", index=False)
-    cfg = base_config(tmp)
+    cfg = {**base_config(tmp), "metric": None}   # None: the task's default metric
     for key, value in cfg_changes.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
             cfg[key] = {**cfg[key], **value}
@@ -338,14 +338,18 @@ def test_config_refuses_a_metric_the_task_does_not_accept(tmp_path):
     assert load_config(None, ["task=multilabel", "data.label=[a, b]"]).metric == "roc_auc"
 
 
-def test_regression_labels_must_be_numbers(tmp_path):
+def test_regression_labels_must_be_numbers(tmp_path, capsys):
     train = regression_pairs(30, 0).astype({"score": str})
     train.loc[4, "score"] = "n/a"
     e = experiment(tmp_path, train, regression_pairs(10, 1), task="regression", data={"label": "score"})
     assert e.run("preprocess") == 2
+    assert "train.csv row 5: label 'n/a' in column 'score' is not a number" in capsys.readouterr().err
     train.loc[4, "score"] = "2.5"
     e = experiment(tmp_path, train, regression_pairs(10, 1), task="regression", metric="qwk", data={"label": "score"})
     assert e.run("preprocess") == 2
+    assert "metric qwk needs integer targets" in capsys.readouterr().err
+    e = experiment(tmp_path, train, regression_pairs(10, 1), task="regression", data={"label": "score"})
+    assert e.run("preprocess") == 0
 
 
 def test_float_labels_under_classification_suggest_regression(tmp_path, capsys):
@@ -391,3 +395,26 @@ def test_models_of_different_tasks_are_refused(tmp_path):
         check_agree(models, e.tmp / "folds.csv", {"folds_csv_sha256": models[0].manifest["folds_csv_sha256"],
                                                    "ids_sha256": models[0].manifest["train_ids_sha256"],
                                                    "labels_sha256": models[0].manifest["labels_sha256"]})
+
+
+# ----------------------------------------------------------------------------- sample submission
+
+
+def test_submission_follows_the_sample_submission(tmp_path, capsys):
+    train, test = regression_pairs(60, 0), regression_pairs(20, 1).drop(columns=["score"])
+    sample = pd.DataFrame({"prediction": 0.0, "id": test["id"][::-1]})
+    (tmp_path / "in").mkdir()
+    sample.to_csv(tmp_path / "in" / "sample.csv", index=False)
+    e = experiment(tmp_path, train, test, task="regression", models=CLASSICAL[:1],
+                   data={"label": "score", "sample_submission": "sample.csv"})
+    run_all(e, "preprocess", "folds", "train", "ensemble")
+    for name in ("tiny.csv", "tiny_stack.csv"):
+        sub = pd.read_csv(tmp_path / "subs" / name)
+        assert sub.columns.tolist() == ["prediction", "id"] and sub["id"].tolist() == sample["id"].tolist()
+    before = (tmp_path / "subs" / "tiny.csv").read_bytes()
+    sample.iloc[1:].assign(id=["zz"] + sample["id"].tolist()[2:]).to_csv(tmp_path / "in" / "sample.csv", index=False)
+    capsys.readouterr()
+    assert e.run("ensemble") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differ from the test file's: 1 only in the sample ('zz'), 2 only in the test file" in err[0]
+    assert (tmp_path / "subs" / "tiny.csv").read_bytes() == before
