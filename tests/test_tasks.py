@@ -418,3 +418,48 @@ def test_submission_follows_the_sample_submission(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "differ from the test file's: 1 only in the sample ('zz'), 2 only in the test file" in err[0]
     assert (tmp_path / "subs" / "tiny.csv").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- Chinese
+
+
+ZH = ["我想知道花呗怎么还款", "借呗的额度为什么降低了", "花呗可以分期付款吗", "怎么关闭借呗", "蚂蚁借呗利息是多少",
+      "花呗账单什么时候出", "我的花呗被冻结了", "借呗还款日期可以改吗"]
+
+
+def chinese_pairs(n: int, seed: int) -> pd.DataFrame:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a = rng.choice(ZH)
+        b = a if i % 2 else rng.choice([z for z in ZH if z != a])
+        rows.append({"id": f"z{i}", "text_a": a, "text_b": b, "label": i % 2})
+    return pd.DataFrame(rows)
+
+
+def test_chinese_text_is_segmented_and_recorded(tmp_path):
+    from pipeline.preprocess import load_prepared
+
+    e = experiment(tmp_path, chinese_pairs(60, 0), chinese_pairs(12, 1).drop(columns=["label"]),
+                   models=CLASSICAL[:1])
+    run_all(e, "preprocess", "folds", "train")
+    cfg = load_config(e.config)
+    train, _, meta = load_prepared(cfg)
+    assert meta["segmenter"] == "jieba"
+    lower = train.views["lower"][0][0]
+    assert " " in lower and lower.replace(" ", "") == train.views["raw"][0][0]
+    assert "还款" in " ".join(train.views["lemma"][0]).split()
+    vocab = json.loads((e.models / "lr" / "fold0" / "tfidf.json").read_text())[0]["vocabulary"]
+    assert "还款" in vocab          # a word, not a whole sentence
+    assert e.run("preprocess", "preprocess.segmenter=none") == 0
+    _, _, meta = load_prepared(load_config(e.config, ["preprocess.segmenter=none"]))
+    assert meta["segmenter"] == "none"
+
+
+def test_english_text_is_not_segmented(tmp_path):
+    from pipeline.preprocess import han_share, make_segmenter
+
+    assert make_segmenter("auto", ["the market rose", "shares fell 3%"])[0] == "none"
+    assert han_share(ZH) > 0.9 and make_segmenter("auto", ZH)[0] == "jieba"
+    name, seg = make_segmenter("jieba", [])
+    assert seg("I like 花呗 a lot") .split()[:2] == ["I", "like"]
