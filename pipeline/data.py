@@ -251,3 +251,17 @@ def encode_labels(labels: list[str], classes: list[str], path: str) -> np.ndarra
         if v not in index:
             raise PipelineError(f"{path} row {i + 1}: label {v!r} not seen in train (classes: {', '.join(classes)})")
     return np.array([index[v] for v in labels], dtype=np.int64)
+
+
+def label_to_json(value) -> object:
+    """One row's label as JSON: a class index (int), a target (float) or 0/1 labels (list)."""
+    if np.ndim(value) == 1:
+        return [int(v) for v in value]
+    return float(value) if isinstance(value, np.floating) else int(value)
+
+
+def labels_from_json(values: list) -> np.ndarray:
+    """The inverse of label_to_json over a column: (n,) int64, (n,) float64 or (n, L) int64."""
+    if isinstance(values[0], list):
+        return np.array(values, dtype=np.int64).reshape(len(values), -1)
+    return np.array(values, dtype=np.float64 if isinstance(values[0], float) else np.int64)

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import cli
 from .config import ExperimentConfig, config_hash, to_dict
-from .data import VIEWS, RawTable, Table, read_raw
+from .data import VIEWS, RawTable, Table, label_to_json, labels_from_json, read_raw
 from .errors import PipelineError
 from .io import committed, read_json, sha256_file
 from .store import data_dir, prepared_dir
@@ -116,20 +116,6 @@ def prepare(raw: RawTable, lemma: Callable[[str], str], classes: list[str], path
     a, b = views_of(raw.text_a, lemma, segment), views_of(raw.text_b, lemma, segment)
     y = task.encode(raw.labels, classes, path, label_key) if raw.labels is not None else None
     return Table(raw.name, raw.ids, {v: (a[v], b[v]) for v in VIEWS}, y, raw.groups)
-
-
-def label_to_json(value) -> object:
-    """One row's label as JSON: a class index (int), a target (float) or 0/1 labels (list)."""
-    if np.ndim(value) == 1:
-        return [int(v) for v in value]
-    return float(value) if isinstance(value, np.floating) else int(value)
-
-
-def labels_from_json(values: list) -> np.ndarray:
-    """The inverse of label_to_json over a column: (n,) int64, (n,) float64 or (n, L) int64."""
-    if isinstance(values[0], list):
-        return np.array(values, dtype=np.int64).reshape(len(values), -1)
-    return np.array(values, dtype=np.float64 if isinstance(values[0], float) else np.int64)
 
 
 def table_to_jsonl(table: Table) -> str:

@@ -138,7 +138,7 @@ def numbers(ev: Evidence) -> dict:
 
     models = {m.name: {"kind": m.manifest["kind"], **entry(m.oof, m.test)} for m in ev.models}
     ens = {"method": ev.method, **entry(ev.ens_oof, ev.ens_test), **task.diagnostics(ev.y, ev.ens_oof, ev.classes)}
-    return {"experiment": ev.cfg.experiment, "metric": metric, "task": task.name, "round": ev.cfg.ensemble.round,
+    return {"experiment": ev.cfg.experiment, "metric": metric, "task": task.name, "columns": task.outputs, "round": ev.cfg.ensemble.round,
             "classes": ev.classes, "n_train": len(ev.y), "n_test": len(ev.ens_test),
             "n_splits": int(ev.folds.max()) + 1, "models": models, "ensemble": ens,
             "correlation": oof_correlation(ev.models).tolist()}
@@ -244,8 +244,8 @@ def folds_section(nums: dict) -> str:
 def correlation_section(nums: dict) -> str:
     names = list(nums["models"])
     rows = [[n, *map(float, r)] for n, r in zip(names, nums["correlation"])]
-    return ("## OOF correlation\n\nPearson correlation of the models' OOF probabilities (class 1 for binary "
-            "tasks, the whole matrix otherwise): low correlation is what an ensemble gains from.\n\n"
+    return ("## OOF correlation\n\nPearson correlation of the models' OOF predictions (the probability of class 1 "
+            "for binary tasks, the whole matrix otherwise): low correlation is what an ensemble gains from.\n\n"
             + md_table(["corr"] + names, rows) + "\n\n![OOF correlation](correlation.png)")
 
 
@@ -282,8 +282,8 @@ def pseudo_section(cfg: ExperimentConfig, overview: Optional[list[dict]]) -> str
 def header(nums: dict, cfg: ExperimentConfig) -> str:
     where = models_dir(cfg, nums["round"])
     return (f"# Report: {nums['experiment']}\n\n"
-            f"- metric: {nums['metric']}\n- rows: {nums['n_train']} train, {nums['n_test']} test; classes: "
-            f"{', '.join(nums['classes'])}\n- folds: {nums['n_splits']}\n- models: {', '.join(nums['models'])} "
+            f"- task: {nums['task']}; metric: {nums['metric']}\n- rows: {nums['n_train']} train, {nums['n_test']} test; "
+            f"{nums['columns']}: {', '.join(nums['classes'])}\n- folds: {nums['n_splits']}\n- models: {', '.join(nums['models'])} "
             f"(round {nums['round']}, {where})\n- ensemble: {nums['ensemble']['method']}")
 
 

@@ -45,6 +45,7 @@ class Task:
     metrics: tuple[str, ...] = ("accuracy", "f1", "macro_f1", "logloss", "mcc", "roc_auc")
     decision_metrics: tuple[str, ...] = ("accuracy", "f1", "macro_f1", "mcc")  # a threshold can move these
     default_metric = "accuracy"
+    label_kind = "a class index"   # what one prepared label is, for error lines
     table_keys: tuple[str, ...] = ("accuracy", "f1", "logloss")   # columns of every scores table
     score_note = ("Scores of the probability matrices at argmax (f1: binary F1 of the second class, macro-F1 "
                   "for more classes).")
@@ -90,10 +91,14 @@ class Task:
 
         return encode_labels(labels, columns, path)
 
-
-
     def check_labels(self, y: np.ndarray, metric: str, path: str) -> None:
         """Refuse train labels that the metric cannot score (classification: any)."""
+
+    def invalid_rows(self, y: np.ndarray, n_outputs: int) -> np.ndarray:
+        """Rows of prepared labels `y` that do not fit matrices of n_outputs columns."""
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            return np.arange(len(y))
+        return np.flatnonzero((y < 0) | (y >= n_outputs))
 
     def label_strings(self, y: np.ndarray) -> list[str]:
         """One string per row, for the labels' hash in folds.json."""
@@ -138,7 +143,11 @@ class Task:
 
     # -- transformer
 
-    def targets(self, y: np.ndarray, n_outputs: int) -> np.ndarray:
+    def target_stats(self, y: np.ndarray) -> tuple[float, float]:
+        """(shift, scale) the transformer learns targets in: (y - shift) / scale; identity here."""
+        return 0.0, 1.0
+
+    def targets(self, y: np.ndarray, n_outputs: int, stats: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
         y = np.asarray(y, dtype=np.int64)
         if len(y) and (y.min() < 0 or y.max() >= n_outputs):
             raise PipelineError(f"transformer: labels must be in 0..{n_outputs - 1}, got {y.min()}..{y.max()}")
@@ -150,7 +159,7 @@ class Task:
 
         return (F.cross_entropy(logits, y, reduction="none") * w).sum()
 
-    def activate(self, logits):
+    def activate(self, logits, stats: tuple[float, float] = (0.0, 1.0)):
         import torch
 
         return torch.softmax(logits, dim=-1)
@@ -264,6 +273,7 @@ class RegressionTask(_OneGroup, Task):
     metrics = ("rmse", "mae", "pearson", "spearman", "qwk")
     decision_metrics = ("qwk",)
     default_metric = "rmse"
+    label_kind = "a value"
     table_keys = ("rmse", "mae", "pearson", "spearman")
     score_note = "Scores of the predicted values (qwk, for integer targets: predictions rounded into the targets' range)."
 
@@ -286,6 +296,11 @@ class RegressionTask(_OneGroup, Task):
                                 "(use rmse, mae, pearson or spearman)")
         if len(y) and np.ptp(y) == 0:
             raise PipelineError(f"{path}: every label is {y[0]}: nothing to learn")
+
+    def invalid_rows(self, y, n_outputs):
+        if y.ndim != 1:
+            return np.arange(len(y))
+        return np.flatnonzero(~np.isfinite(y.astype(np.float64)))
 
     def label_strings(self, y: np.ndarray) -> list[str]:
         return [repr(float(v)) for v in y]
@@ -312,15 +327,20 @@ class RegressionTask(_OneGroup, Task):
     def predict(self, est, X, n_outputs):
         return np.asarray(est.predict(X), dtype=np.float64).reshape(-1, 1)
 
-    def targets(self, y, n_outputs):
-        return np.asarray(y, dtype=np.float32)
+    def target_stats(self, y):
+        """The train targets' mean and std: the head learns standardised targets, so one learning
+        rate suits scores of 0-5 and prices in thousands alike."""
+        return float(np.mean(y)), float(np.std(y)) or 1.0
+
+    def targets(self, y, n_outputs, stats=(0.0, 1.0)):
+        return ((np.asarray(y, dtype=np.float64) - stats[0]) / stats[1]).astype(np.float32)
 
     def loss(self, logits, y, w):
-        """Weighted SUM of squared errors of (B, 1) predictions."""
+        """Weighted SUM of squared errors of (B, 1) predictions (in standardised units)."""
         return (((logits[:, 0] - y) ** 2) * w).sum()
 
-    def activate(self, logits):
-        return logits
+    def activate(self, logits, stats=(0.0, 1.0)):
+        return logits * stats[1] + stats[0]
 
     stacker, blender, voter = RidgeStacker, MSEBlender, MedianVoter
 
@@ -388,6 +408,7 @@ class MultilabelTask(_OneGroup, Task):
     outputs = "label probabilities"
     metrics = ("roc_auc", "logloss", "f1", "macro_f1", "accuracy", "mcc")
     default_metric = "roc_auc"
+    label_kind = "a 0/1 list"
     table_keys = ("roc_auc", "f1", "logloss")
     score_note = ("Scores of the label probabilities (roc_auc: mean per-label AUC; f1: micro-F1 of every label "
                   "decision at 0.5; logloss: mean binary log loss).")
@@ -421,6 +442,11 @@ class MultilabelTask(_OneGroup, Task):
 
 
 
+    def invalid_rows(self, y, n_outputs):
+        if y.ndim != 2 or y.shape[1] != n_outputs:
+            return np.arange(len(y))
+        return np.flatnonzero(((y != 0) & (y != 1)).any(axis=1))
+
     def label_strings(self, y):
         return ["".join(map(str, row)) for row in y]
 
@@ -448,7 +474,7 @@ class MultilabelTask(_OneGroup, Task):
     def predict(self, est, X, n_outputs):
         return est.predict_proba(X)
 
-    def targets(self, y, n_outputs):
+    def targets(self, y, n_outputs, stats=(0.0, 1.0)):
         return np.asarray(y, dtype=np.float32)
 
     def loss(self, logits, y, w):
@@ -457,7 +483,7 @@ class MultilabelTask(_OneGroup, Task):
 
         return (F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=1) * w).sum()
 
-    def activate(self, logits):
+    def activate(self, logits, stats=(0.0, 1.0)):
         import torch
 
         return torch.sigmoid(logits)

@@ -138,6 +138,10 @@ def test_regression_end_to_end(tmp_path, bert_dir):
     assert (report / "scatter.png").is_file() and (report / "residuals.png").is_file()
     assert not (report / "confusion.png").exists()
     assert "oof rmse" in (report / "report.md").read_text()
+    from pipeline import inspect
+
+    assert inspect.main([str(e.models), "--labels", str(tmp_path / "work" / "tiny" / "prepared" / "train.jsonl"),
+                         "--metric", "rmse"]) == 0
 
 
 def test_multilabel_end_to_end(tmp_path, bert_dir):

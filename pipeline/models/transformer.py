@@ -292,6 +292,7 @@ class TransformerModel:
         self.view = view
         self.info_: dict = {}
         self.task_: Task = CLASSIFICATION
+        self.target_stats_: tuple[float, float] = (0.0, 1.0)   # Task.target_stats of the training rows
         self.tokenizer_ = None
         self.module_: Optional[Classifier] = None
         self._cache: dict = {}
@@ -351,7 +352,8 @@ class TransformerModel:
     def _targets(self, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
         """The task's targets ((n,) int64 classes, (n,) float32 values or (n, L) float32 0/1) and (n,)
         float32 sample weights (1 where none are given)."""
-        y = self.task_.targets(train.y, self.n_classes)
+        self.target_stats_ = self.task_.target_stats(train.y)
+        y = self.task_.targets(train.y, self.n_classes, self.target_stats_)
         w = np.ones(len(y), np.float32) if train.sample_weight is None else np.asarray(train.sample_weight, np.float32)
         return torch.from_numpy(y), torch.from_numpy(w)
 
@@ -461,7 +463,7 @@ class TransformerModel:
         with torch.inference_mode(), autocast(precision, self.device_):
             for rows in predict_batches(enc.lengths, self.params.predict_batch_size):
                 logits = module(**self._batch(enc, rows)).float()
-                out[rows] = self.task_.activate(logits).cpu().numpy()
+                out[rows] = self.task_.activate(logits, self.target_stats_).cpu().numpy()
         return out
 
     def _inference_module(self) -> tuple[nn.Module, str]:
@@ -499,6 +501,7 @@ class TransformerModel:
 
     def _head_config(self) -> dict:
         return {"format": "pipeline-transformer/1", "n_classes": self.n_classes, "task": self.task_.name,
+                "target_stats": list(self.target_stats_),
                 "view": self.view,
                 "precision": self.precision_, "params": asdict(self.params),
                 "hidden_size": self.module_.backbone.config.hidden_size,
@@ -541,6 +544,7 @@ def load_checkpoint(directory: Path, device: Optional[torch.device] = None) -> T
         raise PipelineError(f"{directory / WEIGHTS}: does not match {HEAD_CONFIG}: {_first_line(e)}") from None
     model = TransformerModel(params, head["n_classes"], head["view"])
     model.task_ = get_task(head.get("task"))  # a checkpoint from before task types: classification
+    model.target_stats_ = tuple(head.get("target_stats", (0.0, 1.0)))
     model.device_ = device or default_device()
     model.precision_ = head["precision"] if model.device_.type == "cuda" or head["precision"] != "fp16" else "fp32"
     model.tokenizer_, model.module_, model._source = tokenizer, module.to(model.device_), name
