@@ -467,3 +467,27 @@ def test_english_text_is_not_segmented(tmp_path):
     assert han_share(ZH) > 0.9 and make_segmenter("auto", ZH)[0] == "jieba"
     name, seg = make_segmenter("jieba", [])
     assert seg("I like 花呗 a lot") .split()[:2] == ["I", "like"]
+
+
+# ----------------------------------------------------------------------------- pseudo-label agreement
+
+
+def test_regression_teachers_agree_within_tolerance_and_spread():
+    from pipeline.pseudo_label import Rules, select_fold
+
+    train_y = np.array([0.0, 2.0] * 10)                    # std 1
+    probas = np.array([[1.0, 1.0], [1.05, 2.0], [1.02, 1.02]])[:, :, None]   # (3 teachers, 2 rows, 1)
+    label, votes, conf, voters = tasks.value_vote(probas, train_y, 0.1)
+    assert np.allclose(label, [1.02, 1.02]) and votes.tolist() == [3, 2]
+    assert np.isclose(conf[0], 0.95) and conf[1] == 0.0     # spread 0.05 std vs 1 std
+    s = select_fold(probas, train_y, Rules(3, 0.9, 1.0, True, 0.1), tasks.get("regression"))
+    assert s.rows.tolist() == [0] and s.labels.dtype == np.float64
+
+
+def test_multilabel_rows_need_every_label_confident():
+    probas = np.array([[[0.9, 0.1], [0.9, 0.6]],
+                       [[0.9, 0.1], [0.8, 0.3]]])          # (2 teachers, 2 rows, 2 labels)
+    label, votes, conf, voters = tasks.label_vote(probas)
+    assert label.tolist() == [[1, 0], [1, 0]]              # row 1, label 2: a 1-1 tie, mean 0.45 < 0.5
+    assert votes.tolist() == [2, 1] and voters.tolist() == [[True, True], [False, True]]
+    assert np.allclose(conf, [0.9, 0.55])                  # the least confident label decides
