@@ -278,7 +278,8 @@ class RegressionTask(_OneGroup, Task):
     score_note = "Scores of the predicted values (qwk, for integer targets: predictions rounded into the targets' range)."
 
     def columns(self, labels: list, label_key: Any, path: str) -> list[str]:
-        return [column_name(label_key, "label")]
+        """The target's name: its header name, "label" for a positional column (as the submission)."""
+        return [label_key if isinstance(label_key, str) else "label"]
 
     def encode(self, labels: list, columns: list[str], path: str, label_key: Any) -> np.ndarray:
         out = np.empty(len(labels), dtype=np.float64)

@@ -491,3 +491,24 @@ def test_multilabel_rows_need_every_label_confident():
     assert label.tolist() == [[1, 0], [1, 0]]              # row 1, label 2: a 1-1 tie, mean 0.45 < 0.5
     assert votes.tolist() == [2, 1] and voters.tolist() == [[True, True], [False, True]]
     assert np.allclose(conf, [0.9, 0.55])                  # the least confident label decides
+
+
+def test_headerless_tsv_regression_pairs(tmp_path):
+    """An STS-B-like file without a header: score<TAB>sentence1<TAB>sentence2, scores like 0.000."""
+    (tmp_path / "in").mkdir()
+    train, test = regression_pairs(60, 0), regression_pairs(15, 1)
+    lines = [f"{s:.3f}\t{a}\t{b}" for s, a, b in zip(train["score"], train["text_a"], train["text_b"])]
+    (tmp_path / "in" / "train.tsv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "in" / "test.tsv").write_text("\n".join(f"{a}\t{b}" for a, b in zip(test["text_a"], test["text_b"])))
+    cfg = {**base_config(tmp_path), "task": "regression", "metric": "spearman", "models": CLASSICAL[:1]}
+    cfg["data"] = {"dir": str(tmp_path / "in"), "train": "train.tsv", "test": "test.tsv", "header": False,
+                   "text_a": 1, "text_b": 2, "label": 0}
+    e = Exp(tmp_path, tmp_path / "tiny.yaml")
+    e.write_config(cfg)
+    # the test file's columns are 0 and 1: the same positions cannot name both files' texts
+    assert e.run("preprocess") == 2
+    (tmp_path / "in" / "test.tsv").write_text("\n".join(f"x\t{a}\t{b}" for a, b in zip(test["text_a"], test["text_b"])))
+    run_all(e, "preprocess", "folds", "train", "ensemble")
+    sub = pd.read_csv(tmp_path / "subs" / "tiny.csv")
+    assert sub.columns.tolist() == ["id", "label"] and len(sub) == 15
+    assert read_json(e.models / "lr" / "manifest.json")["classes"] == ["label"]
