@@ -2,9 +2,10 @@
 
     python -m pipeline.ensemble [config.yaml] [key=value ...]
 
-Every method is an estimator over a list of (n, C) probability matrices, scored honestly: its OOF
-predictions come from fitting it on the other folds' OOF rows (the same folds as the models), and a
-binary decision threshold is tuned the same way. Writes models/<exp>/ensembles/<method>/{oof,test}.npy,
+Every method is an estimator over a list of (n, C) prediction matrices, chosen by the task
+(pipeline/tasks.py), scored honestly: its OOF predictions come from fitting it on the other folds'
+OOF rows (the same folds as the models), and a decision threshold (binary classes, per label, or
+QWK cut-points) is tuned the same way. Writes models/<exp>/ensembles/<method>/{oof,test}.npy,
 models/<exp>/ensembles/summary.json and submissions/<exp>_<method>.csv (+ submissions/<exp>.csv).
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
+
 from . import cli
 from .artifacts import Matrices, check_agree, fingerprint_parts, load_model, mixed_versions, stale_reason
 from .combiners import Blender, Stacker, Voter  # noqa: F401  (the estimators, importable from here)
