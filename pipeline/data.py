@@ -47,6 +47,7 @@ class Table:
     views: dict[str, tuple[list[str], Optional[list[str]]]]
     y: Optional[np.ndarray]
     groups: Optional[list[str]] = None
+    segmented: bool = False   # lower/lemma hold word-segmented text (Chinese) that raw lacks
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -208,6 +208,7 @@ def load_prepared(cfg: ExperimentConfig) -> tuple[Table, Table, dict]:
         if sha256_file(_existing(d / f"{name}.jsonl")) != meta.get(f"{name}_sha256"):
             raise PipelineError(f"{d / (name + '.jsonl')} does not match the hash in {meta_path}")
     train, test = table_from_jsonl("train", d / "train.jsonl"), table_from_jsonl("test", d / "test.jsonl")
+    train.segmented = test.segmented = meta.get("segmenter", "none") != "none"
     return train, test, meta
 
 

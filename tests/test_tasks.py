@@ -444,12 +444,13 @@ def chinese_pairs(n: int, seed: int) -> pd.DataFrame:
 def test_chinese_text_is_segmented_and_recorded(tmp_path):
     from pipeline.preprocess import load_prepared
 
+    pair = {"name": "plgbm", "kind": "pair_lgbm", "view": "raw", "params": {"n_estimators": 20, "n_jobs": 1}}
     e = experiment(tmp_path, chinese_pairs(60, 0), chinese_pairs(12, 1).drop(columns=["label"]),
-                   models=CLASSICAL[:1])
+                   models=CLASSICAL[:1] + [pair])
     run_all(e, "preprocess", "folds", "train")
     cfg = load_config(e.config)
     train, _, meta = load_prepared(cfg)
-    assert meta["segmenter"] == "jieba"
+    assert meta["segmenter"] == "jieba" and train.segmented   # pair features read the segmented words
     lower = train.views["lower"][0][0]
     assert " " in lower and lower.replace(" ", "") == train.views["raw"][0][0]
     assert "还款" in " ".join(train.views["lemma"][0]).split()

@@ -93,11 +93,12 @@ class _Booster(_Classical):
                 for j, est in enumerate(many) if est is not None]
 
     def _hand_features(self, split: Split) -> np.ndarray:
-        """(n, F) surface pair features, always from the raw view (the named-token features need
-        its case); they do not depend on the fold, so each table's are cached."""
-        a_view = "raw"
+        """(n, F) surface pair features from the raw view (the named-token features need its case),
+        or from the lower view where only it has words (segmented Chinese); they do not depend on
+        the fold, so each table's are cached."""
         parts = []
         for table, rows in split.parts:
+            a_view = "lower" if table.segmented else "raw"
             key = ("pair_rows", table.name, id(table), a_view)
             if key not in self.cache_:
                 a, b = table.views[a_view]
