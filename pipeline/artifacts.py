@@ -250,8 +250,14 @@ def _checked_manifest(manifest: Any, mpath: Path) -> dict:
     return manifest
 
 
-AGREE_KEYS = ("train_ids_sha256", "test_ids_sha256", "folds_csv_sha256", "classes", "labels_sha256",
+AGREE_KEYS = ("task", "train_ids_sha256", "test_ids_sha256", "folds_csv_sha256", "classes", "labels_sha256",
               "n_splits", "prepared_train_sha256", "prepared_test_sha256")
+
+
+def recorded(manifest: dict, key: str) -> Any:
+    """A manifest's value of `key`; a manifest from before task types has task classification."""
+    value = manifest.get(key)
+    return "classification" if key == "task" and value is None else value
 
 
 def check_agree(models: list[Matrices], folds_path: Path, folds_info: dict,
@@ -270,14 +276,14 @@ def check_agree(models: list[Matrices], folds_path: Path, folds_info: dict,
                 raise PipelineError(f"{mpath} and {folds_path} disagree on {key}: "
                                     "the matrices were made for other data or folds; retrain")
         for key, value in (expected or {}).items():
-            if m.manifest.get(key) != value:
+            if recorded(m.manifest, key) != value:
                 raise PipelineError(f"{mpath} and the prepared data disagree on {key}: "
                                     "the matrices were made for other data; retrain")
         _check_shapes(m, folds_path, folds_info, expected or {})
     first = models[0]
     for m in models[1:]:
         for key in AGREE_KEYS:
-            if m.manifest.get(key) != first.manifest.get(key):
+            if recorded(m.manifest, key) != recorded(first.manifest, key):
                 raise PipelineError(f"{m.path / 'manifest.json'} and {first.path / 'manifest.json'} disagree on {key}")
         if m.test.shape != first.test.shape:
             raise PipelineError(f"{m.path / 'test.npy'} and {first.path / 'test.npy'} disagree on shape "

@@ -38,9 +38,10 @@ class DataConfig:
     id: Optional[Column] = None     # None: a conventional id column of the test file, else row number
     text_a: Column = "text_a"
     text_b: Optional[Column] = None  # None: single-text task
-    label: Column = "label"
+    label: Union[Column, list[Column]] = "label"   # a list: the 0/1 columns of a multilabel task
     test_id: Optional[Column] = None   # defaults to `id`
-    test_label: Optional[Column] = None  # labelled test files: used for scoring only
+    test_label: Optional[Union[Column, list[Column]]] = None  # labelled test files: used for scoring only
+    sample_submission: Optional[str] = None  # file in `dir`: the submission takes its columns and id order
     on_empty_text: Literal["error", "empty"] = "error"
     max_train_rows: Optional[int] = None  # quick runs: keep the first N rows (N >= 1)
     max_test_rows: Optional[int] = None
@@ -66,6 +67,7 @@ class FoldsConfig:
 @dataclass
 class PreprocessConfig:
     lemmatizer: Literal["auto", "wordnet", "lemminflect", "none"] = "auto"
+    segmenter: Literal["auto", "jieba", "none"] = "auto"   # word segmentation of text without spaces
 
 
 @dataclass
@@ -119,6 +121,7 @@ class PseudoConfig:
     min_confidence: float = 0.9
     max_fraction: float = 0.5            # of the train size, per fold
     keep_class_balance: bool = True
+    tolerance: float = 0.1               # regression: a teacher agrees within this many target stds
     models: Optional[list[str]] = None   # teachers; None: all
     retrain: Optional[list[str]] = None  # students; None: all
 
@@ -129,6 +132,7 @@ class PseudoConfig:
         require(self, "min_votes", lambda v: v is None or v >= 1, "at least 1 (or null: every teacher)")
         require(self, "min_confidence", lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
         require(self, "max_fraction", lambda v: v > 0, "positive")
+        require(self, "tolerance", lambda v: v >= 0, "0 or more")
 
 
 @dataclass
@@ -153,7 +157,10 @@ class PathsConfig:
 class ExperimentConfig:
     experiment: str = "demo"
     seed: int = 42
-    metric: Literal["accuracy", "f1", "macro_f1", "logloss"] = "accuracy"
+    task: Literal["classification", "regression", "multilabel"] = "classification"
+    # None: the task's default (accuracy, rmse, roc_auc); the task lists the metrics it accepts
+    metric: Optional[Literal["accuracy", "f1", "macro_f1", "logloss", "mcc", "roc_auc",
+                             "pearson", "spearman", "rmse", "mae", "qwk"]] = None
     data: DataConfig = field(default_factory=DataConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -165,6 +172,10 @@ class ExperimentConfig:
 
     def __post_init__(self):
         require(self, "seed", lambda v: 0 <= v <= MAX_SEED, SEED_RANGE)
+        if self.metric is None:  # the task's default metric
+            from .tasks import get as get_task
+
+            self.metric = get_task(self.task).default_metric
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
@@ -374,8 +385,10 @@ def config_source(cfg: ExperimentConfig) -> str:
 
 def _validate(cfg: ExperimentConfig) -> None:
     from .models import registry  # the registry knows each kind's params class
+    from .tasks import get as get_task
 
     store.check_name("experiment", cfg.experiment)
+    get_task(cfg.task).check_config(cfg)
     for i, m in enumerate(cfg.models):
         store.check_model_name(f"models[{i}].name", m.name)
     names = [m.name for m in cfg.models]

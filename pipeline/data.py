@@ -25,7 +25,8 @@ class RawTable:
     ids: list[str]
     text_a: list[str]
     text_b: Optional[list[str]]
-    labels: Optional[list[str]]          # stripped label strings, None for unlabelled files
+    labels: Optional[list]               # stripped label strings (a list of them per row where data.label
+                                         # is a list of columns), None for unlabelled files
     groups: Optional[list[str]] = None
     n_empty: int = 0
     # Where the ids came from, for the submission summary: "column 'id'" (data.id / data.test_id),
@@ -38,13 +39,15 @@ class RawTable:
 class Table:
     """A prepared table: every text view, integer labels, ids.
 
-    views[v] = (text_a, text_b or None), lists of n strings. y: (n,) int64 or None.
+    views[v] = (text_a, text_b or None), lists of n strings. y: the task's labels (pipeline/tasks.py:
+    (n,) int64 classes, (n,) float64 targets or (n, L) int64 0/1) or None.
     """
     name: str
     ids: list[str]
     views: dict[str, tuple[list[str], Optional[list[str]]]]
     y: Optional[np.ndarray]
     groups: Optional[list[str]] = None
+    segmented: bool = False   # lower/lemma hold word-segmented text (Chinese) that raw lacks
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -58,7 +61,7 @@ class Table:
 class Split:
     """Rows drawn from one or more tables (train rows, plus pseudo-labelled test rows).
 
-    parts: [(table, rows)] with rows an int array of positions; y: (n,) int labels or None.
+    parts: [(table, rows)] with rows an int array of positions; y: the rows' labels (first axis n) or None.
     """
     parts: list[tuple[Table, np.ndarray]]
     y: Optional[np.ndarray] = None
@@ -135,8 +138,9 @@ def _refuse_names(cfg: DataConfig, group_col: Optional[Column]) -> None:
     """With data.header=false a file has no names: every column key must be a position."""
     keys = {f"data.{k}": getattr(cfg, k) for k in ("id", "text_a", "text_b", "label", "test_id", "test_label")}
     keys["folds.group_column"] = group_col
-    for key, col in keys.items():
-        if isinstance(col, str):
+    for key, value in keys.items():
+        col = next((c for c in (value if isinstance(value, list) else [value]) if isinstance(c, str)), None)
+        if col is not None:
             raise PipelineError(f"config: {key} is {col!r}, a column name, but data.header is false: "
                                 f"name the column by its 0-based position (e.g. {key}: 0 for the first column)")
 
@@ -184,14 +188,23 @@ def _ids(df: pd.DataFrame, cfg: DataConfig, which: str, path: Path) -> tuple[lis
     return ids, f"column {col!r}" + (" (detected)" if detected else ""), name
 
 
-def _labels(df: pd.DataFrame, cfg: DataConfig, which: str, path: Path) -> Optional[list[str]]:
-    """Stripped labels; the test file's only when data.test_label names a column it has."""
-    col, key = (cfg.label, "data.label") if which == "train" else (cfg.test_label, "data.test_label")
-    if col is None:
+def _labels(df: pd.DataFrame, cfg: DataConfig, which: str, path: Path) -> Optional[list]:
+    """Stripped labels; the test file's only when data.test_label names columns it has. With a
+    list of label columns (multilabel), one list of strings per row."""
+    cols, key = (cfg.label, "data.label") if which == "train" else (cfg.test_label, "data.test_label")
+    if cols is None:
         return None
-    if which == "test" and _position(df, col) is None:
-        log.warning("%s: no column %r (data.test_label); test scores are not computed", path, col)
+    many = isinstance(cols, list)
+    cols = cols if many else [cols]
+    if which == "test" and any(_position(df, c) is None for c in cols):
+        log.warning("%s: no column %r (data.test_label); test scores are not computed", path,
+                    next(c for c in cols if _position(df, c) is None))
         return None
+    per_column = [_label_column(df, c, path, key) for c in cols]
+    return [list(row) for row in zip(*per_column)] if many else per_column[0]
+
+
+def _label_column(df: pd.DataFrame, col: Column, path: Path, key: str) -> list[str]:
     labels = _stripped(_column(df, col, path, key))
     missing = [i for i, v in enumerate(labels) if v == ""]
     if missing:
@@ -239,3 +252,17 @@ def encode_labels(labels: list[str], classes: list[str], path: str) -> np.ndarra
         if v not in index:
             raise PipelineError(f"{path} row {i + 1}: label {v!r} not seen in train (classes: {', '.join(classes)})")
     return np.array([index[v] for v in labels], dtype=np.int64)
+
+
+def label_to_json(value) -> object:
+    """One row's label as JSON: a class index (int), a target (float) or 0/1 labels (list)."""
+    if np.ndim(value) == 1:
+        return [int(v) for v in value]
+    return float(value) if isinstance(value, np.floating) else int(value)
+
+
+def labels_from_json(values: list) -> np.ndarray:
+    """The inverse of label_to_json over a column: (n,) int64, (n,) float64 or (n, L) int64."""
+    if isinstance(values[0], list):
+        return np.array(values, dtype=np.int64).reshape(len(values), -1)
+    return np.array(values, dtype=np.float64 if isinstance(values[0], float) else np.int64)

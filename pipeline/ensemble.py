@@ -2,9 +2,10 @@
 
     python -m pipeline.ensemble [config.yaml] [key=value ...]
 
-Every method is an estimator over a list of (n, C) probability matrices, scored honestly: its OOF
-predictions come from fitting it on the other folds' OOF rows (the same folds as the models), and a
-binary decision threshold is tuned the same way. Writes models/<exp>/ensembles/<method>/{oof,test}.npy,
+Every method is an estimator over a list of (n, C) prediction matrices, chosen by the task
+(pipeline/tasks.py), scored honestly: its OOF predictions come from fitting it on the other folds'
+OOF rows (the same folds as the models), and a decision threshold (binary classes, per label, or
+QWK cut-points) is tuned the same way. Writes models/<exp>/ensembles/<method>/{oof,test}.npy,
 models/<exp>/ensembles/summary.json and submissions/<exp>_<method>.csv (+ submissions/<exp>.csv).
 """
 from __future__ import annotations
@@ -15,101 +16,27 @@ from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize
-from sklearn.linear_model import LogisticRegression
 
 from . import cli
 from .artifacts import Matrices, check_agree, fingerprint_parts, load_model, mixed_versions, stale_reason
+from .combiners import Blender, Stacker, Voter  # noqa: F401  (the estimators, importable from here)
 from .config import ExperimentConfig, config_hash, config_source, model_identity, to_dict
 from .errors import PipelineError
 from .folds import load_folds
 from .io import Commit, committed, read_json, sha256_strings
-from .metrics import decide, scores, tune_threshold
+from .metrics import signed
 from .preprocess import load_prepared
-from .store import folds_paths, models_dir, round_paths, submission_path
+from .readers import read_table
+from .store import folds_paths, input_files, models_dir, round_paths, submission_path
 from .tables import format_table
+from .tasks import Task, get as get_task
 
 log = logging.getLogger("pipeline.ensemble")
-EPS = 1e-6
-
-
-def _logit_features(mats: list[np.ndarray]) -> np.ndarray:
-    """(n, M*C) log-probabilities: linear in log space is what a stacker should see."""
-    return np.hstack([np.log(np.clip(m, EPS, 1.0)) for m in mats])
-
-
-class Stacker:
-    """Logistic regression over the models' log-probabilities."""
-
-    def __init__(self, C: float = 1.0, seed: int = 0):
-        self.C, self.seed = C, seed
-
-    def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "Stacker":
-        self.n_classes_ = mats[0].shape[1]
-        self.lr_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed).fit(_logit_features(mats), y)
-        return self
-
-    def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
-        out = np.zeros((len(mats[0]), self.n_classes_))
-        out[:, self.lr_.classes_] = self.lr_.predict_proba(_logit_features(mats))
-        return out
-
-
-class Blender:
-    """Weighted mean of probabilities; weights non-negative, summing to 1, minimising log loss."""
-
-    def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "Blender":
-        P = np.stack(mats)  # (M, n, C)
-        picked = P[:, np.arange(len(y)), y]  # (M, n): each model's probability of the true class
-
-        def loss(z: np.ndarray) -> float:
-            w = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-            return float(-np.log(np.clip(w @ picked, EPS, 1.0)).mean())
-
-        res = minimize(loss, np.zeros(len(mats)), method="L-BFGS-B")
-        z = res.x
-        self.weights_ = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-        return self
-
-    def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
-        return np.tensordot(self.weights_, np.stack(mats), axes=1)
-
-
-class Voter:
-    """Majority vote of the models' argmax; ties go to the class with the higher mean probability.
-
-    predict_proba returns vote fractions, nudged by the mean probability so ties break.
-    """
-
-    def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "Voter":
-        return self
-
-    def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
-        C = mats[0].shape[1]
-        votes = sum(np.eye(C)[m.argmax(axis=1)] for m in mats) / len(mats)
-        p = votes + 1e-3 * np.mean(mats, axis=0)
-        return p / p.sum(axis=1, keepdims=True)
-
-
-class BestSingle:
-    """The single model with the best OOF metric (chosen inside each training split)."""
-
-    def __init__(self, metric: str):
-        self.metric = metric
-
-    def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "BestSingle":
-        from .metrics import score
-
-        self.index_ = int(np.argmax([score(self.metric, y, m) for m in mats]))
-        return self
-
-    def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
-        return mats[self.index_]
 
 
 def make_method(name: str, cfg: ExperimentConfig) -> Callable[[], object]:
-    return {"stack": lambda: Stacker(cfg.ensemble.stack_c, cfg.seed), "blend": Blender, "vote": Voter,
-            "best": lambda: BestSingle(cfg.metric)}[name]
+    """A factory of the estimator that method `name` means for the config's task."""
+    return get_task(cfg.task).method(name, cfg.ensemble.stack_c, cfg.seed, cfg.metric)
 
 
 def honest_oof(factory: Callable[[], object], oofs: list[np.ndarray], y: np.ndarray,
@@ -123,29 +50,35 @@ def honest_oof(factory: Callable[[], object], oofs: list[np.ndarray], y: np.ndar
     return out
 
 
-def honest_threshold(metric: str, y: np.ndarray, proba: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """(n,) decisions where fold k's threshold was tuned on the other folds only."""
-    pred = np.zeros(len(y), dtype=np.int64)
+def honest_decisions(task: Task, metric: str, y: np.ndarray, pred: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Decisions ((n,) classes or values, (n, L) labels) where fold k's threshold or cut-points
+    were tuned on the other folds only."""
+    parts = {}
     for k in np.unique(folds):
         tr, va = folds != k, folds == k
-        pred[va] = decide(proba[va], tune_threshold(metric, y[tr], proba[tr]))
-    return pred
+        parts[k] = task.decide(pred[va], task.tune(metric, y[tr], pred[tr]))
+    first = next(iter(parts.values()))
+    out = np.zeros((len(y),) + first.shape[1:], dtype=first.dtype)
+    for k, d in parts.items():
+        out[folds == k] = d
+    return out
 
 
 def combine(name: str, cfg: ExperimentConfig, models: list[Matrices], y: np.ndarray,
             folds: np.ndarray) -> dict:
-    """Fit one method; return its OOF/test probabilities, threshold and honest scores."""
+    """Fit one method; return its OOF/test predictions, threshold (or cut-points) and honest scores."""
+    task = get_task(cfg.task)
     factory = make_method(name, cfg)
     oofs = [m.oof for m in models]
     oof = honest_oof(factory, oofs, y, folds)
     est = factory().fit(oofs, y)
     test = est.predict_proba([m.test for m in models])
-    result = {"oof": oof, "test": test, "threshold": None, "oof_scores": scores(y, oof)}
-    binary = oof.shape[1] == 2
-    if binary and cfg.ensemble.tune_threshold and cfg.metric != "logloss":
-        result["threshold"] = tune_threshold(cfg.metric, y, oof)
-        honest = honest_threshold(cfg.metric, y, oof, folds)
-        result["oof_scores_thresholded"] = {**scores(y, np.eye(2)[honest]), "logloss": result["oof_scores"]["logloss"]}
+    result = {"oof": oof, "test": test, "threshold": None, "oof_scores": task.scores(y, oof)}
+    tuned = task.tune(cfg.metric, y, oof) if cfg.ensemble.tune_threshold else None
+    if tuned is not None:
+        result["threshold"] = tuned
+        honest = honest_decisions(task, cfg.metric, y, oof, folds)
+        result["oof_scores_thresholded"] = task.decision_scores(y, honest, oof)
     if hasattr(est, "weights_"):
         result["weights"] = dict(zip([m.name for m in models], np.round(est.weights_, 4).tolist()))
     return result
@@ -204,7 +137,7 @@ def checked_models(cfg: ExperimentConfig, names: Optional[list[str]], round_: in
     train, test, meta = load_prepared(cfg)
     folds, info = load_folds(cfg, train)
     models = load_models(cfg, names, round_)
-    check_agree(models, folds_paths(cfg)[0], info, {"test_ids_sha256": sha256_strings(test.ids),
+    check_agree(models, folds_paths(cfg)[0], info, {"task": cfg.task, "test_ids_sha256": sha256_strings(test.ids),
                                                     "classes": meta["classes"], "n_test": len(test),
                                                     "prepared_train_sha256": meta["train_sha256"],
                                                     "prepared_test_sha256": meta["test_sha256"]})
@@ -225,29 +158,59 @@ def submission_columns(cfg: ExperimentConfig, meta: dict) -> tuple[str, str]:
     return id_col, cfg.data.label if isinstance(cfg.data.label, str) else "label"
 
 
-def submission_frame(cfg: ExperimentConfig, meta: dict, test_ids: list[str], pred: np.ndarray,
+def submission_frame(cfg: ExperimentConfig, meta: dict, test_ids: list[str], decisions: np.ndarray,
                      classes: list[str]) -> pd.DataFrame:
-    """One row per test row in test order: id column + label column with the original label names."""
+    """One row per test row in test order: the id column, then the task's label columns (the
+    original class name, the predicted value, or one 0/1 column per label)."""
     id_col, label_col = submission_columns(cfg, meta)
-    df = pd.DataFrame({id_col: test_ids, label_col: [classes[i] for i in pred]})
-    if len(df) != len(test_ids) or df[id_col].duplicated().any() or df[label_col].isna().any():
+    df = pd.DataFrame({id_col: test_ids, **get_task(cfg.task).submission(decisions, classes, label_col)})
+    if len(df) != len(test_ids) or df[id_col].duplicated().any() or df.isna().any().any():
         raise PipelineError("submission check failed: ids must be unique and every row labelled")
-    return df
+    return df if cfg.data.sample_submission is None else like_sample(df, id_col, input_files(cfg)["data.sample_submission"],
+                                                                     cfg.data.encoding)
+
+
+def like_sample(df: pd.DataFrame, id_col: str, path: Path, encoding: str) -> pd.DataFrame:
+    """`df` with exactly the columns, column order and id order of the sample submission at `path`
+    (the Kaggle convention). The sample's id column is `id_col` if it has one, else its first
+    column; a single prediction column takes the sample's name for it. Ids that are only in the
+    sample or only in the test file, or prediction columns the sample names that the submission
+    lacks, are one PipelineError."""
+    sample = read_table(path, "auto", encoding=encoding)
+    sample_id = id_col if id_col in sample.columns else sample.columns[0]
+    ours, theirs = [c for c in df.columns if c != id_col], [c for c in sample.columns if c != sample_id]
+    if len(ours) == 1 and len(theirs) == 1:
+        df = df.rename(columns={ours[0]: theirs[0]})
+    elif set(theirs) != set(ours):
+        raise PipelineError(f"{path}: its prediction columns {theirs} are not the submission's {ours} "
+                            "(data.label names them)")
+    ids = [("" if v is None else str(v)).strip() for v in sample[sample_id]]
+    only_sample, only_test = sorted(set(ids) - set(df[id_col])), sorted(set(df[id_col]) - set(ids))
+    if only_sample or only_test or len(ids) != len(set(ids)):
+        raise PipelineError(f"{path}: its ids ({sample_id!r}) differ from the test file's: "
+                            f"{len(only_sample)} only in the sample {_some(only_sample)}, "
+                            f"{len(only_test)} only in the test file {_some(only_test)}"
+                            + (", and some are repeated" if len(ids) != len(set(ids)) else ""))
+    out = df.rename(columns={id_col: sample_id}).set_index(sample_id).loc[ids].reset_index()
+    return out[list(sample.columns)]
+
+
+def _some(values: list[str], k: int = 3) -> str:
+    return "(" + ", ".join(repr(v) for v in values[:k]) + (", ..." if len(values) > k else "") + ")" if values else ""
 
 
 def score_rows(names: list[str], oof_scores: list[dict], test_scores: list[Optional[dict]],
-               keys: list[str]) -> list[list]:
-    """One row per model or method: OOF scores under `keys`, then test accuracy and F1 (or '-')."""
+               keys: list[str], test_keys: list[str]) -> list[list]:
+    """One row per model or method: OOF scores under `keys`, then test scores under `test_keys` (or '-')."""
     rows = []
     for n, o, t in zip(names, oof_scores, test_scores):
-        rows.append([n] + [o[k] for k in keys] + ([t["accuracy"], t["f1"]] if t else ["-", "-"]))
+        rows.append([n] + [o[k] for k in keys] + ([t[k] for k in test_keys] if t else ["-"] * len(test_keys)))
     return rows
 
 
 def honest_metric(result: dict, metric: str) -> float:
     """A method's honest OOF `metric` (thresholded where a threshold was tuned), higher is better."""
-    value = (result.get("oof_scores_thresholded") or result["oof_scores"])[metric]
-    return -value if metric == "logloss" else value
+    return signed(metric, (result.get("oof_scores_thresholded") or result["oof_scores"])[metric])
 
 
 def choose_submit(cfg: ExperimentConfig, results: dict[str, dict]) -> str:
@@ -270,15 +233,15 @@ def fit_submitted(cfg: ExperimentConfig, models: list[Matrices], y: np.ndarray,
 def run_ensemble(cfg: ExperimentConfig) -> dict:
     e = cfg.ensemble
     models, train, test, meta, folds = checked_models(cfg, e.models, e.round)
-    y, classes = train.y, meta["classes"]
+    y, classes, task = train.y, meta["classes"], get_task(cfg.task)
     out_dir = models_dir(cfg, e.round) / "ensembles"
     ids = meta.get("test_ids") or {}
-    summary: dict = {"models": {}, "methods": {}, "round": e.round, "metric": cfg.metric,
+    summary: dict = {"models": {}, "methods": {}, "round": e.round, "metric": cfg.metric, "task": task.name,
                      "test_ids": ids.get("source", "unknown: run the preprocess stage again"),
                      "made_from": made_from(cfg, models)}
     for m in models:
-        summary["models"][m.name] = {"oof": scores(y, m.oof),
-                                     "test": scores(test.y, m.test) if test.y is not None else None}
+        summary["models"][m.name] = {"oof": task.scores(y, m.oof),
+                                     "test": task.scores(test.y, m.test) if test.y is not None else None}
     results = {name: combine(name, cfg, models, y, folds) for name in e.methods}
     summary["submitted"] = choose_submit(cfg, results)
     with committed() as c:  # matrices, submissions, config.yaml and summary.json: together or not at all
@@ -301,7 +264,7 @@ def made_from(cfg: ExperimentConfig, models: list[Matrices]) -> dict:
 
 
 def submission_of(cfg: ExperimentConfig, meta: dict, r: dict, test_ids: list[str], classes: list[str]) -> pd.DataFrame:
-    return submission_frame(cfg, meta, test_ids, decide(r["test"], r["threshold"]), classes)
+    return submission_frame(cfg, meta, test_ids, get_task(cfg.task).decide(r["test"], r["threshold"]), classes)
 
 
 def write_method(c: Commit, cfg: ExperimentConfig, meta: dict, directory: Path, name: str, r: dict, test,
@@ -310,27 +273,28 @@ def write_method(c: Commit, cfg: ExperimentConfig, meta: dict, directory: Path, 
     weights, test scores where the test file is labelled)."""
     c.write_npy(directory / "oof.npy", r["oof"].astype(np.float32))
     c.write_npy(directory / "test.npy", r["test"].astype(np.float32))
-    pred = decide(r["test"], r["threshold"])
+    task = get_task(cfg.task)
     path = c.write_csv(submission_path(cfg, name), submission_of(cfg, meta, r, test.ids, classes))
-    test_scores = scores(test.y, np.eye(len(classes))[pred]) if test.y is not None else None
-    if test_scores is not None:
-        test_scores["logloss"] = scores(test.y, r["test"])["logloss"]
+    test_scores = (task.decision_scores(test.y, task.decide(r["test"], r["threshold"]), r["test"])
+                   if test.y is not None else None)
     entry = {k: v for k, v in r.items() if k not in ("oof", "test")}
     return {**entry, "test": test_scores, "submission": str(path)}
 
 
 def summary_table(summary: dict, metric: str) -> str:
+    task = get_task(summary.get("task"))
     names, oofs, tests = [], [], []
     for n, s in summary["models"].items():
         names.append(n), oofs.append(s["oof"]), tests.append(s["test"])
     for n, s in summary["methods"].items():
         t = s.get("threshold")
-        names.append(f"[{n}]" + (f" t={t:.2f}" if t is not None else ""))
+        names.append(f"[{n}]" + (task.describe(t) if t is not None else ""))
         oofs.append(s.get("oof_scores_thresholded") or s["oof_scores"])
         tests.append(s["test"])
-    keys = ["accuracy", "f1", "logloss"] + ([metric] if metric == "macro_f1" else [])
-    head = ["model / method"] + [f"oof {k}" for k in keys] + ["test accuracy", "test f1"]
-    return format_table(head, score_rows(names, oofs, tests, keys))
+    keys = list(task.table_keys) + ([metric] if metric not in task.table_keys else [])
+    test_keys = list(task.table_keys[:2])
+    head = ["model / method"] + [f"oof {k}" for k in keys] + [f"test {k}" for k in test_keys]
+    return format_table(head, score_rows(names, oofs, tests, keys, test_keys))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -13,7 +13,6 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from . import cli
 from .config import ExperimentConfig, to_dict
@@ -22,6 +21,7 @@ from .errors import PipelineError
 from .io import committed, read_json, sha256_file, sha256_strings
 from .preprocess import load_prepared
 from .store import folds_paths
+from .tasks import get as get_task
 
 log = logging.getLogger("pipeline.folds")
 
@@ -48,14 +48,6 @@ def pair_groups(text_a: list[str], text_b: list[str]) -> np.ndarray:
     return np.array([roots.setdefault(find(a), len(roots)) for a in text_a], dtype=np.int64)
 
 
-def check_k(y: np.ndarray, k: int, classes: Optional[list[str]] = None) -> None:
-    counts = np.bincount(y)
-    smallest = int(counts.min())
-    if k > smallest:
-        name = classes[int(counts.argmin())] if classes else int(counts.argmin())
-        raise PipelineError(f"folds.n_splits={k} is larger than the smallest class ({name!r} has {smallest} rows)")
-
-
 def fold_groups(train: Table, cfg: ExperimentConfig) -> Optional[np.ndarray]:
     """(n_train,) int group of every row when the split is grouped, else None."""
     if cfg.folds.strategy == "group":
@@ -68,20 +60,9 @@ def fold_groups(train: Table, cfg: ExperimentConfig) -> Optional[np.ndarray]:
 
 
 def assign_folds(train: Table, cfg: ExperimentConfig, classes: list[str]) -> np.ndarray:
-    """(n_train,) int fold of every row, stratified by label, grouped when asked."""
-    k, seed = cfg.folds.n_splits, cfg.folds.seed
-    y = train.y
-    check_k(y, k, classes)
-    groups = fold_groups(train, cfg)
-    if groups is not None and len(np.unique(groups)) < k:
-        raise PipelineError(f"folds: only {len(np.unique(groups))} groups for n_splits={k}")
-    splitter = (StratifiedKFold(k, shuffle=True, random_state=seed) if groups is None
-                else StratifiedGroupKFold(k, shuffle=True, random_state=seed))
-    fold = np.full(len(y), -1, dtype=np.int64)
-    for f, (_, val) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
-        fold[val] = f
-    assert (fold >= 0).all(), "every row must land in a fold"
-    return fold
+    """(n_train,) int fold of every row, by the task's splitter (stratified), grouped when asked."""
+    return get_task(cfg.task).assign_folds(train.y, cfg.folds.n_splits, cfg.folds.seed, fold_groups(train, cfg),
+                                           classes)
 
 
 def data_signature(train: Table, cfg: ExperimentConfig) -> dict:
@@ -90,7 +71,8 @@ def data_signature(train: Table, cfg: ExperimentConfig) -> dict:
     Groups matter: with auto_group they come from the texts, so an edited sentence can move rows
     between groups and make the saved folds leak, although ids and labels did not change.
     """
-    sig = {"ids_sha256": sha256_strings(train.ids), "labels_sha256": sha256_strings([str(v) for v in train.y])}
+    labels = get_task(cfg.task).label_strings(train.y)
+    sig = {"ids_sha256": sha256_strings(train.ids), "labels_sha256": sha256_strings(labels)}
     groups = fold_groups(train, cfg)
     if groups is not None:
         sig["groups_sha256"] = sha256_strings([str(g) for g in groups])

@@ -18,10 +18,12 @@ from typing import Optional
 import numpy as np
 
 from . import cli
-from .artifacts import Matrices, list_models, load_model
+from .artifacts import Matrices, list_models, load_model, recorded
 from .errors import PipelineError, excerpt
 from .io import sha256_strings
-from .metrics import HIGHER_IS_BETTER, scores
+from .metrics import HIGHER_IS_BETTER
+from .data import labels_from_json
+from .tasks import get as get_task
 from .tables import format_table
 
 
@@ -63,12 +65,14 @@ def fold_table(models: list[Matrices], metric: str) -> str:
 
 
 def model_table(models: list[Matrices], y: Optional[np.ndarray]) -> str:
-    head = ["model", "kind", "folds", "accuracy", "f1", "logloss", "seconds"]
+    """The task's usual scores of each model (the manifests agree on the task: check_same_rows)."""
+    task = get_task(recorded(models[0].manifest, "task"))
+    head = ["model", "kind", "folds", *task.table_keys, "seconds"]
     rows = []
     for m in models:
-        s = scores(y, m.oof) if y is not None else m.manifest.get("oof_scores")
+        s = task.scores(y, m.oof) if y is not None else m.manifest.get("oof_scores")
         rows.append([m.name, field(m.manifest, "kind"), m.test_folds.shape[0]]
-                    + [field(s, key) for key in ("accuracy", "f1", "logloss")]
+                    + [field(s, key) for key in task.table_keys]
                     + [field(m.manifest, "timings", "total_seconds")])
     return format_table(head, rows)
 
@@ -88,6 +92,8 @@ def check_same_rows(models: list[Matrices]) -> None:
         if m.oof.shape[0] != first.oof.shape[0]:
             raise PipelineError(f"{m.path} and {first.path} disagree on the number of train rows "
                                 f"({m.oof.shape[0]} vs {first.oof.shape[0]}): they were trained on other data")
+        if recorded(m.manifest, "task") != recorded(first.manifest, "task"):
+            raise PipelineError(f"{m.path} and {first.path} disagree on task: they predict different things")
         for key in ("classes", "train_ids_sha256", "labels_sha256"):
             if key in m.manifest and key in first.manifest and m.manifest[key] != first.manifest[key]:
                 raise PipelineError(f"{m.path} and {first.path} disagree on {key}: they were trained on other data")
@@ -106,7 +112,7 @@ def labels_from(path: Path) -> tuple[np.ndarray, Optional[list]]:
     if not rows:
         raise PipelineError(f"{path} holds no rows; {LABELS_HINT}")
     ids = [r.get("id") for _, r in rows]
-    return np.array([r["y"] for _, r in rows], dtype=np.int64), (ids if all(isinstance(i, str) for i in ids) else None)
+    return labels_from_json([r["y"] for _, r in rows]), (ids if all(isinstance(i, str) for i in ids) else None)
 
 
 def _label_row(line: str, i: int, path: Path) -> dict:
@@ -119,8 +125,9 @@ def _label_row(line: str, i: int, path: Path) -> dict:
     y = row["y"]
     if y is None:
         raise PipelineError(f"{path} line {i}: y is null (a test file holds no labels); {LABELS_HINT}")
-    if not isinstance(y, int) or isinstance(y, bool):
-        raise PipelineError(f"{path} line {i}: y={excerpt(y)} is not a class index; {LABELS_HINT}")
+    if isinstance(y, bool) or not isinstance(y, (int, float, list)):
+        raise PipelineError(f"{path} line {i}: y={excerpt(y)} is not a class index, value or 0/1 list; "
+                            f"{LABELS_HINT}")
     return row
 
 
@@ -131,11 +138,12 @@ def check_labels(y: np.ndarray, ids: Optional[list], path: Path, models: list[Ma
     n, n_classes = m.oof.shape
     if len(y) != n:
         raise PipelineError(f"{path} has {len(y)} rows, the OOF matrices {n}")
-    bad = np.flatnonzero((y < 0) | (y >= n_classes))
+    task = get_task(recorded(m.manifest, "task"))
+    bad = task.invalid_rows(y, n_classes)
     if len(bad):
-        raise PipelineError(f"{path} row {bad[0] + 1}: y={y[bad[0]]} is not a class index of "
-                            f"{m.path} ({n_classes} classes)")
-    found = {"labels_sha256": sha256_strings([str(v) for v in y])}
+        raise PipelineError(f"{path} row {bad[0] + 1}: y={excerpt(y[bad[0]].tolist())} is not {task.label_kind} of "
+                            f"{m.path} ({n_classes} {task.outputs})")
+    found = {"labels_sha256": sha256_strings(task.label_strings(y))}
     if ids is not None:
         found["train_ids_sha256"] = sha256_strings(ids)
     for key, value in found.items():

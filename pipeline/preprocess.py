@@ -2,7 +2,8 @@
 
     python -m pipeline.preprocess [config.yaml] [key=value ...]
 
-Views: raw; lower (lowercased, whitespace collapsed); lemma (lower, then lemmatised).
+Views: raw; lower (word-segmented where the text is Chinese, lowercased, whitespace collapsed);
+lemma (lower, then lemmatised).
 Outputs under data/<exp>/prepared/: train.jsonl, test.jsonl, meta.json, config.yaml.
 """
 from __future__ import annotations
@@ -18,14 +19,16 @@ import numpy as np
 
 from . import cli
 from .config import ExperimentConfig, config_hash, to_dict
-from .data import VIEWS, RawTable, Table, class_order, encode_labels, read_raw
+from .data import VIEWS, RawTable, Table, label_to_json, labels_from_json, read_raw
 from .errors import PipelineError
 from .io import committed, read_json, sha256_file
 from .store import data_dir, prepared_dir
+from .tasks import Task, get as get_task
 
 log = logging.getLogger("pipeline.preprocess")
 TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 SPACE = re.compile(r"\s+")
+HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")   # CJK ideographs: text written without spaces
 
 
 def normalise(text: str) -> str:
@@ -69,26 +72,56 @@ def make_lemmatizer(choice: str) -> tuple[str, Callable[[str], str]]:
     return "lemminflect", functools.lru_cache(maxsize=None)(lemma)
 
 
+def as_is(text: str) -> str:
+    """The segmenter `none`: text with spaces between its words already."""
+    return text
+
+
+def han_share(texts: list[str]) -> float:
+    """Share of CJK ideographs among the non-space characters of `texts`."""
+    chars = sum(len(t) - t.count(" ") for t in texts)
+    return sum(len(HAN.findall(t)) for t in texts) / max(chars, 1)
+
+
+def make_segmenter(choice: str, texts: list[str]) -> tuple[str, Callable[[str], str]]:
+    """Return (name, text -> words separated by spaces). `auto`: jieba when most characters of
+    `texts` are CJK ideographs (Chinese is written without spaces, so word n-grams and the
+    lower/lemma views would otherwise see a sentence as one word), else none."""
+    if choice == "auto":
+        choice = "jieba" if han_share(texts) > 0.5 else "none"
+    if choice == "none":
+        return "none", as_is
+    import jieba  # ships its dictionary: works offline
+
+    logging.getLogger("jieba").setLevel(logging.WARNING)  # its "building prefix dict" lines are noise
+    tokenizer = jieba.Tokenizer()  # an instance of our own: the module's default one is shared state
+    return "jieba", lambda t: " ".join(w for w in tokenizer.lcut(t) if w.strip())
+
+
 def lemmatise(text: str, lemma: Callable[[str], str]) -> str:
     return " ".join(lemma(t) for t in TOKEN.findall(normalise(text)))
 
 
-def views_of(texts: Optional[list[str]], lemma: Callable[[str], str]) -> dict[str, Optional[list[str]]]:
+def views_of(texts: Optional[list[str]], lemma: Callable[[str], str],
+             segment: Callable[[str], str] = as_is) -> dict[str, Optional[list[str]]]:
+    """raw as read; lower and lemma of the segmented text (words separated by spaces)."""
     if texts is None:
         return {v: None for v in VIEWS}
-    return {"raw": texts, "lower": [normalise(t) for t in texts], "lemma": [lemmatise(t, lemma) for t in texts]}
+    words = [segment(t) for t in texts]
+    return {"raw": texts, "lower": [normalise(t) for t in words], "lemma": [lemmatise(t, lemma) for t in words]}
 
 
-def prepare(raw: RawTable, lemma: Callable[[str], str], classes: list[str], path: str) -> Table:
-    a, b = views_of(raw.text_a, lemma), views_of(raw.text_b, lemma)
-    y = encode_labels(raw.labels, classes, path) if raw.labels is not None else None
+def prepare(raw: RawTable, lemma: Callable[[str], str], classes: list[str], path: str, task: Task,
+            label_key, segment: Callable[[str], str] = as_is) -> Table:
+    a, b = views_of(raw.text_a, lemma, segment), views_of(raw.text_b, lemma, segment)
+    y = task.encode(raw.labels, classes, path, label_key) if raw.labels is not None else None
     return Table(raw.name, raw.ids, {v: (a[v], b[v]) for v in VIEWS}, y, raw.groups)
 
 
 def table_to_jsonl(table: Table) -> str:
     lines = []
     for i, id_ in enumerate(table.ids):
-        row = {"id": id_, "y": None if table.y is None else int(table.y[i])}
+        row = {"id": id_, "y": None if table.y is None else label_to_json(table.y[i])}
         if table.groups is not None:
             row["group"] = table.groups[i]
         for v in VIEWS:
@@ -102,7 +135,7 @@ def table_from_jsonl(name: str, path: Path) -> Table:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     pair = len(rows[0]["raw"]) == 2
     views = {v: ([r[v][0] for r in rows], [r[v][1] for r in rows] if pair else None) for v in VIEWS}
-    y = None if rows[0]["y"] is None else np.array([r["y"] for r in rows], dtype=np.int64)
+    y = None if rows[0]["y"] is None else labels_from_json([r["y"] for r in rows])
     groups = [r["group"] for r in rows] if "group" in rows[0] else None
     return Table(name, [r["id"] for r in rows], views, y, groups)
 
@@ -110,7 +143,7 @@ def table_from_jsonl(name: str, path: Path) -> Table:
 def source_fingerprint(cfg: ExperimentConfig) -> dict:
     """What the prepared files were made from: input files' hashes and the settings that matter."""
     base = data_dir(cfg)
-    settings = {"data": to_dict(cfg.data), "preprocess": to_dict(cfg.preprocess),
+    settings = {"task": cfg.task, "data": to_dict(cfg.data), "preprocess": to_dict(cfg.preprocess),
                 "group_column": cfg.folds.group_column if cfg.folds.strategy == "group" else None}
     return {"train_file_sha256": sha256_file(_existing(base / cfg.data.train)),
             "test_file_sha256": sha256_file(_existing(base / cfg.data.test)),
@@ -130,13 +163,14 @@ def run_preprocess(cfg: ExperimentConfig) -> dict:
     raw_test = read_raw(cfg.data, "test", base)
     if (raw_train.text_b is None) != (raw_test.text_b is None):
         raise PipelineError("train and test disagree on text_b")
-    classes = class_order(raw_train.labels)
-    if len(classes) < 2:
-        raise PipelineError(f"{base / cfg.data.train}: only one class ({classes[0]!r}) in column {cfg.data.label!r}")
+    task = get_task(cfg.task)
+    classes = task.columns(raw_train.labels, cfg.data.label, str(base / cfg.data.train))
     lem_name, lemma = make_lemmatizer(cfg.preprocess.lemmatizer)
-    log.info("lemmatiser: %s", lem_name)
-    train = prepare(raw_train, lemma, classes, str(base / cfg.data.train))
-    test = prepare(raw_test, lemma, classes, str(base / cfg.data.test))
+    seg_name, segment = make_segmenter(cfg.preprocess.segmenter, raw_train.text_a + (raw_train.text_b or []))
+    log.info("lemmatiser: %s, segmenter: %s", lem_name, seg_name)
+    train = prepare(raw_train, lemma, classes, str(base / cfg.data.train), task, cfg.data.label, segment)
+    task.check_labels(train.y, cfg.metric, str(base / cfg.data.train))
+    test = prepare(raw_test, lemma, classes, str(base / cfg.data.test), task, cfg.data.test_label, segment)
     out = prepared_dir(cfg)
     if raw_train.n_empty or raw_test.n_empty:
         log.warning("empty texts treated as '': train %d, test %d", raw_train.n_empty, raw_test.n_empty)
@@ -144,7 +178,8 @@ def run_preprocess(cfg: ExperimentConfig) -> dict:
         c.write_text(out / "train.jsonl", table_to_jsonl(train))
         c.write_text(out / "test.jsonl", table_to_jsonl(test))
         cli.save_resolved(cfg, out, c)
-        meta = {"classes": classes, "lemmatizer": lem_name, "is_pair": train.is_pair,
+        meta = {"classes": classes, "task": task.name, "columns": task.outputs,
+                "lemmatizer": lem_name, "segmenter": seg_name, "is_pair": train.is_pair,
             "n_train": len(train), "n_test": len(test), "has_test_labels": test.y is not None,
                 "n_empty_texts": {"train": raw_train.n_empty, "test": raw_test.n_empty},
                 "test_ids": {"source": raw_test.id_source, "column": raw_test.id_column},
@@ -173,6 +208,7 @@ def load_prepared(cfg: ExperimentConfig) -> tuple[Table, Table, dict]:
         if sha256_file(_existing(d / f"{name}.jsonl")) != meta.get(f"{name}_sha256"):
             raise PipelineError(f"{d / (name + '.jsonl')} does not match the hash in {meta_path}")
     train, test = table_from_jsonl("train", d / "train.jsonl"), table_from_jsonl("test", d / "test.jsonl")
+    train.segmented = test.segmented = meta.get("segmenter", "none") != "none"
     return train, test, meta
 
 
@@ -180,8 +216,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = cli.parser(__doc__.splitlines()[0]).parse_intermixed_args(argv)
     cfg = cli.load(args)
     meta = run_preprocess(cfg)
-    print(f"preprocess: {meta['n_train']} train, {meta['n_test']} test rows, {len(meta['classes'])} classes "
-          f"{meta['classes']}, lemmatiser {meta['lemmatizer']} -> {prepared_dir(cfg)}")
+    print(f"preprocess: {meta['n_train']} train, {meta['n_test']} test rows, task {meta['task']}, "
+          f"{len(meta['classes'])} output columns ({meta['columns']}) {meta['classes']}, "
+          f"lemmatiser {meta['lemmatizer']}, segmenter {meta['segmenter']} -> {prepared_dir(cfg)}")
     return 0
 
 

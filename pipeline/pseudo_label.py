@@ -30,9 +30,9 @@ from .data import Split, Table
 from .ensemble import checked_models, fit_submitted
 from .errors import PipelineError
 from .io import committed, read_json, sha256_file
-from .metrics import scores
 from .store import round_paths
 from .tables import format_table
+from .tasks import CLASSIFICATION, Task, class_vote as vote, get as get_task  # noqa: F401  (vote: the classes' rule)
 from .train import ExtraRows, Run, open_run, train_models
 
 log = logging.getLogger("pipeline.pseudo_label")
@@ -49,6 +49,7 @@ class Rules:
     min_confidence: float
     max_fraction: float
     keep_class_balance: bool
+    tolerance: float = 0.1   # regression: teachers agree within this many train-target stds
 
 
 def resolve_rules(p: PseudoConfig, n_teachers: int) -> Rules:
@@ -56,7 +57,7 @@ def resolve_rules(p: PseudoConfig, n_teachers: int) -> Rules:
     if not 1 <= min_votes <= n_teachers:
         raise PipelineError(f"config: pseudo.min_votes={min_votes} must be between 1 and the number of "
                             f"teachers ({n_teachers})")
-    return Rules(min_votes, float(p.min_confidence), float(p.max_fraction), p.keep_class_balance)
+    return Rules(min_votes, float(p.min_confidence), float(p.max_fraction), p.keep_class_balance, float(p.tolerance))
 
 
 def teacher_names(cfg: ExperimentConfig, round_: int) -> list[str]:
@@ -74,27 +75,6 @@ def student_names(cfg: ExperimentConfig) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- selection
-
-
-def vote(probas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Teachers' vote on every row.
-
-    probas: (M, n, C) probabilities of M teachers. Returns label (n,) the class most teachers put
-    first (ties: the higher mean probability among its voters, then the lower index), votes (n,)
-    how many put it first, confidence (n,) float32 mean probability of it among those voters, and
-    voters (n, M) bool.
-    """
-    p = probas.astype(np.float64)
-    M, n, C = p.shape
-    picks = p.argmax(axis=2)                                   # (M, n)
-    onehot = picks[:, :, None] == np.arange(C)                 # (M, n, C)
-    counts = onehot.sum(axis=0)                                # (n, C)
-    mean = (p * onehot).sum(axis=0) / np.maximum(counts, 1)    # (n, C), 0 where nobody voted
-    # counts are integers and 0.5 * mean < 1, so this ranks by votes first, then confidence.
-    label = np.argmax(counts + 0.5 * mean, axis=1)
-    rows = np.arange(n)
-    # float32 like the stored matrices, so a teacher's 0.9 "reaches" min_confidence=0.9.
-    return label, counts[rows, label], mean[rows, label].astype(np.float32), (picks == label).T
 
 
 def class_quotas(available: np.ndarray, train_counts: np.ndarray, total_cap: int, balanced: bool) -> np.ndarray:
@@ -120,8 +100,10 @@ def most_confident(rows: np.ndarray, confidence: np.ndarray, votes: np.ndarray) 
 
 @dataclass
 class FoldSelection:
-    """One fold's pseudo labels, most confident first: rows, labels, votes (s,), confidence (s,)
-    float32, voters (s, M) bool; candidates and quotas (C,) per class, cap the total allowed."""
+    """One fold's pseudo labels, most confident first: rows, labels (s,) or (s, L), votes (s,),
+    confidence (s,) float32, voters (s, M) bool, groups (s,) the balance group of each label (its
+    class; one group for regression and multilabel); candidates and quotas (G,) per group, cap the
+    total allowed."""
     rows: np.ndarray
     labels: np.ndarray
     votes: np.ndarray
@@ -130,61 +112,65 @@ class FoldSelection:
     candidates: np.ndarray
     quotas: np.ndarray
     cap: int
+    groups: np.ndarray
 
 
-def select_fold(probas: np.ndarray, train_y: np.ndarray, rules: Rules) -> FoldSelection:
+def select_fold(probas: np.ndarray, train_y: np.ndarray, rules: Rules, task: Task = CLASSIFICATION) -> FoldSelection:
     """Pick fold k's pseudo labels from its teachers' test predictions.
 
-    probas: (M, n_test, C) fold k's teachers on the test set; train_y: (n_fold_train,) labels of the
-    rows fold k trains on (their count sets the total cap, their classes the balance).
+    probas: (M, n_test, n_outputs) fold k's teachers on the test set; train_y: labels of the rows
+    fold k trains on (their count sets the total cap, their groups the balance). The task says
+    what agreement is (Task.vote) and which groups keep_class_balance keeps.
     """
-    C = probas.shape[2]
-    label, votes, conf, voters = vote(probas)
+    label, votes, conf, voters = task.vote(probas, train_y, rules.tolerance)
+    groups, G = task.group(label), task.n_groups(probas.shape[2])
     ok = (votes >= rules.min_votes) & (conf >= np.float32(rules.min_confidence))
-    candidates = np.bincount(label[ok], minlength=C)
+    candidates = np.bincount(groups[ok], minlength=G)
     cap = int(np.floor(rules.max_fraction * len(train_y)))
-    quotas = class_quotas(candidates, np.bincount(train_y, minlength=C), cap, rules.keep_class_balance)
-    picked = [most_confident(np.flatnonzero(ok & (label == c)), conf, votes)[: quotas[c]] for c in range(C)]
+    quotas = class_quotas(candidates, np.bincount(task.group(train_y), minlength=G), cap, rules.keep_class_balance)
+    picked = [most_confident(np.flatnonzero(ok & (groups == c)), conf, votes)[: quotas[c]] for c in range(G)]
     rows = most_confident(np.concatenate(picked).astype(np.int64), conf, votes)[:cap]
-    return FoldSelection(rows, label[rows], votes[rows], conf[rows], voters[rows], candidates, quotas, cap)
+    return FoldSelection(rows, label[rows], votes[rows], conf[rows], voters[rows], candidates, quotas, cap,
+                         groups[rows])
 
 
-def select_round(teachers: list[Matrices], folds: np.ndarray, y: np.ndarray, rules: Rules) -> list[FoldSelection]:
-    """One FoldSelection per fold k, from test_folds[k] of every teacher. folds, y: (n_train,)."""
+def select_round(teachers: list[Matrices], folds: np.ndarray, y: np.ndarray, rules: Rules,
+                 task: Task = CLASSIFICATION) -> list[FoldSelection]:
+    """One FoldSelection per fold k, from test_folds[k] of every teacher. folds: (n_train,); y: the train labels."""
     K = int(folds.max()) + 1
-    return [select_fold(np.stack([t.test_folds[k] for t in teachers]), y[folds != k], rules) for k in range(K)]
+    return [select_fold(np.stack([t.test_folds[k] for t in teachers]), y[folds != k], rules, task) for k in range(K)]
 
 
 # ----------------------------------------------------------------------------- files
 
 
 def selection_frame(round_: int, selections: list[FoldSelection], teachers: list[str], test_ids: list[str],
-                    classes: list[str]) -> pd.DataFrame:
+                    classes: list[str], task: Task = CLASSIFICATION) -> pd.DataFrame:
     """One row per (fold, pseudo label) with its provenance, folds in order, most confident first."""
     rows = []
     for k, s in enumerate(selections):
         for i, r in enumerate(s.rows):
             rows.append({"round": round_, "fold": k, "test_row": int(r), "test_id": test_ids[r],
-                         "label": classes[s.labels[i]], "votes": int(s.votes[i]), "n_teachers": len(teachers),
+                         "label": task.label_text(s.labels[i], classes), "votes": int(s.votes[i]), "n_teachers": len(teachers),
                          "voters": ";".join(t for t, v in zip(teachers, s.voters[i]) if v),
                          "confidence": round(float(s.confidence[i]), 6)})
     return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 
-def counts_by_fold(frame: pd.DataFrame, K: int, classes: list[str]) -> dict[str, dict[str, int]]:
-    """{"fold<k>": {class: rows}} for every fold and class, zeros included."""
-    return {f"fold{k}": {c: int(((frame["fold"] == k) & (frame["label"] == c)).sum()) for c in classes}
-            for k in range(K)}
+def counts_by_fold(selections: list[FoldSelection], names: list[str]) -> dict[str, dict[str, int]]:
+    """{"fold<k>": {group: rows}} for every fold and balance group (class), zeros included."""
+    return {f"fold{k}": dict(zip(names, np.bincount(s.groups, minlength=len(names)).tolist()))
+            for k, s in enumerate(selections)}
 
 
-def label_accuracy(frame: pd.DataFrame, test_y: Optional[np.ndarray], classes: list[str]) -> Optional[float]:
-    """Share of pseudo labels equal to the true test label, when the test file has labels.
-
-    A diagnostic only, computed after the selection: the true labels never choose a row."""
-    if test_y is None or frame.empty:
+def label_accuracy(selections: list[FoldSelection], test_y: Optional[np.ndarray], train_y: np.ndarray,
+                   task: Task = CLASSIFICATION) -> Optional[float]:
+    """Share of pseudo labels that agree with the true test label (Task.agreement), when the test
+    file has labels. A diagnostic only, computed after the selection: the true labels never choose a row."""
+    rows = np.concatenate([s.rows for s in selections])
+    if test_y is None or not len(rows):
         return None
-    truth = [classes[test_y[r]] for r in frame["test_row"]]
-    return float(np.mean(np.array(truth) == frame["label"].to_numpy()))
+    return task.agreement(np.concatenate([s.labels for s in selections]), test_y[rows], train_y)
 
 
 def write_round(cfg: ExperimentConfig, round_: int, frame: pd.DataFrame, info: dict) -> dict:
@@ -218,7 +204,7 @@ def load_round_models(cfg: ExperimentConfig, names: list[str], round_: int):
 
 def extra_rows(selections: list[FoldSelection]) -> ExtraRows:
     """fold k -> (its pseudo-labelled test rows, their labels from the teachers, not the file)."""
-    return {k: (s.rows, s.labels.astype(np.int64)) for k, s in enumerate(selections) if len(s.rows)}
+    return {k: (s.rows, s.labels) for k, s in enumerate(selections) if len(s.rows)}
 
 
 def run_round(cfg: ExperimentConfig, run: Run, round_: int, force: bool = False) -> dict:
@@ -226,16 +212,18 @@ def run_round(cfg: ExperimentConfig, run: Run, round_: int, force: bool = False)
     names = teacher_names(cfg, round_)
     teachers, _, _, _, folds = load_round_models(cfg, names, round_ - 1)
     rules = resolve_rules(cfg.pseudo, len(teachers))
-    selections = select_round(teachers, folds, run.train.y, rules)
-    frame = selection_frame(round_, selections, names, run.test.ids, run.classes)
+    task = run.task
+    selections = select_round(teachers, folds, run.train.y, rules, task)
+    frame = selection_frame(round_, selections, names, run.test.ids, run.classes, task)
+    groups = task.group_names(run.classes)
     info = {"round": round_, "teacher_round": round_ - 1, "teachers": names, "students": student_names(cfg),
             "teacher_config_sha256": {t.name: t.manifest["config_sha256"] for t in teachers},
             "rules": dataclasses.asdict(rules), "n_test": len(run.test),
-            "counts": counts_by_fold(frame, run.n_splits, run.classes),
-            "candidates": {f"fold{k}": dict(zip(run.classes, s.candidates.tolist())) for k, s in enumerate(selections)},
-            "caps": {f"fold{k}": {"total": s.cap, "per_class": dict(zip(run.classes, s.quotas.tolist()))}
+            "counts": counts_by_fold(selections, groups),
+            "candidates": {f"fold{k}": dict(zip(groups, s.candidates.tolist())) for k, s in enumerate(selections)},
+            "caps": {f"fold{k}": {"total": s.cap, "per_class": dict(zip(groups, s.quotas.tolist()))}
                      for k, s in enumerate(selections)},
-            "label_accuracy": label_accuracy(frame, run.test.y, run.classes)}
+            "label_accuracy": label_accuracy(selections, run.test.y, run.train.y, task)}
     info = write_round(cfg, round_, frame, info)
     student_run = dataclasses.replace(run, round=round_, extra=extra_rows(selections),
                                       extra_sha256=info["csv_sha256"])
@@ -258,17 +246,19 @@ def ensemble_scores(cfg: ExperimentConfig, models: list[Matrices], y: np.ndarray
     (its OOF rows from fits on the other folds), without writing a submission. At argmax, like
     every other score of the report, so rounds compare on equal terms (no tuned threshold)."""
     method, r = fit_submitted(cfg, models, y, folds)
+    task = get_task(cfg.task)
     return {"method": method, "oof": r["oof_scores"],
-            "test": scores(test_y, r["test"]) if test_y is not None else None}
+            "test": task.scores(test_y, r["test"]) if test_y is not None else None}
 
 
 def round_scores(cfg: ExperimentConfig, round_: int) -> dict:
     """Scores of the students' matrices of one round (round 0: the same models before pseudo
     labelling), recomputed from oof.npy / test.npy and the labels."""
     models, train, test, _, folds = load_round_models(cfg, student_names(cfg), round_)
+    task = get_task(cfg.task)
     return {"round": round_,
-            "models": {m.name: {"oof": scores(train.y, m.oof),
-                                "test": scores(test.y, m.test) if test.y is not None else None} for m in models},
+            "models": {m.name: {"oof": task.scores(train.y, m.oof),
+                                "test": task.scores(test.y, m.test) if test.y is not None else None} for m in models},
             "ensemble": ensemble_scores(cfg, models, train.y, folds, test.y)}
 
 
@@ -279,7 +269,8 @@ def rounds_overview(cfg: ExperimentConfig, upto: int) -> list[dict]:
         entry = round_scores(cfg, r)
         if r > 0:
             frame, info = load_round(cfg, r)
-            entry.update({"rows": len(frame), "per_class": frame["label"].value_counts().sort_index().to_dict(),
+            per_class = {g: sum(fold[g] for fold in info["counts"].values()) for g in next(iter(info["counts"].values()))}
+            entry.update({"rows": len(frame), "per_class": {g: n for g, n in per_class.items() if n},
                           "per_fold": frame["fold"].value_counts().sort_index().to_dict(),
                           "label_accuracy": info.get("label_accuracy"), "teachers": info["teachers"]})
         out.append(entry)
@@ -336,7 +327,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               + f" -> {round_paths(cfg, info['round'])[0]}")
         print(counts_table(info, classes))
     print(f"\nstudents before (round 0) and after pseudo labelling, and their ensemble ({cfg.ensemble.submit}; "
-          "honest OOF; scores at argmax)")
+          "honest OOF; classes at argmax)")
     print(overview_table(rounds_overview(cfg, cfg.pseudo.rounds), cfg.metric))
     return 0
 

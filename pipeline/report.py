@@ -25,10 +25,11 @@ from .ensemble import made_from
 from .errors import PipelineError
 from .inspect import oof_correlation
 from .io import Commit, committed, read_json, read_npy, sha256_file
-from .metrics import scores
 from .pseudo_label import ensemble_label, load_round_models, overview_table, rounds_overview, student_names
 from .store import models_dir, reports_dir, round_paths
+from .plots import plot_matrix, save_figure, subplots
 from .tables import format_table
+from .tasks import Task, get as get_task
 
 log = logging.getLogger("pipeline.report")
 N_BINS = 10
@@ -50,6 +51,10 @@ class Evidence:
     method: str
     ens_oof: np.ndarray
     ens_test: np.ndarray
+
+    @property
+    def task(self) -> Task:
+        return get_task(self.cfg.task)
 
 
 def ensemble_matrix(out: Path, summary: dict, name: str, shape: tuple[int, int]) -> np.ndarray:
@@ -101,50 +106,47 @@ def gather(cfg: ExperimentConfig) -> Evidence:
 # ----------------------------------------------------------------------------- numbers
 
 
-def fold_scores(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: str) -> list[float]:
+def fold_scores(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: str, task: Task) -> list[float]:
     """`metric` of each fold's OOF rows; oof (n, C), y and folds (n,)."""
-    return [scores(y[folds == k], oof[folds == k])[metric] for k in range(int(folds.max()) + 1)]
+    return [task.scores(y[folds == k], oof[folds == k])[metric] for k in range(int(folds.max()) + 1)]
 
 
-def confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """(C, C) counts: row = true class, column = predicted class."""
-    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+def reliability(proba: np.ndarray, y: np.ndarray, task: Task, bins: int = N_BINS) -> Optional[dict]:
+    """Calibration of (n, C) probabilities, as the task defines it (binary: P(class 1) against the
+    share of class 1; more classes: the top class's probability against its accuracy; multilabel:
+    every label probability against the label); None for regression. `bins` equal-width bins.
 
-
-def reliability(proba: np.ndarray, y: np.ndarray, bins: int = N_BINS) -> dict:
-    """Calibration on (n, C) probabilities: for binary tasks P(class 1) against the share of class 1,
-    otherwise the top class's probability against its accuracy; `bins` equal-width bins.
-
-    Returns mean predicted (b,), observed (b,), count (b,) over the non-empty bins, and the
-    expected calibration error (count-weighted mean gap)."""
-    if proba.shape[1] == 2:
-        p, hit = proba[:, 1], (y == 1)
-    else:
-        p, hit = proba.max(axis=1), proba.argmax(axis=1) == y
+    Returns mean predicted (b,), observed (b,), count (b,) over the non-empty bins, the expected
+    calibration error (count-weighted mean gap) and what was calibrated."""
+    inputs = task.calibration(proba, y)
+    if inputs is None:
+        return None
+    p, hit, what = inputs
     idx = np.minimum((p * bins).astype(int), bins - 1)
     count = np.bincount(idx, minlength=bins)
     keep = count > 0
     pred = np.bincount(idx, weights=p, minlength=bins)[keep] / count[keep]
     seen = np.bincount(idx, weights=hit.astype(float), minlength=bins)[keep] / count[keep]
     ece = float(np.sum(count[keep] * np.abs(pred - seen)) / len(p))
-    return {"predicted": pred.tolist(), "observed": seen.tolist(), "count": count[keep].tolist(), "ece": ece}
+    return {"predicted": pred.tolist(), "observed": seen.tolist(), "count": count[keep].tolist(), "ece": ece,
+            "of": what}
 
 
-def test_scores(test_y: Optional[np.ndarray], proba: np.ndarray) -> Optional[dict]:
-    return scores(test_y, proba) if test_y is not None else None
+def test_scores(task: Task, test_y: Optional[np.ndarray], proba: np.ndarray) -> Optional[dict]:
+    return task.scores(test_y, proba) if test_y is not None else None
 
 
 def numbers(ev: Evidence) -> dict:
     """Every number the page shows, recomputed from the matrices and the labels."""
-    metric, C = ev.cfg.metric, len(ev.classes)
-    models = {m.name: {"kind": m.manifest.get("kind", "-"), "oof": scores(ev.y, m.oof), "test": test_scores(ev.test_y, m.test),
-                       "folds": fold_scores(m.oof, ev.y, ev.folds, metric), "calibration": reliability(m.oof, ev.y)}
-              for m in ev.models}
-    ens = {"method": ev.method, "oof": scores(ev.y, ev.ens_oof), "test": test_scores(ev.test_y, ev.ens_test),
-           "folds": fold_scores(ev.ens_oof, ev.y, ev.folds, metric),
-           "confusion": confusion(ev.y, ev.ens_oof.argmax(axis=1), C).tolist(),
-           "calibration": reliability(ev.ens_oof, ev.y)}
-    return {"experiment": ev.cfg.experiment, "metric": metric, "round": ev.cfg.ensemble.round,
+    metric, task = ev.cfg.metric, ev.task
+
+    def entry(oof: np.ndarray, test: np.ndarray) -> dict:
+        return {"oof": task.scores(ev.y, oof), "test": test_scores(task, ev.test_y, test),
+                "folds": fold_scores(oof, ev.y, ev.folds, metric, task), "calibration": reliability(oof, ev.y, task)}
+
+    models = {m.name: {"kind": m.manifest.get("kind", "-"), **entry(m.oof, m.test)} for m in ev.models}
+    ens = {"method": ev.method, **entry(ev.ens_oof, ev.ens_test), **task.diagnostics(ev.y, ev.ens_oof, ev.classes)}
+    return {"experiment": ev.cfg.experiment, "metric": metric, "task": task.name, "columns": task.outputs, "round": ev.cfg.ensemble.round,
             "classes": ev.classes, "n_train": len(ev.y), "n_test": len(ev.ens_test),
             "n_splits": int(ev.folds.max()) + 1, "models": models, "ensemble": ens,
             "correlation": oof_correlation(ev.models).tolist()}
@@ -164,19 +166,6 @@ def finished_rounds(cfg: ExperimentConfig) -> int:
 # ----------------------------------------------------------------------------- plots
 
 
-def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (5, 3.5)):
-    """(figure, axes) drawn by Agg without pyplot: no process-wide backend or figure registry is
-    touched, so a stage or test that runs after the report sees matplotlib as it was."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(nrows, ncols)
-
-
-def save_figure(fig, path: Path, commit: Commit) -> Path:
-    return commit.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-
-
 def plot_fold_scores(commit: Commit, path: Path, names: list[str], table: np.ndarray, metric: str) -> Path:
     """Grouped bars: table (M, K) `metric` of each model (M) on each fold (K)."""
     M, K = table.shape
@@ -193,22 +182,7 @@ def plot_fold_scores(commit: Commit, path: Path, names: list[str], table: np.nda
     return save_figure(fig, path, commit)
 
 
-def plot_matrix(commit: Commit, path: Path, values: np.ndarray, xlabels: list[str], ylabels: list[str], title: str,
-                fmt: str, cmap: str, vmin=None, vmax=None, xlabel: str = "", ylabel: str = "") -> Path:
-    """A heatmap (rows x columns) with every cell's value written in it."""
-    fig, ax = subplots(figsize=(1.0 + 0.9 * len(xlabels) + 1.5, 1.0 + 0.7 * len(ylabels)))
-    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax)
-    ax.set_xticks(np.arange(len(xlabels)), xlabels, rotation=30, ha="right")
-    ax.set_yticks(np.arange(len(ylabels)), ylabels)
-    mid = (np.nanmax(values) + np.nanmin(values)) / 2
-    for (i, j), v in np.ndenumerate(values):
-        ax.text(j, i, format(v, fmt), ha="center", va="center", color="white" if v > mid else "black", fontsize=8)
-    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title)
-    fig.colorbar(im, ax=ax)
-    return save_figure(fig, path, commit)
-
-
-def plot_reliability(commit: Commit, path: Path, curves: dict[str, dict], binary: bool) -> Path:
+def plot_reliability(commit: Commit, path: Path, curves: dict[str, dict]) -> Path:
     """Calibration curves: curves[name] = reliability(...) of that model or ensemble."""
     fig, ax = subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
@@ -216,8 +190,9 @@ def plot_reliability(commit: Commit, path: Path, curves: dict[str, dict], binary
         bold = name.startswith("[")
         ax.plot(c["predicted"], c["observed"], marker="o", markersize=3, linewidth=2.5 if bold else 1,
                 label=f"{name} (ECE {c['ece']:.3f})")
-    ax.set_xlabel("mean P(class 1)" if binary else "mean top-class probability")
-    ax.set_ylabel("share of class 1" if binary else "accuracy")
+    what = next(iter(curves.values()))["of"]   # class 1, top class or label (Task.calibration)
+    ax.set_xlabel(f"mean P({what})")
+    ax.set_ylabel("accuracy" if what == "top class" else f"share of {what} positives")
     ax.set_xlim(-0.02, 1.02), ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title("calibration on OOF")
@@ -252,19 +227,15 @@ def md_table(head: list[str], rows: list[list]) -> str:
     return format_table(head, rows, markdown=True)
 
 
-def models_section(nums: dict) -> str:
+def models_section(nums: dict, task: Task) -> str:
     has_test = nums["ensemble"]["test"] is not None
-    head = ["model", "kind", "oof accuracy", "oof f1", "oof logloss"] + (["test accuracy", "test f1"] if has_test else [])
-    rows = []
-    for name, m in nums["models"].items():
-        rows.append([name, m["kind"], m["oof"]["accuracy"], m["oof"]["f1"], m["oof"]["logloss"]]
-                    + ([m["test"]["accuracy"], m["test"]["f1"]] if has_test else []))
-    e = nums["ensemble"]
-    rows.append([f"[{e['method']}]", "ensemble", e["oof"]["accuracy"], e["oof"]["f1"], e["oof"]["logloss"]]
-                + ([e["test"]["accuracy"], e["test"]["f1"]] if has_test else []))
-    note = ("Scores of the probability matrices at argmax (f1: binary F1 of the second class, macro-F1 "
-            "for more classes)." + (" Test scores use the labelled test file; no model was fitted on them."
-                                    if has_test else ""))
+    keys, test_keys = list(task.table_keys), list(task.table_keys[:2]) if has_test else []
+    head = ["model", "kind"] + [f"oof {k}" for k in keys] + [f"test {k}" for k in test_keys]
+    entries = [(name, m["kind"], m) for name, m in nums["models"].items()]
+    entries.append((f"[{nums['ensemble']['method']}]", "ensemble", nums["ensemble"]))
+    rows = [[name, kind] + [m["oof"][k] for k in keys] + [m["test"][k] for k in test_keys] for name, kind, m in entries]
+    note = task.score_note + (" Test scores use the labelled test file; no model was fitted on them."
+                              if has_test else "")
     return "## Models\n\n" + note + "\n\n" + md_table(head, rows)
 
 
@@ -281,22 +252,15 @@ def folds_section(nums: dict) -> str:
 def correlation_section(nums: dict) -> str:
     names = list(nums["models"])
     rows = [[n, *map(float, r)] for n, r in zip(names, nums["correlation"])]
-    return ("## OOF correlation\n\nPearson correlation of the models' OOF probabilities (class 1 for binary "
-            "tasks, the whole matrix otherwise): low correlation is what an ensemble gains from.\n\n"
+    return ("## OOF correlation\n\nPearson correlation of the models' OOF predictions (the probability of class 1 "
+            "for binary tasks, the whole matrix otherwise): low correlation is what an ensemble gains from.\n\n"
             + md_table(["corr"] + names, rows) + "\n\n![OOF correlation](correlation.png)")
-
-
-def ensemble_section(nums: dict) -> str:
-    e, classes = nums["ensemble"], nums["classes"]
-    rows = [[f"true {c}", *e["confusion"][i]] for i, c in enumerate(classes)]
-    return (f"## Ensemble: {e['method']}\n\nConfusion matrix of the ensemble's honest OOF probabilities "
-            "(ensembles/" + e["method"] + "/oof.npy) at argmax against the train labels; the submission may use "
-            "a tuned threshold (see the ensemble stage's summary.json).\n\n"
-            + md_table(["", *[f"pred {c}" for c in classes]], rows) + "\n\n![confusion matrix](confusion.png)")
 
 
 def calibration_section(nums: dict) -> str:
     entries = {**nums["models"], f"[{nums['ensemble']['method']}]": nums["ensemble"]}
+    if any(m["calibration"] is None for m in entries.values()):
+        return "## Calibration\n\nNot applicable: the predictions are values, not probabilities."
     rows = [[n, m["calibration"]["ece"], m["oof"]["logloss"]] for n, m in entries.items()]
     return (f"## Calibration\n\nOn the OOF rows, {N_BINS} equal-width bins; ECE is the count-weighted mean gap "
             "between predicted and observed.\n\n" + md_table(["model", "ECE", "oof logloss"], rows)
@@ -326,29 +290,29 @@ def pseudo_section(cfg: ExperimentConfig, overview: Optional[list[dict]]) -> str
 def header(nums: dict, cfg: ExperimentConfig) -> str:
     where = models_dir(cfg, nums["round"])
     return (f"# Report: {nums['experiment']}\n\n"
-            f"- metric: {nums['metric']}\n- rows: {nums['n_train']} train, {nums['n_test']} test; classes: "
-            f"{', '.join(nums['classes'])}\n- folds: {nums['n_splits']}\n- models: {', '.join(nums['models'])} "
+            f"- task: {nums['task']}; metric: {nums['metric']}\n- rows: {nums['n_train']} train, {nums['n_test']} test; "
+            f"{nums['columns']}: {', '.join(nums['classes'])}\n- folds: {nums['n_splits']}\n- models: {', '.join(nums['models'])} "
             f"(round {nums['round']}, {where})\n- ensemble: {nums['ensemble']['method']}")
 
 
 def render(cfg: ExperimentConfig, nums: dict, overview: Optional[list[dict]]) -> str:
-    parts = [header(nums, cfg), models_section(nums), folds_section(nums), correlation_section(nums),
-             ensemble_section(nums), calibration_section(nums), pseudo_section(cfg, overview)]
+    task, e = get_task(cfg.task), nums["ensemble"]
+    parts = [header(nums, cfg), models_section(nums, task), folds_section(nums), correlation_section(nums),
+             task.diagnostics_section(e, e["method"], nums["classes"]), calibration_section(nums),
+             pseudo_section(cfg, overview)]
     return "\n\n".join(parts) + "\n"
 
 
-def draw(commit: Commit, out: Path, nums: dict, overview: Optional[list[dict]]) -> list[Path]:
+def draw(commit: Commit, out: Path, nums: dict, overview: Optional[list[dict]], ev: Evidence) -> list[Path]:
     names = list(nums["models"]) + [f"[{nums['ensemble']['method']}]"]
     entries = list(nums["models"].values()) + [nums["ensemble"]]
-    classes = nums["classes"]
     paths = [plot_fold_scores(commit, out / "fold_scores.png", names, np.array([e["folds"] for e in entries]), nums["metric"]),
              plot_matrix(commit, out / "correlation.png", np.array(nums["correlation"]), names[:-1], names[:-1],
-                         "OOF correlation", ".2f", "viridis", vmin=-1, vmax=1),
-             plot_matrix(commit, out / "confusion.png", np.array(nums["ensemble"]["confusion"]), classes, classes,
-                         f"{nums['ensemble']['method']}: OOF confusion", "d", "Blues",
-                         xlabel="predicted", ylabel="true"),
-             plot_reliability(commit, out / "reliability.png", {n: e["calibration"] for n, e in zip(names, entries)},
-                              len(classes) == 2)]
+                         "OOF correlation", ".2f", "viridis", vmin=-1, vmax=1)]
+    paths += ev.task.draw_diagnostics(commit, out, nums["ensemble"], ev.method, ev.classes, ev.y, ev.ens_oof)
+    curves = {n: e["calibration"] for n, e in zip(names, entries)}
+    if all(c is not None for c in curves.values()):
+        paths.append(plot_reliability(commit, out / "reliability.png", curves))
     if overview is not None:
         paths.append(plot_rounds(commit, out / "pseudo_rounds.png", overview, nums["metric"]))
     return paths
@@ -356,12 +320,13 @@ def draw(commit: Commit, out: Path, nums: dict, overview: Optional[list[dict]]) 
 
 def run_report(cfg: ExperimentConfig) -> Path:
     """Write the page, its numbers and its plots; return the page's path."""
-    nums = numbers(gather(cfg))
+    ev = gather(cfg)
+    nums = numbers(ev)
     done = finished_rounds(cfg) if cfg.pseudo.enabled else 0
     overview = rounds_overview(cfg, done) if done else None
     out = reports_dir(cfg)
     with committed() as c:  # plots, numbers, config.yaml and the page: together or not at all
-        draw(c, out, nums, overview)
+        draw(c, out, nums, overview, ev)
         c.write_json(out / "report.json", {**nums, "pseudo_rounds": overview})
         cli.save_resolved(cfg, out, c)
         page = c.write_text(out / "report.md", render(cfg, nums, overview))

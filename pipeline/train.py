@@ -24,11 +24,11 @@ from .data import Split, Table, whole
 from .errors import PipelineError
 from .folds import load_folds
 from .io import read_json, sha256_strings, write_bytes
-from .metrics import score, scores
 from .models import registry
 from .models.base import FitContext
 from .preprocess import load_prepared
 from .store import models_dir
+from .tasks import Task, get as get_task
 
 log = logging.getLogger("pipeline.train")
 
@@ -43,7 +43,7 @@ class Run:
     cfg: ExperimentConfig
     train: Table
     test: Table
-    classes: list[str]
+    classes: list[str]                    # names of the output columns (classes, target, labels)
     folds: np.ndarray                     # (n_train,) fold of each row
     folds_info: dict
     prepared_meta: dict
@@ -55,6 +55,10 @@ class Run:
     @property
     def n_splits(self) -> int:
         return int(self.folds.max()) + 1
+
+    @property
+    def task(self) -> Task:
+        return get_task(self.cfg.task)
 
 
 def open_run(cfg: ExperimentConfig) -> Run:
@@ -76,7 +80,7 @@ def fold_splits(run: Run, k: int) -> tuple[Split, Split]:
     train = Split([(run.train, tr)], run.train.y[tr], name=f"fold{k}-train")
     rows, labels = (run.extra or {}).get(k, (None, None))
     if rows is not None and len(rows):
-        train = Split(train.parts + [(run.test, rows)], np.concatenate([train.y, labels.astype(np.int64)]),
+        train = Split(train.parts + [(run.test, rows)], np.concatenate([train.y, labels.astype(train.y.dtype)]),
                       name=train.name)
     return train, Split([(run.train, va)], run.train.y[va], name=f"fold{k}-valid")
 
@@ -95,10 +99,10 @@ def fit_fold(run: Run, m: ModelConfig, k: int, out: Path,
 
     threads: the job's CPU share on a cluster (torch and LightGBM threads); None keeps the params'."""
     tr, va = fold_splits(run, k)
-    n_classes = len(run.classes)
+    n_classes, task = len(run.classes), run.task
     ctx = FitContext(n_classes=n_classes, seed=int(m.seed) + k, fold=k, out_dir=out,
-                     score=lambda y, p: score(run.cfg.metric, y, p), cache=run.cache,
-                     label=f"{m.name} fold {k + 1}/{run.n_splits}")
+                     score=lambda y, p: task.score(run.cfg.metric, y, p), cache=run.cache,
+                     label=f"{m.name} fold {k + 1}/{run.n_splits}", task=task)
     model = registry.kind(m.kind).build(with_threads(model_params(m), threads), n_classes, m.view)
     start = time.perf_counter()
     model.fit(tr, va, ctx)
@@ -107,7 +111,7 @@ def fit_fold(run: Run, m: ModelConfig, k: int, out: Path,
     test_pred = check_proba(model.predict_proba(whole(run.test)), len(run.test), n_classes, f"{m.name} fold {k}")
     saved = model.save(out) or []
     record = {"fold": k, "n_train": len(tr), "n_valid": len(va), "fit_seconds": round(fit_s, 3),
-              "seconds": round(time.perf_counter() - start, 3), "scores": scores(va.y, val_pred),
+              "seconds": round(time.perf_counter() - start, 3), "scores": task.scores(va.y, val_pred),
               "info": getattr(model, "info_", {}), "extra_files": [Path(p).name for p in saved]}
     return val_pred, test_pred, record
 
@@ -161,7 +165,7 @@ def commit_fold(run: Run, job: Job, result: JobResult) -> None:
     for name, data in result.files.items():
         write_bytes(out / name, data)
     save_fold(out, result.val_pred, result.test_pred, {**result.record, "fingerprint": job.fingerprint})
-    _log_fold(job.model.name, job.fold, run.n_splits, result.record, run.cfg.metric)
+    _log_fold(job.model.name, job.fold, run.n_splits, result.record, run.task.table(run.cfg.metric))
 
 
 # Expected seconds per fold by kind, for ordering jobs longest first before any fold was timed.
@@ -247,7 +251,7 @@ def assemble(run: Run, m: ModelConfig) -> dict:
         raise AssertionError(f"{m.name}: OOF rows predicted {sorted(set(count.tolist()))} times, expected once")
     manifest = build_manifest(run, m, fp, oof, records)
     manifest = write_model(model_dir, oof, test_folds, manifest, cli.resolved_yaml(run.cfg))
-    _log_model(m.name, manifest, run.cfg.metric)
+    _log_model(m.name, manifest, run.task.table(run.cfg.metric))
     return manifest
 
 
@@ -255,6 +259,7 @@ def build_manifest(run: Run, m: ModelConfig, fp: str, oof: np.ndarray, records: 
     return {
         "model": m.name, "kind": m.kind, "config": model_identity(m), "config_sha256": fp, "round": run.round,
         "experiment": run.cfg.experiment, "metric": run.cfg.metric,
+        "task": run.task.name, "columns": run.task.outputs,
         "classes": run.classes, "n_classes": len(run.classes), "n_train": len(run.train),
         "n_test": len(run.test), "n_splits": run.n_splits,
         "train_ids_sha256": run.folds_info["ids_sha256"], "labels_sha256": run.folds_info["labels_sha256"],
@@ -262,7 +267,7 @@ def build_manifest(run: Run, m: ModelConfig, fp: str, oof: np.ndarray, records: 
         "pseudo_labels_sha256": run.extra_sha256,
         "prepared_train_sha256": run.prepared_meta["train_sha256"],
         "prepared_test_sha256": run.prepared_meta["test_sha256"],
-        "fold_scores": [r["scores"] for r in records], "oof_scores": scores(run.train.y, oof),
+        "fold_scores": [r["scores"] for r in records], "oof_scores": run.task.scores(run.train.y, oof),
         "timings": {"fold_seconds": [r["seconds"] for r in records],
                     "total_seconds": round(sum(r["seconds"] for r in records), 3)},
         "fold_info": [r.get("info", {}) for r in records],
@@ -281,21 +286,21 @@ def _up_to_date(model_dir: Path, fp: str) -> bool:
     return manifest.get("config_sha256") == fp and artifacts.folds_intact(model_dir, manifest, fp)
 
 
-def _log_fold(name: str, k: int, K: int, rec: dict, metric: str) -> None:
+def _log_fold(name: str, k: int, K: int, rec: dict, keys: list[str]) -> None:
     s = rec["scores"]
     extra = "".join(f" {key} {v}" for key, v in rec.get("info", {}).items() if key in ("best_epoch", "samples_per_s"))
     node = f" on {rec['node']}" if rec.get("resources") else ""  # named where a cluster ran it
-    log.info("%s fold %d/%d: %s (%.1fs%s)%s", name, k + 1, K, _fmt_scores(s, metric), rec["seconds"], node, extra)
+    log.info("%s fold %d/%d: %s (%.1fs%s)%s", name, k + 1, K, _fmt_scores(s, keys), rec["seconds"], node, extra)
 
 
-def _log_model(name: str, manifest: dict, metric: str) -> None:
+def _log_model(name: str, manifest: dict, keys: list[str]) -> None:
     s = manifest["oof_scores"]
-    log.info("%s OOF: %s", name, _fmt_scores(s, metric))
+    log.info("%s OOF: %s", name, _fmt_scores(s, keys))
 
 
-def _fmt_scores(s: dict, metric: str) -> str:
-    keys = [metric] + [k for k in ("accuracy", "f1", "logloss") if k != metric]
-    return ", ".join(f"{k} {s[k]:.4f}" for k in keys)
+def _fmt_scores(s: dict, keys: list[str]) -> str:
+    """keys: the task's table keys (Task.table: the metric is among them)."""
+    return ", ".join(f"{k} {s[k]:.4f}" for k in keys if k in s)
 
 
 def select_models(cfg: ExperimentConfig, names: Optional[str]) -> list[ModelConfig]:

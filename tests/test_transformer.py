@@ -523,7 +523,7 @@ def test_vocabulary_larger_than_the_embeddings(bert_dir, tmp_path):
 
 
 def test_nan_loss_stops_the_fold_with_one_line(bert_dir, monkeypatch):
-    monkeypatch.setattr(transformer, "batch_loss", lambda logits, y, w: logits.sum() * math.nan)
+    monkeypatch.setattr(transformer, "batch_loss", lambda logits, y, w, *task: logits.sum() * math.nan)
     with pytest.raises(PipelineError, match=r"^test fold 1/2 epoch 1 step 1: training loss is nan") as e:
         fit(params(bert_dir), make_table("train", pair=False))
     assert "\n" not in str(e.value)

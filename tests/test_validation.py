@@ -81,8 +81,8 @@ def test_issue_cases_one_line(exp, capsys, override, message):
 # Every range of every kind: (kind, params, the message after "models.m.params.").
 BAD_PARAMS = [
     ("tfidf_lr", {"C": 0}, "C=0.0 must be positive"),
-    ("tfidf_lr", {"C": float("nan")}, "C=nan must be positive"),
-    ("tfidf_lr", {"C": float("inf")}, "C=inf must be positive"),
+    ("tfidf_lr", {"C": float("nan")}, "C must be a finite number, got nan"),
+    ("tfidf_lr", {"C": float("inf")}, "C must be a finite number, got inf"),
     ("tfidf_lr", {"max_iter": 0}, "max_iter=0 must be at least 1"),
     ("tfidf_lr", {"word_ngrams": [0, 2]}, "word_ngrams=[0, 2] must be [min, max]"),
     ("tfidf_lr", {"word_ngrams": [1, 2, 3]}, "word_ngrams=[1, 2, 3] must be [min, max]"),

@@ -16,7 +16,8 @@ class FitContext:
 
     cache: shared by every fold and model of one process (e.g. token ids per text view), so
     work that does not depend on the fold is done once. score(y, proba) -> the experiment metric,
-    higher is better (log loss is negated), for early stopping.
+    higher is better (log loss is negated), for early stopping. n_classes: the task's number of
+    outputs (classes, 1 for regression, labels).
     """
     n_classes: int
     seed: int
@@ -26,6 +27,7 @@ class FitContext:
     cache: dict = field(default_factory=dict)
     progress: bool = True
     label: str = ""
+    task: Any = None   # pipeline.tasks.Task: loss, activation, estimators; None: classification
 
 
 class Model(Protocol):
@@ -35,7 +37,8 @@ class Model(Protocol):
         """Learn from `train`; `valid` is the fold's held-out rows, for early stopping only."""
 
     def predict_proba(self, split: Split) -> np.ndarray:
-        """(len(split), n_classes) float probabilities, rows summing to 1."""
+        """(len(split), n_outputs) float predictions: class probabilities (rows summing to 1),
+        predicted values or label probabilities, as the fit's task says."""
 
     def save(self, directory: Path) -> list[Path]:
         """Write the fitted model in a format that runs no code on load; return the files."""

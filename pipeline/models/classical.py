@@ -11,14 +11,13 @@ from typing import Optional
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression
-
+from .. import tasks
 from ..data import Split
 from ..errors import PipelineError
 from ..features import TfidfBlock, pair_row, tfidf_cosines, tfidf_design
 from ..io import write_json, write_npy, write_text
 from .base import FitContext
-from .params import LGBMParams, PairLGBMParams, TfidfLGBMParams, TfidfLRParams
+from .params import PairLGBMParams, TfidfLGBMParams, TfidfLRParams
 
 
 class _Classical:
@@ -33,6 +32,7 @@ class _Classical:
 
     def fit(self, train: Split, valid: Split, ctx: FitContext) -> "_Classical":
         self.cache_ = ctx.cache
+        self.task_ = ctx.task or tasks.CLASSIFICATION
         # "lr fold 1/3 (tfidf_lr, view 'lower')": what a one-line error about this fit starts with
         self.label_ = f"{ctx.label} ({self.kind}, view {self.view!r})" if ctx.label else self.label_
         X = self._design(train, fit=True)
@@ -41,22 +41,21 @@ class _Classical:
         return self
 
     def predict_proba(self, split: Split) -> np.ndarray:
-        """(n, n_classes) probabilities; columns follow class index even if a class was unseen."""
-        p = self.estimator_.predict_proba(self._design(split, fit=False))
-        out = np.zeros((len(split), self.n_classes), dtype=np.float64)
-        out[:, np.asarray(self.estimator_.classes_, dtype=np.int64)] = p
-        return out
+        """(n, n_outputs) predictions of the task (classification: columns follow class index even
+        if a class was unseen)."""
+        return self.task_.predict(self.estimator_, self._design(split, fit=False), self.n_classes)
 
     def _design(self, split: Split, fit: bool):
         raise NotImplementedError
 
     def _estimator(self, seed: int):
-        raise NotImplementedError
+        """The task's linear model (logistic, ridge, one-vs-rest logistic); boosters override."""
+        return self.task_.linear(self.params, seed)
 
     def _save_lr(self, directory: Path) -> list[Path]:
         d = Path(directory)
-        return [write_npy(d / "lr_coef.npy", self.estimator_.coef_),
-                write_npy(d / "lr_intercept.npy", self.estimator_.intercept_)]
+        return [write_npy(d / "lr_coef.npy", np.asarray(self.estimator_.coef_)),
+                write_npy(d / "lr_intercept.npy", np.atleast_1d(self.estimator_.intercept_))]
 
     def _save_tfidf(self, directory: Path) -> list[Path]:
         """Vocabularies and idf weights as JSON (no pickles), one entry per analyzer that is on."""
@@ -76,42 +75,30 @@ class TfidfLR(_Classical):
             self.block_ = TfidfBlock(self.params, self.label_).fit(a + (b or []))
         return tfidf_design(self.block_, a, b)
 
-    def _estimator(self, seed: int) -> LogisticRegression:
-        return logistic(self.params, seed)
-
     def save(self, directory: Path) -> list[Path]:
         return self._save_tfidf(directory) + self._save_lr(directory)
 
 
-def logistic(p, seed: int) -> LogisticRegression:
-    """p: any params with C, max_iter and class_weight."""
-    return LogisticRegression(C=p.C, max_iter=p.max_iter, class_weight=p.class_weight, random_state=seed)
-
-
-def lgbm(p: LGBMParams, seed: int):
-    import lightgbm
-
-    # deterministic + fixed threads: the same seed gives byte-identical matrices.
-    return lightgbm.LGBMClassifier(
-        n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
-        min_child_samples=p.min_child_samples, subsample=p.subsample, subsample_freq=1,
-        colsample_bytree=p.colsample_bytree, reg_lambda=p.reg_lambda, n_jobs=p.n_jobs,
-        random_state=seed, deterministic=True, force_row_wise=True, verbose=-1)
-
-
 class _Booster(_Classical):
     def _estimator(self, seed: int):
-        return lgbm(self.params, seed)
+        return self.task_.booster(self.params, seed)
 
-    def _booster_file(self, directory: Path) -> Path:
-        return write_text(Path(directory) / "booster.txt", self.estimator_.booster_.model_to_string())
+    def _booster_file(self, directory: Path) -> list[Path]:
+        """booster.txt (LightGBM's text format); multilabel: booster_<j>.txt per label that was
+        not constant in the fold."""
+        many = getattr(self.estimator_, "estimators_", None)
+        if many is None:
+            return [write_text(Path(directory) / "booster.txt", self.estimator_.booster_.model_to_string())]
+        return [write_text(Path(directory) / f"booster_{j}.txt", est.booster_.model_to_string())
+                for j, est in enumerate(many) if est is not None]
 
     def _hand_features(self, split: Split) -> np.ndarray:
-        """(n, F) surface pair features, always from the raw view (the named-token features need
-        its case); they do not depend on the fold, so each table's are cached."""
-        a_view = "raw"
+        """(n, F) surface pair features from the raw view (the named-token features need its case),
+        or from the lower view where only it has words (segmented Chinese); they do not depend on
+        the fold, so each table's are cached."""
         parts = []
         for table, rows in split.parts:
+            a_view = "lower" if table.segmented else "raw"
             key = ("pair_rows", table.name, id(table), a_view)
             if key not in self.cache_:
                 a, b = table.views[a_view]
@@ -135,7 +122,7 @@ class TfidfLGBM(_Booster):
         return X.astype(np.float32)
 
     def save(self, directory: Path) -> list[Path]:
-        return self._save_tfidf(directory) + [self._booster_file(directory)]
+        return self._save_tfidf(directory) + self._booster_file(directory)
 
 
 class PairLGBM(_Booster):
@@ -158,4 +145,4 @@ class PairLGBM(_Booster):
         return np.hstack(parts)
 
     def save(self, directory: Path) -> list[Path]:
-        return [self._booster_file(directory)]
+        return self._booster_file(directory)

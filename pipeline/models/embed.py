@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from ..data import Split, Table
-from .classical import _Classical, logistic
+from .classical import _Classical
 from .params import EmbedLRParams, TransformerParams
 
 
@@ -98,9 +97,6 @@ class EmbedLR(_Classical):
         if b is None:
             return a
         return np.hstack([a * b, np.abs(a - b), pair_cosine(a, b)])
-
-    def _estimator(self, seed: int) -> LogisticRegression:
-        return logistic(self.params, seed)
 
     def save(self, directory: Path) -> list[Path]:
         return self._save_lr(directory)

@@ -33,6 +33,7 @@ from ..artifacts import safe_load_safetensors
 from ..data import Split
 from ..errors import PipelineError
 from ..io import read_json, write_json, write_with
+from ..tasks import CLASSIFICATION, Task, get as get_task
 from .base import FitContext
 from .dropout import fast_attention_dropout, swap_dropout
 from .heads import Classifier, Head, apply_freezing
@@ -256,10 +257,11 @@ def seeded(seed: int):
 # ----------------------------------------------------------------------------- training pieces
 
 
-def batch_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """logits (B, C) float32, y (B,) int64, w (B,) float32 -> the weighted SUM of cross-entropies;
-    the caller divides by the effective batch's weight, so accumulation equals one big batch."""
-    return (nn.functional.cross_entropy(logits, y, reduction="none") * w).sum()
+def batch_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, task: Task = CLASSIFICATION) -> torch.Tensor:
+    """logits (B, n_outputs) float32, y the task's targets (B,) or (B, L), w (B,) float32 -> the
+    weighted SUM of the task's loss (cross-entropy, squared error, binary cross-entropy); the
+    caller divides by the effective batch's weight, so accumulation equals one big batch."""
+    return task.loss(logits, y, w)
 
 
 @dataclass
@@ -302,6 +304,8 @@ class TransformerModel:
         self.n_classes = n_classes
         self.view = view
         self.info_: dict = {}
+        self.task_: Task = CLASSIFICATION
+        self.target_stats_: tuple[float, float] = (0.0, 1.0)   # Task.target_stats of the training rows
         self.tokenizer_ = None
         self.module_: Optional[Classifier] = None
         self._cache: dict = {}
@@ -342,6 +346,7 @@ class TransformerModel:
         p = self.params
         self.device_ = default_device()
         self.precision_ = resolve_precision(p.precision, self.device_)
+        self.task_ = ctx.task or CLASSIFICATION
         self.tokenizer_, self.module_, self._source = load_backbone(p, self.n_classes)
         if self._fast_dropout:
             swap_dropout(self.module_)
@@ -361,10 +366,10 @@ class TransformerModel:
         return fast_attention_dropout(self.module_.backbone) if self._fast_dropout else contextlib.nullcontext()
 
     def _targets(self, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n,) int64 labels and (n,) float32 sample weights (1 where none are given)."""
-        y = np.asarray(train.y, dtype=np.int64)
-        if len(y) and (y.min() < 0 or y.max() >= self.n_classes):
-            raise PipelineError(f"transformer: labels must be in 0..{self.n_classes - 1}, got {y.min()}..{y.max()}")
+        """The task's targets ((n,) int64 classes, (n,) float32 values or (n, L) float32 0/1) and (n,)
+        float32 sample weights (1 where none are given)."""
+        self.target_stats_ = self.task_.target_stats(train.y)
+        y = self.task_.targets(train.y, self.n_classes, self.target_stats_)
         w = np.ones(len(y), np.float32) if train.sample_weight is None else np.asarray(train.sample_weight, np.float32)
         return torch.from_numpy(y), torch.from_numpy(w)
 
@@ -432,7 +437,7 @@ class TransformerModel:
             rows_t = torch.from_numpy(rows)
             with autocast(self.precision_, self.device_):
                 logits = self.module_(**batch)
-            loss = batch_loss(logits.float(), y[rows_t].to(self.device_), w[rows_t].to(self.device_))
+            loss = batch_loss(logits.float(), y[rows_t].to(self.device_), w[rows_t].to(self.device_), self.task_)
             value = loss.item()
             if not math.isfinite(value):
                 raise PipelineError(f"{where}: training loss is {value}; this fold was stopped "
@@ -455,7 +460,7 @@ class TransformerModel:
     # -- predict
 
     def predict_proba(self, split: Split) -> np.ndarray:
-        """(len(split), n_classes) float32 probabilities, rows in the split's order.
+        """(len(split), n_outputs) float32 predictions of the task, rows in the split's order.
 
         Rows run sorted by length (little padding) in batches of predict_batch_size, and are put
         back in the split's order. With swap_tta on pairs: the mean over both orders (a, b), (b, a).
@@ -475,7 +480,7 @@ class TransformerModel:
         with torch.inference_mode(), autocast(precision, self.device_):
             for rows in predict_batches(enc.lengths, self.params.predict_batch_size):
                 logits = module(**self._batch(enc, rows)).float()
-                out[rows] = torch.softmax(logits, dim=-1).cpu().numpy()
+                out[rows] = self.task_.activate(logits, self.target_stats_).cpu().numpy()
         return out
 
     def _inference_module(self) -> tuple[nn.Module, str]:
@@ -512,7 +517,9 @@ class TransformerModel:
         return written
 
     def _head_config(self) -> dict:
-        return {"format": "pipeline-transformer/1", "n_classes": self.n_classes, "view": self.view,
+        return {"format": "pipeline-transformer/1", "n_classes": self.n_classes, "task": self.task_.name,
+                "target_stats": list(self.target_stats_),
+                "view": self.view,
                 "precision": self.precision_, "params": asdict(self.params),
                 "hidden_size": self.module_.backbone.config.hidden_size,
                 "use_token_types": self.module_.use_token_types}
@@ -553,6 +560,8 @@ def load_checkpoint(directory: Path, device: Optional[torch.device] = None) -> T
     except RuntimeError as e:
         raise PipelineError(f"{directory / WEIGHTS}: does not match {HEAD_CONFIG}: {_first_line(e)}") from None
     model = TransformerModel(params, head["n_classes"], head["view"])
+    model.task_ = get_task(head.get("task"))  # a checkpoint from before task types: classification
+    model.target_stats_ = tuple(head.get("target_stats", (0.0, 1.0)))
     model.device_ = device or default_device()
     model.precision_ = head["precision"] if model.device_.type == "cuda" or head["precision"] != "fp16" else "fp32"
     model.tokenizer_, model.module_, model._source = tokenizer, module.to(model.device_), name
