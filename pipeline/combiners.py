@@ -169,3 +169,5 @@ class BestSingle:
 
     def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
         return mats[self.index_]
+
+

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
 
-from . import store
 from .errors import InvalidValue, PipelineError, excerpt
 from .yamlio import load_yaml, load_yaml_value, read_config_text
 
@@ -384,6 +383,7 @@ def config_source(cfg: ExperimentConfig) -> str:
 
 
 def _validate(cfg: ExperimentConfig) -> None:
+    from . import store  # the names become paths; store knows which are allowed
     from .models import registry  # the registry knows each kind's params class
     from .tasks import get as get_task
 

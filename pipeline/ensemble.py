@@ -12,140 +12,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
 from . import cli
-from .artifacts import Matrices, check_agree, fingerprint_parts, load_model, mixed_versions, stale_reason
-from .combiners import Blender, Stacker, Voter  # noqa: F401  (the estimators, importable from here)
-from .config import ExperimentConfig, config_hash, config_source, model_identity, to_dict
+from .ensembling import choose_submit, combine, made_from
+from .config import ExperimentConfig
 from .errors import PipelineError
-from .folds import load_folds
-from .io import Commit, committed, read_json, sha256_strings
-from .metrics import signed
-from .preprocess import load_prepared
+from .io import Commit, committed
 from .readers import read_table
-from .store import folds_paths, input_files, models_dir, round_paths, submission_path
+from .store import checked_models, input_files, models_dir, submission_path
 from .tables import format_table
-from .tasks import Task, get as get_task
+from .tasks import get as get_task
 
 log = logging.getLogger("pipeline.ensemble")
-
-
-def make_method(name: str, cfg: ExperimentConfig) -> Callable[[], object]:
-    """A factory of the estimator that method `name` means for the config's task."""
-    return get_task(cfg.task).method(name, cfg.ensemble.stack_c, cfg.seed, cfg.metric)
-
-
-def honest_oof(factory: Callable[[], object], oofs: list[np.ndarray], y: np.ndarray,
-               folds: np.ndarray) -> np.ndarray:
-    """(n, C) OOF predictions of the ensemble itself: fold k's rows from a fit on the other folds."""
-    out = np.zeros_like(oofs[0], dtype=np.float64)
-    for k in np.unique(folds):
-        tr, va = folds != k, folds == k
-        est = factory().fit([m[tr] for m in oofs], y[tr])
-        out[va] = est.predict_proba([m[va] for m in oofs])
-    return out
-
-
-def honest_decisions(task: Task, metric: str, y: np.ndarray, pred: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Decisions ((n,) classes or values, (n, L) labels) where fold k's threshold or cut-points
-    were tuned on the other folds only."""
-    parts = {}
-    for k in np.unique(folds):
-        tr, va = folds != k, folds == k
-        parts[k] = task.decide(pred[va], task.tune(metric, y[tr], pred[tr]))
-    first = next(iter(parts.values()))
-    out = np.zeros((len(y),) + first.shape[1:], dtype=first.dtype)
-    for k, d in parts.items():
-        out[folds == k] = d
-    return out
-
-
-def combine(name: str, cfg: ExperimentConfig, models: list[Matrices], y: np.ndarray,
-            folds: np.ndarray) -> dict:
-    """Fit one method; return its OOF/test predictions, threshold (or cut-points) and honest scores."""
-    task = get_task(cfg.task)
-    factory = make_method(name, cfg)
-    oofs = [m.oof for m in models]
-    oof = honest_oof(factory, oofs, y, folds)
-    est = factory().fit(oofs, y)
-    test = est.predict_proba([m.test for m in models])
-    result = {"oof": oof, "test": test, "threshold": None, "oof_scores": task.scores(y, oof)}
-    tuned = task.tune(cfg.metric, y, oof) if cfg.ensemble.tune_threshold else None
-    if tuned is not None:
-        result["threshold"] = tuned
-        honest = honest_decisions(task, cfg.metric, y, oof, folds)
-        result["oof_scores_thresholded"] = task.decision_scores(y, honest, oof)
-    if hasattr(est, "weights_"):
-        result["weights"] = dict(zip([m.name for m in models], np.round(est.weights_, 4).tolist()))
-    return result
-
-
-def load_models(cfg: ExperimentConfig, names: Optional[list[str]] = None, round_: int = 0) -> list[Matrices]:
-    """Each model's matrices from round `round_`; a model that round did not retrain (not one of
-    pseudo.retrain) comes from the latest earlier round that has it."""
-    wanted = names if names is not None else [m.name for m in cfg.models]
-    if not wanted:
-        raise PipelineError("config: no models to combine (the models list is empty)")
-    found = {n: latest_model_dir(cfg, n, round_) for n in wanted}
-    missing = [n for n, d in found.items() if d is None]
-    if missing:
-        raise PipelineError(f"no finished matrices for {missing} under {models_dir(cfg, round_)}: "
-                            "run the train stage first")
-    return [load_model(found[n]) for n in wanted]
-
-
-def latest_model_dir(cfg: ExperimentConfig, name: str, round_: int) -> Optional[Path]:
-    for r in range(round_, -1, -1):
-        if (models_dir(cfg, r) / name / "manifest.json").is_file():
-            return models_dir(cfg, r) / name
-    return None
-
-
-def check_current(cfg: ExperimentConfig, models: list[Matrices], meta: dict, folds_info: dict) -> None:
-    """Refuse a model whose matrices were made with other settings than the current config (its
-    params, view or kind, the metric, the data, the folds, or its round's pseudo labels), naming
-    what changed and the command that retrains it."""
-    for m in models:
-        r = int(m.manifest.get("round", 0))
-        parts = fingerprint_parts(model_identity(cfg.model(m.name)), meta["classes"], cfg.metric, meta, folds_info, r,
-                                  pseudo_labels_sha256(cfg, r))
-        reason = stale_reason(m.manifest, parts)
-        if reason:
-            again = (f"python -m pipeline.train {config_source(cfg)} --models {m.name}" if r == 0
-                     else f"python -m pipeline.pseudo_label {config_source(cfg)}")
-            raise PipelineError(f"model {m.name!r} ({m.path}) was trained with other settings than the config "
-                                f"({reason}): run `{again}` to retrain it")
-
-
-def pseudo_labels_sha256(cfg: ExperimentConfig, round_: int) -> Optional[str]:
-    """The sha256 of round `round_`'s pseudo-label csv as its record states it (None for round 0
-    or a round whose labels are gone)."""
-    if round_ == 0:
-        return None
-    json_path = round_paths(cfg, round_)[1]
-    record = read_json(json_path) if json_path.is_file() else {}
-    return record.get("csv_sha256") if isinstance(record, dict) else None
-
-
-def checked_models(cfg: ExperimentConfig, names: Optional[list[str]], round_: int):
-    """Models, the prepared tables and the folds, after every manifest was checked against folds.csv
-    (and a pseudo-label round's students against that round's labels)."""
-    train, test, meta = load_prepared(cfg)
-    folds, info = load_folds(cfg, train)
-    models = load_models(cfg, names, round_)
-    check_agree(models, folds_paths(cfg)[0], info, {"task": cfg.task, "test_ids_sha256": sha256_strings(test.ids),
-                                                    "classes": meta["classes"], "n_test": len(test),
-                                                    "prepared_train_sha256": meta["train_sha256"],
-                                                    "prepared_test_sha256": meta["test_sha256"]})
-    check_current(cfg, models, meta, info)
-    mixed = mixed_versions(models)
-    if mixed:
-        log.warning("matrices were made under different versions of: %s", ", ".join(mixed))
-    return models, train, test, meta, folds
 
 
 def submission_columns(cfg: ExperimentConfig, meta: dict) -> tuple[str, str]:
@@ -208,28 +90,6 @@ def score_rows(names: list[str], oof_scores: list[dict], test_scores: list[Optio
     return rows
 
 
-def honest_metric(result: dict, metric: str) -> float:
-    """A method's honest OOF `metric` (thresholded where a threshold was tuned), higher is better."""
-    return signed(metric, (result.get("oof_scores_thresholded") or result["oof_scores"])[metric])
-
-
-def choose_submit(cfg: ExperimentConfig, results: dict[str, dict]) -> str:
-    """ensemble.submit, or with `auto` the method with the best honest OOF metric (first on ties);
-    never the test labels."""
-    if cfg.ensemble.submit != "auto":
-        return cfg.ensemble.submit
-    return max(results, key=lambda name: honest_metric(results[name], cfg.metric))
-
-
-def fit_submitted(cfg: ExperimentConfig, models: list[Matrices], y: np.ndarray,
-                  folds: np.ndarray) -> tuple[str, dict]:
-    """(name, combine() result) of the method the ensemble stage submits."""
-    names = cfg.ensemble.methods if cfg.ensemble.submit == "auto" else [cfg.ensemble.submit]
-    results = {name: combine(name, cfg, models, y, folds) for name in names}
-    chosen = choose_submit(cfg, results)
-    return chosen, results[chosen]
-
-
 def run_ensemble(cfg: ExperimentConfig) -> dict:
     e = cfg.ensemble
     models, train, test, meta, folds = checked_models(cfg, e.models, e.round)
@@ -254,13 +114,6 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
                             for _, path in c.staged if path.is_relative_to(out_dir) and path.suffix == ".npy"}
         c.write_json(out_dir / "summary.json", summary)
     return summary
-
-
-def made_from(cfg: ExperimentConfig, models: list[Matrices]) -> dict:
-    """What an ensemble's matrices depend on: its settings and each model's OOF and test matrices.
-    The report refuses an ensemble whose record differs from this (run the ensemble again)."""
-    return {"settings_sha256": config_hash({"ensemble": to_dict(cfg.ensemble), "metric": cfg.metric, "seed": cfg.seed}),
-            "matrices": {m.name: {k: m.manifest["files"][k] for k in ("oof.npy", "test.npy")} for m in models}}
 
 
 def submission_of(cfg: ExperimentConfig, meta: dict, r: dict, test_ids: list[str], classes: list[str]) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from .config import ExecutionConfig, ModelConfig
 from .errors import PipelineError
 
 if TYPE_CHECKING:
-    from .train import Job, JobResult, Run
+    from .driver import Job, JobResult, Run
 
 log = logging.getLogger("pipeline.executor")
 OnDone = Callable[["Job", "JobResult"], None]
@@ -41,7 +41,7 @@ class LocalExecutor:
     def run(self, run: "Run", jobs: list["Job"], on_done: OnDone) -> None:
         from .artifacts import fold_dir
         from .store import models_dir
-        from .train import run_job
+        from .driver import run_job
 
         for job in jobs:
             out = fold_dir(models_dir(run.cfg, run.round) / job.model.name, job.fold)
@@ -206,7 +206,7 @@ def _remote_job(run: "Run", job: "Job", res: Resources) -> "JobResult":
     saved files as bytes and name the node in the record."""
     import ray
 
-    from .train import run_job
+    from .driver import run_job
 
     start = time.perf_counter()
     node = ray.get_runtime_context().get_node_id()

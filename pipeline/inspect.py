@@ -21,7 +21,7 @@ from . import cli
 from .artifacts import Matrices, list_models, load_model, recorded
 from .errors import PipelineError, excerpt
 from .io import sha256_strings
-from .metrics import HIGHER_IS_BETTER
+from .metrics import oof_correlation, HIGHER_IS_BETTER
 from .data import labels_from_json
 from .tasks import get as get_task
 from .tables import format_table
@@ -44,16 +44,6 @@ def field(record, *keys):
     if isinstance(record, (int, float)) and not isinstance(record, bool):
         return record
     return " ".join(record.split())[:40] if isinstance(record, str) else MISSING  # one line per row
-
-
-def oof_correlation(models: list[Matrices]) -> np.ndarray:
-    """(M, M) Pearson correlation of the models' OOF probability of the last class (binary) or
-    of their flattened OOF matrices (multiclass); NaN for a model whose predictions are constant."""
-    cols = [m.oof[:, -1] if m.oof.shape[1] == 2 else m.oof.ravel() for m in models]
-    if len(cols) == 1:
-        return np.ones((1, 1))
-    with np.errstate(invalid="ignore", divide="ignore"):  # constant columns: NaN, shown as MISSING
-        return np.corrcoef(np.stack(cols).astype(np.float64))
 
 
 def fold_table(models: list[Matrices], metric: str) -> str:

@@ -6,6 +6,11 @@ float targets. Multilabel: (n, L) label probabilities against (n, L) 0/1 labels.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .artifacts import Matrices
+
 from typing import Optional
 
 import numpy as np
@@ -188,3 +193,13 @@ def label_thresholds(metric: str, y: np.ndarray, proba: np.ndarray) -> list[floa
         return binary_threshold("f1" if metric == "macro_f1" else metric, yj, pj, slow)
 
     return [one(j) for j in range(y.shape[1])]
+
+
+def oof_correlation(models: list[Matrices]) -> np.ndarray:
+    """(M, M) Pearson correlation of the models' OOF probability of the last class (binary) or
+    of their flattened OOF matrices (multiclass); NaN for a model whose predictions are constant."""
+    cols = [m.oof[:, -1] if m.oof.shape[1] == 2 else m.oof.ravel() for m in models]
+    if len(cols) == 1:
+        return np.ones((1, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant columns: NaN, shown as MISSING
+        return np.corrcoef(np.stack(cols).astype(np.float64))

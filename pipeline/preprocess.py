@@ -12,17 +12,15 @@ import functools
 import json
 import logging
 import re
-from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 
 from . import cli
-from .config import ExperimentConfig, config_hash, to_dict
-from .data import VIEWS, RawTable, Table, label_to_json, labels_from_json, read_raw
+from .config import ExperimentConfig
+from .data import VIEWS, RawTable, Table, label_to_json, read_raw
 from .errors import PipelineError
-from .io import committed, read_json, sha256_file
-from .store import data_dir, prepared_dir
+from .io import committed
+from .store import data_dir, prepared_dir, source_fingerprint
 from .tasks import Task, get as get_task
 
 log = logging.getLogger("pipeline.preprocess")
@@ -131,31 +129,6 @@ def table_to_jsonl(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_from_jsonl(name: str, path: Path) -> Table:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    pair = len(rows[0]["raw"]) == 2
-    views = {v: ([r[v][0] for r in rows], [r[v][1] for r in rows] if pair else None) for v in VIEWS}
-    y = None if rows[0]["y"] is None else labels_from_json([r["y"] for r in rows])
-    groups = [r["group"] for r in rows] if "group" in rows[0] else None
-    return Table(name, [r["id"] for r in rows], views, y, groups)
-
-
-def source_fingerprint(cfg: ExperimentConfig) -> dict:
-    """What the prepared files were made from: input files' hashes and the settings that matter."""
-    base = data_dir(cfg)
-    settings = {"task": cfg.task, "data": to_dict(cfg.data), "preprocess": to_dict(cfg.preprocess),
-                "group_column": cfg.folds.group_column if cfg.folds.strategy == "group" else None}
-    return {"train_file_sha256": sha256_file(_existing(base / cfg.data.train)),
-            "test_file_sha256": sha256_file(_existing(base / cfg.data.test)),
-            "settings_sha256": config_hash(settings)}
-
-
-def _existing(path: Path) -> Path:
-    if not path.is_file():
-        raise PipelineError(f"file not found: {path}")
-    return path
-
-
 def run_preprocess(cfg: ExperimentConfig) -> dict:
     base = data_dir(cfg)
     group_col = cfg.folds.group_column if cfg.folds.strategy == "group" else None
@@ -187,29 +160,6 @@ def run_preprocess(cfg: ExperimentConfig) -> dict:
                 **source_fingerprint(cfg)}
         c.write_json(out / "meta.json", meta)
     return meta
-
-
-def load_prepared(cfg: ExperimentConfig) -> tuple[Table, Table, dict]:
-    """The prepared tables, refused if stale (inputs or settings changed) or tampered with."""
-    d = prepared_dir(cfg)
-    meta_path = d / "meta.json"
-    if not meta_path.is_file():
-        raise PipelineError(f"{meta_path} not found: run `python -m pipeline.preprocess` first")
-    meta = read_json(meta_path)
-    if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list):
-        raise PipelineError(f"{meta_path} is not a preprocess record: run `python -m pipeline.preprocess` again")
-    now = source_fingerprint(cfg)
-    for key, what in (("train_file_sha256", cfg.data.train), ("test_file_sha256", cfg.data.test),
-                      ("settings_sha256", "the data/preprocess settings")):
-        if meta.get(key) != now[key]:
-            raise PipelineError(f"{meta_path} was made from another {what} than the current one: "
-                                "run `python -m pipeline.preprocess` again")
-    for name in ("train", "test"):
-        if sha256_file(_existing(d / f"{name}.jsonl")) != meta.get(f"{name}_sha256"):
-            raise PipelineError(f"{d / (name + '.jsonl')} does not match the hash in {meta_path}")
-    train, test = table_from_jsonl("train", d / "train.jsonl"), table_from_jsonl("test", d / "test.jsonl")
-    train.segmented = test.segmented = meta.get("segmenter", "none") != "none"
-    return train, test, meta
 
 
 def main(argv: Optional[list[str]] = None) -> int:

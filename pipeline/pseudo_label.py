@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -26,14 +25,13 @@ import pandas as pd
 from . import cli
 from .artifacts import Matrices
 from .config import ExperimentConfig, PseudoConfig
-from .data import Split, Table
-from .ensemble import checked_models, fit_submitted
 from .errors import PipelineError
-from .io import committed, read_json, sha256_file
-from .store import round_paths
+from .io import committed
+from .rounds import overview_table, rounds_overview, student_names, teacher_names
+from .store import load_round_models, round_paths
 from .tables import format_table
-from .tasks import CLASSIFICATION, Task, class_vote as vote, get as get_task  # noqa: F401  (vote: the classes' rule)
-from .train import ExtraRows, Run, open_run, train_models
+from .tasks import CLASSIFICATION, Task
+from .driver import ExtraRows, Run, open_run, train_models
 
 log = logging.getLogger("pipeline.pseudo_label")
 CSV_COLUMNS = ["round", "fold", "test_row", "test_id", "label", "votes", "n_teachers", "voters", "confidence"]
@@ -58,20 +56,6 @@ def resolve_rules(p: PseudoConfig, n_teachers: int) -> Rules:
         raise PipelineError(f"config: pseudo.min_votes={min_votes} must be between 1 and the number of "
                             f"teachers ({n_teachers})")
     return Rules(min_votes, float(p.min_confidence), float(p.max_fraction), p.keep_class_balance, float(p.tolerance))
-
-
-def teacher_names(cfg: ExperimentConfig, round_: int) -> list[str]:
-    """Round 1 learns from pseudo.models (default all); later rounds from the previous round's
-    students, restricted to pseudo.models where those name any of them."""
-    chosen = list(cfg.pseudo.models or [m.name for m in cfg.models])
-    if round_ == 1:
-        return chosen
-    students = student_names(cfg)
-    return [n for n in chosen if n in students] or students
-
-
-def student_names(cfg: ExperimentConfig) -> list[str]:
-    return list(cfg.pseudo.retrain or [m.name for m in cfg.models])
 
 
 # ----------------------------------------------------------------------------- selection
@@ -184,22 +168,7 @@ def write_round(cfg: ExperimentConfig, round_: int, frame: pd.DataFrame, info: d
     return info
 
 
-def load_round(cfg: ExperimentConfig, round_: int) -> tuple[pd.DataFrame, dict]:
-    """A round's pseudo labels and their record, refused when the csv does not match its json."""
-    csv_path, json_path = round_paths(cfg, round_)
-    info = read_json(json_path)
-    if not csv_path.is_file() or sha256_file(csv_path) != info.get("csv_sha256"):
-        raise PipelineError(f"{csv_path} does not match its sha256 in {json_path}: run the pseudo_label stage again")
-    frame = pd.read_csv(csv_path, dtype={"test_id": str, "label": str, "voters": str}, keep_default_na=False)
-    return frame, info
-
-
 # ----------------------------------------------------------------------------- rounds
-
-
-def load_round_models(cfg: ExperimentConfig, names: list[str], round_: int):
-    """Checked matrices of one round: see ensemble.checked_models."""
-    return checked_models(cfg, names, round_)
 
 
 def extra_rows(selections: list[FoldSelection]) -> ExtraRows:
@@ -238,66 +207,6 @@ def run_pseudo(cfg: ExperimentConfig, force: bool = False) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- scores per round
-
-
-def ensemble_scores(cfg: ExperimentConfig, models: list[Matrices], y: np.ndarray, folds: np.ndarray,
-                    test_y: Optional[np.ndarray]) -> dict:
-    """Scores of the method the ensemble stage would submit over `models`, fitted as it fits it
-    (its OOF rows from fits on the other folds), without writing a submission. At argmax, like
-    every other score of the report, so rounds compare on equal terms (no tuned threshold)."""
-    method, r = fit_submitted(cfg, models, y, folds)
-    task = get_task(cfg.task)
-    return {"method": method, "oof": r["oof_scores"],
-            "test": task.scores(test_y, r["test"]) if test_y is not None else None}
-
-
-def round_scores(cfg: ExperimentConfig, round_: int) -> dict:
-    """Scores of the students' matrices of one round (round 0: the same models before pseudo
-    labelling), recomputed from oof.npy / test.npy and the labels."""
-    models, train, test, _, folds = load_round_models(cfg, student_names(cfg), round_)
-    task = get_task(cfg.task)
-    return {"round": round_,
-            "models": {m.name: {"oof": task.scores(train.y, m.oof),
-                                "test": task.scores(test.y, m.test) if test.y is not None else None} for m in models},
-            "ensemble": ensemble_scores(cfg, models, train.y, folds, test.y)}
-
-
-def rounds_overview(cfg: ExperimentConfig, upto: int) -> list[dict]:
-    """Round 0..upto: scores, plus the pseudo-label counts read back from each round's csv."""
-    out = []
-    for r in range(upto + 1):
-        entry = round_scores(cfg, r)
-        if r > 0:
-            frame, info = load_round(cfg, r)
-            per_class = {g: sum(fold[g] for fold in info["counts"].values()) for g in next(iter(info["counts"].values()))}
-            entry.update({"rows": len(frame), "per_class": {g: n for g, n in per_class.items() if n},
-                          "per_fold": frame["fold"].value_counts().sort_index().to_dict(),
-                          "label_accuracy": info.get("label_accuracy"), "teachers": info["teachers"]})
-        out.append(entry)
-    return out
-
-
-def ensemble_label(overview: list[dict]) -> str:
-    """"[stack]", or with ensemble.submit=auto and rounds that chose differently "[stack/blend]"."""
-    methods = list(dict.fromkeys(e["ensemble"]["method"] for e in overview))
-    return f"[{'/'.join(methods)}]"
-
-
-def overview_table(overview: list[dict], metric: str, markdown: bool = False) -> str:
-    """One row per round: pseudo rows, each student's OOF metric, the ensemble's OOF (and test) metric."""
-    names = list(overview[0]["models"])
-    has_test = overview[0]["ensemble"]["test"] is not None
-    label = ensemble_label(overview)
-    head = ["round", "pseudo rows"] + [f"{n} oof {metric}" for n in names] + [f"{label} oof {metric}"]
-    head += ([f"{n} test {metric}" for n in names] + [f"{label} test {metric}"]) if has_test else []
-    rows = []
-    for e in overview:
-        row = [e["round"], e.get("rows", "-")] + [e["models"][n]["oof"][metric] for n in names]
-        row.append(e["ensemble"]["oof"][metric])
-        if has_test:
-            row += [e["models"][n]["test"][metric] for n in names] + [e["ensemble"]["test"][metric]]
-        rows.append(row)
-    return format_table(head, rows, markdown=markdown)
 
 
 def counts_table(info: dict, classes: list[str]) -> str:

@@ -21,13 +21,13 @@ import numpy as np
 from . import cli
 from .artifacts import Matrices
 from .config import ExperimentConfig, config_source
-from .ensemble import made_from
+from .ensembling import made_from
 from .errors import PipelineError
-from .inspect import oof_correlation
 from .io import Commit, committed, read_json, read_npy, sha256_file
-from .pseudo_label import ensemble_label, load_round_models, overview_table, rounds_overview, student_names
-from .store import models_dir, reports_dir, round_paths
+from .metrics import oof_correlation
 from .plots import plot_matrix, save_figure, subplots
+from .rounds import ensemble_label, overview_table, rounds_overview, student_names
+from .store import load_round_models, models_dir, reports_dir, round_paths
 from .tables import format_table
 from .tasks import Task, get as get_task
 

@@ -19,15 +19,27 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
+import logging
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
+import numpy as np
+import pandas as pd
+
+from .artifacts import Matrices, check_agree, fingerprint_parts, load_model, mixed_versions, stale_reason
+from .config import config_hash, config_source, model_identity, to_dict
+from .data import VIEWS, Table, labels_from_json
 from .errors import PipelineError, excerpt
+from .io import read_json, sha256_file, sha256_strings
+from .splits import data_signature
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
+
+log = logging.getLogger("pipeline.store")
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 NAME_RULE = "1-64 characters: letters, digits, '_' and '-', starting with a letter or digit"
@@ -107,7 +119,7 @@ def reports_dir(cfg: "ExperimentConfig") -> Path:
 
 
 def data_dir(cfg: "ExperimentConfig") -> Path:
-    from .config import expand_env
+    from .config import expand_env  # config imports this module for the name checks
 
     return Path(expand_env(cfg.data.dir, "data.dir"))
 
@@ -218,3 +230,154 @@ def _holder(fd: int) -> Optional[str]:
         if "FLOCK" in fields and inode in fields and "->" not in fields:
             return fields[fields.index(inode) - 1]
     return None
+
+
+def table_from_jsonl(name: str, path: Path) -> Table:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    pair = len(rows[0]["raw"]) == 2
+    views = {v: ([r[v][0] for r in rows], [r[v][1] for r in rows] if pair else None) for v in VIEWS}
+    y = None if rows[0]["y"] is None else labels_from_json([r["y"] for r in rows])
+    groups = [r["group"] for r in rows] if "group" in rows[0] else None
+    return Table(name, [r["id"] for r in rows], views, y, groups)
+
+
+def source_fingerprint(cfg: ExperimentConfig) -> dict:
+    """What the prepared files were made from: input files' hashes and the settings that matter."""
+    base = data_dir(cfg)
+    settings = {"task": cfg.task, "data": to_dict(cfg.data), "preprocess": to_dict(cfg.preprocess),
+                "group_column": cfg.folds.group_column if cfg.folds.strategy == "group" else None}
+    return {"train_file_sha256": sha256_file(_existing(base / cfg.data.train)),
+            "test_file_sha256": sha256_file(_existing(base / cfg.data.test)),
+            "settings_sha256": config_hash(settings)}
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise PipelineError(f"file not found: {path}")
+    return path
+
+
+def load_prepared(cfg: ExperimentConfig) -> tuple[Table, Table, dict]:
+    """The prepared tables, refused if stale (inputs or settings changed) or tampered with."""
+    d = prepared_dir(cfg)
+    meta_path = d / "meta.json"
+    if not meta_path.is_file():
+        raise PipelineError(f"{meta_path} not found: run `python -m pipeline.preprocess` first")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list):
+        raise PipelineError(f"{meta_path} is not a preprocess record: run `python -m pipeline.preprocess` again")
+    now = source_fingerprint(cfg)
+    for key, what in (("train_file_sha256", cfg.data.train), ("test_file_sha256", cfg.data.test),
+                      ("settings_sha256", "the data/preprocess settings")):
+        if meta.get(key) != now[key]:
+            raise PipelineError(f"{meta_path} was made from another {what} than the current one: "
+                                "run `python -m pipeline.preprocess` again")
+    for name in ("train", "test"):
+        if sha256_file(_existing(d / f"{name}.jsonl")) != meta.get(f"{name}_sha256"):
+            raise PipelineError(f"{d / (name + '.jsonl')} does not match the hash in {meta_path}")
+    train, test = table_from_jsonl("train", d / "train.jsonl"), table_from_jsonl("test", d / "test.jsonl")
+    train.segmented = test.segmented = meta.get("segmenter", "none") != "none"
+    return train, test, meta
+
+
+def load_folds(cfg: ExperimentConfig, train: Table) -> tuple[np.ndarray, dict]:
+    """(n_train,) int folds, refused when they were made for other rows, labels or settings."""
+    csv_path, json_path = folds_paths(cfg)
+    if not csv_path.is_file() or not json_path.is_file():
+        raise PipelineError(f"{csv_path} not found: run `python -m pipeline.folds` first")
+    info = read_json(json_path)
+    if not isinstance(info, dict):
+        raise PipelineError(f"{json_path} is not a folds record: run `python -m pipeline.folds --force`")
+    if sha256_file(csv_path) != info.get("folds_csv_sha256"):
+        raise PipelineError(f"{csv_path} does not match the hash in {json_path}")
+    sig = data_signature(train, cfg)
+    if any(info.get(k) != v for k, v in sig.items()):
+        what = "groups" if info.get("groups_sha256") != sig.get("groups_sha256") else "rows or labels"
+        raise PipelineError(f"{csv_path} was made for other train {what} than the prepared data: "
+                            "run `python -m pipeline.folds` again")
+    if info.get("folds_config") != to_dict(cfg.folds):
+        raise PipelineError(f"{csv_path} was made with other fold settings than the config: "
+                            "run `python -m pipeline.folds` again")
+    df = pd.read_csv(csv_path, dtype={"id": str}, keep_default_na=False)
+    if df["id"].tolist() != train.ids:
+        raise PipelineError(f"{csv_path}: ids are not the train rows in train-file order")
+    return df["fold"].to_numpy(dtype=np.int64), info
+
+
+def load_models(cfg: ExperimentConfig, names: Optional[list[str]] = None, round_: int = 0) -> list[Matrices]:
+    """Each model's matrices from round `round_`; a model that round did not retrain (not one of
+    pseudo.retrain) comes from the latest earlier round that has it."""
+    wanted = names if names is not None else [m.name for m in cfg.models]
+    if not wanted:
+        raise PipelineError("config: no models to combine (the models list is empty)")
+    found = {n: latest_model_dir(cfg, n, round_) for n in wanted}
+    missing = [n for n, d in found.items() if d is None]
+    if missing:
+        raise PipelineError(f"no finished matrices for {missing} under {models_dir(cfg, round_)}: "
+                            "run the train stage first")
+    return [load_model(found[n]) for n in wanted]
+
+
+def latest_model_dir(cfg: ExperimentConfig, name: str, round_: int) -> Optional[Path]:
+    for r in range(round_, -1, -1):
+        if (models_dir(cfg, r) / name / "manifest.json").is_file():
+            return models_dir(cfg, r) / name
+    return None
+
+
+def check_current(cfg: ExperimentConfig, models: list[Matrices], meta: dict, folds_info: dict) -> None:
+    """Refuse a model whose matrices were made with other settings than the current config (its
+    params, view or kind, the metric, the data, the folds, or its round's pseudo labels), naming
+    what changed and the command that retrains it."""
+    for m in models:
+        r = int(m.manifest.get("round", 0))
+        parts = fingerprint_parts(model_identity(cfg.model(m.name)), meta["classes"], cfg.metric, meta, folds_info, r,
+                                  pseudo_labels_sha256(cfg, r))
+        reason = stale_reason(m.manifest, parts)
+        if reason:
+            again = (f"python -m pipeline.train {config_source(cfg)} --models {m.name}" if r == 0
+                     else f"python -m pipeline.pseudo_label {config_source(cfg)}")
+            raise PipelineError(f"model {m.name!r} ({m.path}) was trained with other settings than the config "
+                                f"({reason}): run `{again}` to retrain it")
+
+
+def pseudo_labels_sha256(cfg: ExperimentConfig, round_: int) -> Optional[str]:
+    """The sha256 of round `round_`'s pseudo-label csv as its record states it (None for round 0
+    or a round whose labels are gone)."""
+    if round_ == 0:
+        return None
+    json_path = round_paths(cfg, round_)[1]
+    record = read_json(json_path) if json_path.is_file() else {}
+    return record.get("csv_sha256") if isinstance(record, dict) else None
+
+
+def checked_models(cfg: ExperimentConfig, names: Optional[list[str]], round_: int):
+    """Models, the prepared tables and the folds, after every manifest was checked against folds.csv
+    (and a pseudo-label round's students against that round's labels)."""
+    train, test, meta = load_prepared(cfg)
+    folds, info = load_folds(cfg, train)
+    models = load_models(cfg, names, round_)
+    check_agree(models, folds_paths(cfg)[0], info, {"task": cfg.task, "test_ids_sha256": sha256_strings(test.ids),
+                                                    "classes": meta["classes"], "n_test": len(test),
+                                                    "prepared_train_sha256": meta["train_sha256"],
+                                                    "prepared_test_sha256": meta["test_sha256"]})
+    check_current(cfg, models, meta, info)
+    mixed = mixed_versions(models)
+    if mixed:
+        log.warning("matrices were made under different versions of: %s", ", ".join(mixed))
+    return models, train, test, meta, folds
+
+
+def load_round(cfg: ExperimentConfig, round_: int) -> tuple[pd.DataFrame, dict]:
+    """A round's pseudo labels and their record, refused when the csv does not match its json."""
+    csv_path, json_path = round_paths(cfg, round_)
+    info = read_json(json_path)
+    if not csv_path.is_file() or sha256_file(csv_path) != info.get("csv_sha256"):
+        raise PipelineError(f"{csv_path} does not match its sha256 in {json_path}: run the pseudo_label stage again")
+    frame = pd.read_csv(csv_path, dtype={"test_id": str, "label": str, "voters": str}, keep_default_na=False)
+    return frame, info
+
+
+def load_round_models(cfg: ExperimentConfig, names: list[str], round_: int):
+    """Checked matrices of one round: see ensemble.checked_models."""
+    return checked_models(cfg, names, round_)

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from pipeline.config import ExperimentConfig
-from pipeline.ensemble import Blender, Stacker, Voter, choose_submit, honest_oof
+from pipeline.combiners import Blender, Stacker, Voter
+from pipeline.ensembling import choose_submit, honest_oof
 from pipeline.io import read_json, sha256_file, write_json
 from pipeline.metrics import decide
 

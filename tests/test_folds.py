@@ -5,8 +5,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
-from pipeline.folds import load_folds, pair_groups
-from pipeline.preprocess import load_prepared
+from pipeline.splits import pair_groups
+from pipeline.store import load_folds, load_prepared
 
 
 def test_every_row_in_exactly_one_fold(prepared):

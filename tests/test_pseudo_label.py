@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from pipeline.config import PseudoConfig, load_config
-from pipeline.folds import load_folds
 from pipeline.io import read_json, sha256_file
 from pipeline.models import registry
-from pipeline.preprocess import load_prepared
-from pipeline.pseudo_label import Rules, class_quotas, resolve_rules, select_fold, vote
+from pipeline.store import load_folds, load_prepared
+from pipeline.pseudo_label import Rules, class_quotas, resolve_rules, select_fold
+from pipeline.tasks import class_vote as vote
 
 # ----------------------------------------------------------------------------- selection rules
 

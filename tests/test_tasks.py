@@ -18,7 +18,7 @@ from conftest import Exp, base_config
 from pipeline import metrics as M
 from pipeline import tasks
 from pipeline.config import load_config
-from pipeline.ensemble import honest_oof
+from pipeline.ensembling import honest_oof
 from pipeline.errors import PipelineError
 from pipeline.io import read_json
 
@@ -442,7 +442,7 @@ def chinese_pairs(n: int, seed: int) -> pd.DataFrame:
 
 
 def test_chinese_text_is_segmented_and_recorded(tmp_path):
-    from pipeline.preprocess import load_prepared
+    from pipeline.store import load_prepared
 
     pair = {"name": "plgbm", "kind": "pair_lgbm", "view": "raw", "params": {"n_estimators": 20, "n_jobs": 1}}
     e = experiment(tmp_path, chinese_pairs(60, 0), chinese_pairs(12, 1).drop(columns=["label"]),

@@ -8,8 +8,7 @@ import yaml
 import spy_model
 from pipeline.config import load_config
 from pipeline.models import registry
-from pipeline.preprocess import load_prepared
-from pipeline.folds import load_folds
+from pipeline.store import load_folds, load_prepared
 
 
 @pytest.fixture

@@ -1,0 +1,301 @@
+"""The one K-fold driver, for every model kind: plans the (model, fold) jobs of a stage, hands them
+to an executor (pipeline/executor.py), writes each fold as it finishes and assembles each model.
+
+For each model and fold k: fit on the other folds (plus fold k's pseudo rows, if any), predict the
+held-out fold and the test set, save them at once (resume point); then assemble oof.npy,
+test_folds.npy, test.npy and manifest.json. Finished folds and models are skipped on rerun. Used by
+the train stage and by each pseudo-label round.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import artifacts, cli, executor, faults
+from .artifacts import fold_dir, load_fold, save_fold, write_model
+from .config import ExperimentConfig, ModelConfig, model_identity, model_params
+from .data import Split, Table, whole
+from .errors import PipelineError
+from .io import read_json, sha256_strings, write_bytes
+from .models import registry
+from .models.base import FitContext
+from .store import load_folds, load_prepared, models_dir
+from .tasks import Task, get as get_task
+
+log = logging.getLogger("pipeline.train")
+
+# fold k -> (rows (s,) of the test table, labels (s,)): fold k's pseudo-labelled test rows. Plain
+# arrays, so a Run can go to a Ray cluster's object store as it is.
+ExtraRows = dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Run:
+    """Everything the driver needs that does not depend on the model."""
+    cfg: ExperimentConfig
+    train: Table
+    test: Table
+    classes: list[str]                    # names of the output columns (classes, target, labels)
+    folds: np.ndarray                     # (n_train,) fold of each row
+    folds_info: dict
+    prepared_meta: dict
+    round: int = 0
+    extra: Optional[ExtraRows] = None
+    extra_sha256: Optional[str] = None    # hash of the pseudo labels, part of the fingerprint
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def n_splits(self) -> int:
+        return int(self.folds.max()) + 1
+
+    @property
+    def task(self) -> Task:
+        return get_task(self.cfg.task)
+
+
+def open_run(cfg: ExperimentConfig) -> Run:
+    train, test, meta = load_prepared(cfg)
+    folds, info = load_folds(cfg, train)
+    return Run(cfg, train, test, meta["classes"], folds, info, meta)
+
+
+def fingerprint(run: Run, m: ModelConfig) -> str:
+    """Changes whenever anything that shapes this model's predictions changes."""
+    return artifacts.fingerprint(artifacts.fingerprint_parts(model_identity(m), run.classes, run.cfg.metric, run.prepared_meta,
+                                                             run.folds_info, run.round, run.extra_sha256))
+
+
+def fold_splits(run: Run, k: int) -> tuple[Split, Split]:
+    """Fold k's training rows (other folds + its pseudo rows) and its held-out rows."""
+    tr = np.flatnonzero(run.folds != k)
+    va = np.flatnonzero(run.folds == k)
+    train = Split([(run.train, tr)], run.train.y[tr], name=f"fold{k}-train")
+    rows, labels = (run.extra or {}).get(k, (None, None))
+    if rows is not None and len(rows):
+        train = Split(train.parts + [(run.test, rows)], np.concatenate([train.y, labels.astype(train.y.dtype)]),
+                      name=train.name)
+    return train, Split([(run.train, va)], run.train.y[va], name=f"fold{k}-valid")
+
+
+def check_proba(p: np.ndarray, n: int, n_classes: int, what: str) -> np.ndarray:
+    if p.shape != (n, n_classes):
+        raise PipelineError(f"{what}: predictions of shape {p.shape}, expected {(n, n_classes)}")
+    if not np.isfinite(p).all():
+        raise PipelineError(f"{what}: non-finite predictions; nothing of this fold was written")
+    return p.astype(np.float32)
+
+
+def fit_fold(run: Run, m: ModelConfig, k: int, out: Path,
+             threads: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Fit model `m` on fold k; return (val_pred (n_val, C), test_pred (n_test, C), record).
+
+    threads: the job's CPU share on a cluster (torch and LightGBM threads); None keeps the params'."""
+    tr, va = fold_splits(run, k)
+    n_classes, task = len(run.classes), run.task
+    ctx = FitContext(n_classes=n_classes, seed=int(m.seed) + k, fold=k, out_dir=out,
+                     score=lambda y, p: task.score(run.cfg.metric, y, p), cache=run.cache,
+                     label=f"{m.name} fold {k + 1}/{run.n_splits}", task=task)
+    model = registry.kind(m.kind).build(with_threads(model_params(m), threads), n_classes, m.view)
+    start = time.perf_counter()
+    model.fit(tr, va, ctx)
+    fit_s = time.perf_counter() - start
+    val_pred = check_proba(model.predict_proba(va), len(va), n_classes, f"{m.name} fold {k}")
+    test_pred = check_proba(model.predict_proba(whole(run.test)), len(run.test), n_classes, f"{m.name} fold {k}")
+    saved = model.save(out) or []
+    record = {"fold": k, "n_train": len(tr), "n_valid": len(va), "fit_seconds": round(fit_s, 3),
+              "seconds": round(time.perf_counter() - start, 3), "scores": task.scores(va.y, val_pred),
+              "info": getattr(model, "info_", {}), "extra_files": [Path(p).name for p in saved]}
+    return val_pred, test_pred, record
+
+
+def with_threads(params, threads: Optional[int]):
+    """The params with their thread counts (LightGBM's n_jobs, torch's num_threads) set to
+    `threads`; a job's threads never enter the fingerprint, which is made from the config."""
+    if threads is None:
+        return params
+    keys = [k for k in ("n_jobs", "num_threads") if hasattr(params, k)]
+    return dataclasses.replace(params, **{k: int(threads) for k in keys})
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True, eq=False)  # identity: a plan holds each job once
+class Job:
+    """One unfinished (model, fold): plain data, so it can run in another process or node."""
+    model: ModelConfig
+    fold: int
+    fingerprint: str
+    expected_seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name} fold {self.fold}"
+
+
+@dataclass
+class JobResult:
+    """val_pred (n_val, C), test_pred (n_test, C), the fold record, and the files the model saved
+    ({name: bytes}; empty when the job saved them in the fold folder itself)."""
+    val_pred: np.ndarray
+    test_pred: np.ndarray
+    record: dict
+    files: dict = field(default_factory=dict)
+
+
+def run_job(run: Run, job: Job, out: Path, threads: Optional[int] = None) -> JobResult:
+    """Fit one (model, fold) job, saving the model's files in `out`."""
+    faults.point(f"job:{job.model.name}/fold{job.fold}")
+    val_pred, test_pred, record = fit_fold(run, job.model, job.fold, out, threads)
+    return JobResult(val_pred, test_pred, record)
+
+
+def commit_fold(run: Run, job: Job, result: JobResult) -> None:
+    """Write a finished job into models/<exp>/<model>/fold<k>/ (its saved files, then the fold's
+    matrices and record), on the driver, whichever backend ran it."""
+    out = fold_dir(models_dir(run.cfg, run.round) / job.model.name, job.fold)
+    for name, data in result.files.items():
+        write_bytes(out / name, data)
+    save_fold(out, result.val_pred, result.test_pred, {**result.record, "fingerprint": job.fingerprint})
+    _log_fold(job.model.name, job.fold, run.n_splits, result.record, run.task.table(run.cfg.metric))
+
+
+# Expected seconds per fold by kind, for ordering jobs longest first before any fold was timed.
+KIND_SECONDS = {"transformer": 600.0, "tfidf_lgbm": 30.0, "pair_lgbm": 10.0, "embed_lr": 5.0, "tfidf_lr": 3.0}
+
+
+def expected_seconds(model_dir: Path, m: ModelConfig) -> float:
+    """A fold's expected time: the mean of this model's earlier fold timings where a manifest
+    holds them, else by kind."""
+    try:
+        seconds = read_json(model_dir / "manifest.json")["timings"]["fold_seconds"]
+        return float(np.mean(seconds))
+    except (PipelineError, KeyError, TypeError, ValueError):
+        return KIND_SECONDS.get(m.kind, 60.0)
+
+
+def plan_model(run: Run, m: ModelConfig, force: bool) -> Optional[list[Job]]:
+    """The jobs of one model's unfinished folds; None when the whole model is up to date."""
+    model_dir = models_dir(run.cfg, run.round) / m.name
+    fp = fingerprint(run, m)
+    if not force and _up_to_date(model_dir, fp):
+        log.info("%s: up to date, skipped (--force retrains)", m.name)
+        return None
+    jobs = []
+    for k in range(run.n_splits):
+        if not force and load_fold(fold_dir(model_dir, k), fp) is not None:
+            log.info("%s fold %d/%d: finished earlier, reused", m.name, k + 1, run.n_splits)
+        else:
+            jobs.append(Job(m, k, fp, expected_seconds(model_dir, m)))
+    return jobs
+
+
+def train_models(run: Run, models: list[ModelConfig], force: bool = False) -> dict[str, dict]:
+    """The stage's one plan: every unfinished (model, fold) job of every model, run by the
+    configured executor; each fold is written as it finishes and each model assembled (matrices
+    and manifest) as soon as its last fold is in. Returns {model: manifest}."""
+    plans = {m.name: plan_model(run, m, force) for m in models}
+    out = {m.name: read_json(models_dir(run.cfg, run.round) / m.name / "manifest.json")
+           for m in models if plans[m.name] is None}
+    for m in models:
+        if plans[m.name] == []:  # every fold finished earlier: only the assembly is missing
+            out[m.name] = assemble(run, m)
+    left = {name: len(jobs) for name, jobs in plans.items() if jobs}
+    by_name = {m.name: m for m in models}
+
+    def done(job: Job, result: JobResult) -> None:
+        commit_fold(run, job, result)
+        left[job.model.name] -= 1
+        if left[job.model.name] == 0:
+            out[job.model.name] = assemble(run, by_name[job.model.name])
+
+    jobs = [job for m in models for job in plans[m.name] or []]
+    if jobs:
+        executor.make(run.cfg.execution).run(run, jobs, done)
+    return {m.name: out[m.name] for m in models}
+
+
+def train_model(run: Run, m: ModelConfig, force: bool = False) -> dict:
+    """Every fold of one model (skipping finished ones), then its matrices + manifest."""
+    return train_models(run, [m], force)[m.name]
+
+
+def assemble(run: Run, m: ModelConfig) -> dict:
+    """oof.npy, test_folds.npy, test.npy and manifest.json from the model's finished folds."""
+    model_dir = models_dir(run.cfg, run.round) / m.name
+    fp = fingerprint(run, m)
+    n, n_classes, K = len(run.train), len(run.classes), run.n_splits
+    oof = np.zeros((n, n_classes), dtype=np.float32)
+    count = np.zeros(n, dtype=np.int64)
+    test_folds = np.zeros((K, len(run.test), n_classes), dtype=np.float32)
+    records = []
+    for k in range(K):
+        done = load_fold(fold_dir(model_dir, k), fp)
+        if done is None:
+            raise PipelineError(f"{fold_dir(model_dir, k)} is not finished after its job ran: run the train stage again")
+        val_pred, test_pred, record = done
+        rows = np.flatnonzero(run.folds == k)
+        oof[rows] = val_pred
+        count[rows] += 1
+        test_folds[k] = test_pred
+        records.append(record)
+    if not (count == 1).all():
+        raise AssertionError(f"{m.name}: OOF rows predicted {sorted(set(count.tolist()))} times, expected once")
+    manifest = build_manifest(run, m, fp, oof, records)
+    manifest = write_model(model_dir, oof, test_folds, manifest, cli.resolved_yaml(run.cfg))
+    _log_model(m.name, manifest, run.task.table(run.cfg.metric))
+    return manifest
+
+
+def build_manifest(run: Run, m: ModelConfig, fp: str, oof: np.ndarray, records: list[dict]) -> dict:
+    return {
+        "model": m.name, "kind": m.kind, "config": model_identity(m), "config_sha256": fp, "round": run.round,
+        "experiment": run.cfg.experiment, "metric": run.cfg.metric,
+        "task": run.task.name, "columns": run.task.outputs,
+        "classes": run.classes, "n_classes": len(run.classes), "n_train": len(run.train),
+        "n_test": len(run.test), "n_splits": run.n_splits,
+        "train_ids_sha256": run.folds_info["ids_sha256"], "labels_sha256": run.folds_info["labels_sha256"],
+        "test_ids_sha256": sha256_strings(run.test.ids), "folds_csv_sha256": run.folds_info["folds_csv_sha256"],
+        "pseudo_labels_sha256": run.extra_sha256,
+        "prepared_train_sha256": run.prepared_meta["train_sha256"],
+        "prepared_test_sha256": run.prepared_meta["test_sha256"],
+        "fold_scores": [r["scores"] for r in records], "oof_scores": run.task.scores(run.train.y, oof),
+        "timings": {"fold_seconds": [r["seconds"] for r in records],
+                    "total_seconds": round(sum(r["seconds"] for r in records), 3)},
+        "fold_info": [r.get("info", {}) for r in records],
+    }
+
+
+def _up_to_date(model_dir: Path, fp: str) -> bool:
+    """The model's matrices verify against its manifest, were made with this fingerprint, and every
+    file of every fold (records, matrices, checkpoints) is still there with its sha256."""
+    if not (model_dir / "manifest.json").is_file():
+        return False
+    try:
+        manifest = artifacts.load_model(model_dir).manifest
+    except PipelineError:
+        return False
+    return manifest.get("config_sha256") == fp and artifacts.folds_intact(model_dir, manifest, fp)
+
+
+def _log_fold(name: str, k: int, K: int, rec: dict, keys: list[str]) -> None:
+    s = rec["scores"]
+    extra = "".join(f" {key} {v}" for key, v in rec.get("info", {}).items() if key in ("best_epoch", "samples_per_s"))
+    node = f" on {rec['node']}" if rec.get("resources") else ""  # named where a cluster ran it
+    log.info("%s fold %d/%d: %s (%.1fs%s)%s", name, k + 1, K, _fmt_scores(s, keys), rec["seconds"], node, extra)
+
+
+def _log_model(name: str, manifest: dict, keys: list[str]) -> None:
+    s = manifest["oof_scores"]
+    log.info("%s OOF: %s", name, _fmt_scores(s, keys))
+
+
+def _fmt_scores(s: dict, keys: list[str]) -> str:
+    """keys: the task's table keys (Task.table: the metric is among them)."""
+    return ", ".join(f"{k} {s[k]:.4f}" for k in keys if k in s)
