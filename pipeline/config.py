@@ -104,6 +104,9 @@ class EnsembleConfig:
     tune_threshold: bool = True          # binary tasks: threshold tuned on OOF for `metric`
     stack_c: float = 1.0
     submit: str = "auto"                 # the method copied to submissions/<exp>.csv; auto: best honest OOF
+    # what the submission's columns hold: the decisions (class name, tuned rating, 0/1 labels) or
+    # the matrix itself (class or label probabilities, the raw value), for log-loss / AUC competitions
+    submit_values: Literal["decisions", "probabilities"] = "decisions"
 
     def __post_init__(self):
         require(self, "round", lambda v: v >= 0, "0 or more")

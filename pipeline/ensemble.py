@@ -40,12 +40,16 @@ def submission_columns(cfg: ExperimentConfig, meta: dict) -> tuple[str, str]:
     return id_col, cfg.data.label if isinstance(cfg.data.label, str) else "label"
 
 
-def submission_frame(cfg: ExperimentConfig, meta: dict, test_ids: list[str], decisions: np.ndarray,
+def submission_frame(cfg: ExperimentConfig, meta: dict, test_ids: list[str], r: dict,
                      classes: list[str]) -> pd.DataFrame:
     """One row per test row in test order: the id column, then the task's label columns (the
-    original class name, the predicted value, or one 0/1 column per label)."""
+    original class name, the predicted value, or one 0/1 column per label; with
+    ensemble.submit_values=probabilities the method's test matrix, one column per output)."""
     id_col, label_col = submission_columns(cfg, meta)
-    df = pd.DataFrame({id_col: test_ids, **get_task(cfg.task).submission(decisions, classes, label_col)})
+    task = get_task(cfg.task)
+    values = (task.probability_columns(r["test"], classes, label_col) if cfg.ensemble.submit_values == "probabilities"
+              else task.submission(task.decide(r["test"], r["threshold"]), classes, label_col))
+    df = pd.DataFrame({id_col: test_ids, **values})
     if len(df) != len(test_ids) or df[id_col].duplicated().any() or df.isna().any().any():
         raise PipelineError("submission check failed: ids must be unique and every row labelled")
     return df if cfg.data.sample_submission is None else like_sample(df, id_col, input_files(cfg)["data.sample_submission"],
@@ -117,7 +121,7 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
 
 
 def submission_of(cfg: ExperimentConfig, meta: dict, r: dict, test_ids: list[str], classes: list[str]) -> pd.DataFrame:
-    return submission_frame(cfg, meta, test_ids, get_task(cfg.task).decide(r["test"], r["threshold"]), classes)
+    return submission_frame(cfg, meta, test_ids, r, classes)
 
 
 def write_method(c: Commit, cfg: ExperimentConfig, meta: dict, directory: Path, name: str, r: dict, test,

@@ -196,6 +196,11 @@ class Task:
         """The submission's label columns: the class name of each row."""
         return {label_col: [columns[i] for i in decisions]}
 
+    def probability_columns(self, pred: np.ndarray, columns: list[str], label_col: str) -> dict[str, list]:
+        """The submission's columns under ensemble.submit_values=probabilities: pred (n, C), one
+        column per output, named by it (class or label names)."""
+        return {c: pred[:, j].tolist() for j, c in enumerate(columns)}
+
     # -- pseudo labels
 
     def vote(self, probas: np.ndarray, train_y: np.ndarray, tolerance: float):
@@ -365,6 +370,9 @@ class RegressionTask(_OneGroup, Task):
 
     def submission(self, decisions, columns, label_col):
         return {label_col: decisions.tolist()}
+
+    def probability_columns(self, pred, columns, label_col):
+        return {label_col: pred[:, 0].tolist()}  # the raw predicted value, no cut-points
 
     def vote(self, probas, train_y, tolerance):
         return value_vote(probas, train_y, tolerance)

@@ -344,3 +344,17 @@ def test_report_refuses_an_ensemble_older_than_its_inputs(done, capsys, change):
     line = refused(done, capsys, "report", *args)
     assert "summary.json is stale" in line and "python -m pipeline.ensemble" in line
     assert done.run("ensemble", *args) == 0 and done.run("report", *args) == 0
+
+
+def test_submission_of_probabilities(done, capsys):
+    """ensemble.submit_values=probabilities: one column per class, the submitted method's test.npy."""
+    import numpy as np
+
+    assert done.run("ensemble", "ensemble.submit_values=probabilities") == 0
+    sub = pd.read_csv(done.tmp / "subs" / "tiny.csv", dtype={"id": str})
+    summary = json.loads((done.models / "ensembles" / "summary.json").read_text())
+    test = np.load(done.models / "ensembles" / summary["submitted"] / "test.npy")
+    assert list(sub.columns) == ["id", "0", "1"]
+    assert np.allclose(sub[["0", "1"]].to_numpy(), test, atol=1e-6)
+    assert done.run("ensemble") == 0
+    assert list(pd.read_csv(done.tmp / "subs" / "tiny.csv").columns) == ["id", "label"]
