@@ -26,6 +26,7 @@ import numpy as np
 from .config import config_hash
 from .errors import PipelineError, excerpt
 from .io import committed, read_json, read_npy, sha256_file
+from .tasks import CLASSIFICATION
 
 log = logging.getLogger("pipeline.artifacts")
 MATRICES = ("oof.npy", "test.npy", "test_folds.npy")
@@ -257,7 +258,7 @@ AGREE_KEYS = ("task", "train_ids_sha256", "test_ids_sha256", "folds_csv_sha256",
 def recorded(manifest: dict, key: str) -> Any:
     """A manifest's value of `key`; a manifest from before task types has task classification."""
     value = manifest.get(key)
-    return "classification" if key == "task" and value is None else value
+    return CLASSIFICATION.name if key == "task" and value is None else value
 
 
 def check_agree(models: list[Matrices], folds_path: Path, folds_info: dict,

@@ -513,3 +513,20 @@ def test_headerless_tsv_regression_pairs(tmp_path):
     sub = pd.read_csv(tmp_path / "subs" / "tiny.csv")
     assert sub.columns.tolist() == ["id", "label"] and len(sub) == 15
     assert read_json(e.models / "lr" / "manifest.json")["classes"] == ["label"]
+
+
+def test_classification_transformer_loss_and_activation_are_the_old_ones():
+    """The transformer's classification path: weighted summed cross-entropy and softmax, as before
+    task types (the classical path is pinned byte for byte by test_no_regress)."""
+    from pipeline.models.transformer import batch_loss
+
+    torch.manual_seed(0)
+    logits, y, w = torch.randn(6, 3), torch.tensor([0, 2, 1, 1, 0, 2]), torch.rand(6)
+    old = (torch.nn.functional.cross_entropy(logits, y, reduction="none") * w).sum()
+    assert torch.equal(batch_loss(logits, y, w), old)
+    assert torch.equal(tasks.CLASSIFICATION.activate(logits), torch.softmax(logits, dim=-1))
+    y_np = np.array([0, 2, 1])
+    assert tasks.CLASSIFICATION.targets(y_np, 3).dtype == np.int64
+    stats = tasks.get("regression").target_stats(np.array([1.0, 3.0]))
+    z = torch.tensor([[-1.0], [1.0]])
+    assert stats == (2.0, 1.0) and tasks.get("regression").activate(z, stats).flatten().tolist() == [1.0, 3.0]
