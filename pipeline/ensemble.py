@@ -111,17 +111,13 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
     with committed() as c:  # matrices, submissions, config.yaml and summary.json: together or not at all
         for name, r in results.items():
             summary["methods"][name] = write_method(c, cfg, meta, out_dir / name, name, r, test, classes)
-        summary["submission"] = str(c.write_csv(submission_path(cfg), submission_of(cfg, meta, results[summary["submitted"]],
-                                                                                    test.ids, classes)))
+        summary["submission"] = str(c.write_csv(submission_path(cfg), submission_frame(cfg, meta, test.ids,
+                                                                                       results[summary["submitted"]], classes)))
         cli.save_resolved(cfg, out_dir, c)
         summary["files"] = {str(path.relative_to(out_dir)): c.sha256(path)
                             for _, path in c.staged if path.is_relative_to(out_dir) and path.suffix == ".npy"}
         c.write_json(out_dir / "summary.json", summary)
     return summary
-
-
-def submission_of(cfg: ExperimentConfig, meta: dict, r: dict, test_ids: list[str], classes: list[str]) -> pd.DataFrame:
-    return submission_frame(cfg, meta, test_ids, r, classes)
 
 
 def write_method(c: Commit, cfg: ExperimentConfig, meta: dict, directory: Path, name: str, r: dict, test,
@@ -131,7 +127,7 @@ def write_method(c: Commit, cfg: ExperimentConfig, meta: dict, directory: Path, 
     c.write_npy(directory / "oof.npy", r["oof"].astype(np.float32))
     c.write_npy(directory / "test.npy", r["test"].astype(np.float32))
     task = get_task(cfg.task)
-    path = c.write_csv(submission_path(cfg, name), submission_of(cfg, meta, r, test.ids, classes))
+    path = c.write_csv(submission_path(cfg, name), submission_frame(cfg, meta, test.ids, r, classes))
     test_scores = (task.decision_scores(test.y, task.decide(r["test"], r["threshold"]), r["test"])
                    if test.y is not None else None)
     entry = {k: v for k, v in r.items() if k not in ("oof", "test")}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
-from .config import ExecutionConfig, ModelConfig
+from .config import ExecutionConfig, ModelConfig, model_params
 from .errors import PipelineError
 
 if TYPE_CHECKING:
@@ -87,25 +87,20 @@ def default_cpus(m: ModelConfig, gpu_job: bool) -> float:
     numbers on a cluster (thread counts change floating-point sums): LightGBM's `n_jobs`, a torch
     model's `num_threads`, else torch's default thread count here; 1 for a job on a GPU and for
     single-threaded kinds."""
-    from .config import model_params
-
     params = model_params(m)
     if getattr(params, "n_jobs", None):
         return float(params.n_jobs)
     if getattr(params, "num_threads", None):
         return float(params.num_threads)
-    if uses_torch(m) and not gpu_job:
+    if uses_torch(params) and not gpu_job:
         import torch
 
         return float(torch.get_num_threads())
     return 1.0
 
 
-def uses_torch(m: ModelConfig) -> bool:
-    """Whether the model runs a torch encoder (fine-tuned or frozen)."""
-    from .config import model_params
-
-    params = model_params(m)
+def uses_torch(params) -> bool:
+    """Whether a model with these (typed) params runs a torch encoder (fine-tuned or frozen)."""
     return bool(getattr(params, "backbone", None) or getattr(params, "embed", None))
 
 
@@ -214,7 +209,7 @@ def _remote_job(run: "Run", job: "Job", res: Resources) -> "JobResult":
     tmp = Path(tempfile.mkdtemp(prefix=f"pipeline-{job.model.name}-fold{job.fold}-"))
     try:
         try:
-            with _torch_threads(threads if uses_torch(job.model) else None):
+            with _torch_threads(threads if uses_torch(model_params(job.model)) else None):
                 result = run_job(run, job, tmp, threads)
         except PipelineError as e:
             raise PipelineError(f"model {job.model.name!r} fold {job.fold} failed on node {node}: {e}") from None

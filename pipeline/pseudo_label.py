@@ -28,7 +28,7 @@ from .config import ExperimentConfig, PseudoConfig
 from .errors import PipelineError
 from .io import committed
 from .rounds import overview_table, rounds_overview, student_names, teacher_names
-from .store import load_round_models, round_paths
+from .store import checked_models, round_paths
 from .tables import format_table
 from .tasks import CLASSIFICATION, Task
 from .driver import ExtraRows, Run, open_run, train_models
@@ -179,7 +179,7 @@ def extra_rows(selections: list[FoldSelection]) -> ExtraRows:
 def run_round(cfg: ExperimentConfig, run: Run, round_: int, force: bool = False) -> dict:
     """Select round `round_`'s pseudo labels from round_-1's teachers, write them, train the students."""
     names = teacher_names(cfg, round_)
-    teachers, _, _, _, folds = load_round_models(cfg, names, round_ - 1)
+    teachers, _, _, _, folds = checked_models(cfg, names, round_ - 1)
     rules = resolve_rules(cfg.pseudo, len(teachers))
     task = run.task
     selections = select_round(teachers, folds, run.train.y, rules, task)

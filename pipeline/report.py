@@ -27,7 +27,7 @@ from .io import Commit, committed, read_json, read_npy, sha256_file
 from .metrics import oof_correlation
 from .plots import plot_matrix, save_figure, subplots
 from .rounds import ensemble_label, overview_table, rounds_overview, student_names
-from .store import load_round_models, models_dir, reports_dir, round_paths
+from .store import checked_models, models_dir, reports_dir, round_paths
 from .tables import format_table
 from .tasks import Task, get as get_task
 
@@ -89,7 +89,7 @@ def check_ensemble_models(cfg: ExperimentConfig, summary_path: Path, summary: di
 
 def gather(cfg: ExperimentConfig) -> Evidence:
     e = cfg.ensemble
-    models, train, test, meta, folds = load_round_models(cfg, e.models, e.round)
+    models, train, test, meta, folds = checked_models(cfg, e.models, e.round)
     out = models_dir(cfg, e.round) / "ensembles"
     summary = out / "summary.json"
     if not summary.is_file():

@@ -9,7 +9,7 @@ import numpy as np
 from .artifacts import Matrices
 from .config import ExperimentConfig
 from .ensembling import fit_submitted
-from .store import load_round, load_round_models
+from .store import checked_models, load_round
 from .tables import format_table
 from .tasks import get as get_task
 
@@ -42,7 +42,7 @@ def ensemble_scores(cfg: ExperimentConfig, models: list[Matrices], y: np.ndarray
 def round_scores(cfg: ExperimentConfig, round_: int) -> dict:
     """Scores of the students' matrices of one round (round 0: the same models before pseudo
     labelling), recomputed from oof.npy / test.npy and the labels."""
-    models, train, test, _, folds = load_round_models(cfg, student_names(cfg), round_)
+    models, train, test, _, folds = checked_models(cfg, student_names(cfg), round_)
     task = get_task(cfg.task)
     return {"round": round_,
             "models": {m.name: {"oof": task.scores(train.y, m.oof),

@@ -376,8 +376,3 @@ def load_round(cfg: ExperimentConfig, round_: int) -> tuple[pd.DataFrame, dict]:
         raise PipelineError(f"{csv_path} does not match its sha256 in {json_path}: run the pseudo_label stage again")
     frame = pd.read_csv(csv_path, dtype={"test_id": str, "label": str, "voters": str}, keep_default_na=False)
     return frame, info
-
-
-def load_round_models(cfg: ExperimentConfig, names: list[str], round_: int):
-    """Checked matrices of one round: see ensemble.checked_models."""
-    return checked_models(cfg, names, round_)
