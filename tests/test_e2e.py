@@ -60,3 +60,40 @@ def test_unseen_test_label_and_missing_file(exp):
     assert "file not found" in line and "nope.csv" in line
     line = one_line_error(sh(sys.executable, "-m", "pipeline.train", str(exp.config)))
     assert "run `python -m pipeline.preprocess` first" in line
+
+
+def test_demo_config_runs_a_pseudo_label_round_shown_in_the_report(tmp_path):
+    """configs/default.yaml as shipped (its MiniLM swapped for a tiny random BERT, fewer rows and
+    trees): run_all.sh trains, runs one pseudo-label round and the report shows it."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    from pipeline.demo import write_demo
+
+    write_demo(tmp_path / "demo", n_train=120, n_test=40)
+    bert = tmp_path / "bert"
+    words = sorted({w for t in pd.read_csv(tmp_path / "demo" / "train.csv")["text_a"] for w in t.lower().split()})
+    tok = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)})
+    tok.save_pretrained(bert)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=64)).save_pretrained(bert)
+    overrides = [f"data.dir={tmp_path / 'demo'}", f"paths.work={tmp_path / 'work'}",
+                 f"paths.models={tmp_path / 'models'}", f"paths.submissions={tmp_path / 'subs'}",
+                 f"paths.reports={tmp_path / 'reports'}", f"models.minilm.params.backbone={bert}",
+                 "models.minilm.params.epochs=1", "models.minilm.params.max_length=32",
+                 "models.minilm.params.batch_size=32", "models.pair_lgbm.params.n_estimators=20"]
+    r = sh("bash", str(ROOT / "run_all.sh"), "configs/default.yaml", *overrides)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "== pseudo_label done" in r.stdout
+    pseudo = pd.read_csv(tmp_path / "work" / "demo" / "pseudo" / "r1.csv")
+    page = (tmp_path / "reports" / "demo" / "report.md").read_text()
+    assert "Pseudo-label rounds" in page
+    section = page.split("Pseudo-label rounds", 1)[1]
+    lines = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0]]
+    row = dict(zip(head, (c.strip() for c in next(cells for cells in lines if cells[0].strip() == "1"))))
+    assert row["pseudo rows"] == str(len(pseudo)), row
+    assert (tmp_path / "models" / "demo" / "rounds" / "r1" / "tfidf_lr" / "oof.npy").exists()
+    assert not (tmp_path / "models" / "demo" / "rounds" / "r1" / "minilm").exists()   # a teacher, not a student
