@@ -136,7 +136,8 @@ class HillClimber(Blender):
 
     def __init__(self, score: Callable[[np.ndarray, np.ndarray], float], init: int = 1, steps: int = 50,
                  bags: int = 1, fraction: float = 0.5, seed: int = 0):
-        self.score, self.init, self.steps, self.bags, self.fraction, self.seed = score, init, steps, bags, fraction, seed
+        self.score, self.init, self.steps = score, init, steps
+        self.bags, self.fraction, self.seed = bags, fraction, seed
 
     def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "HillClimber":
         P = np.stack(mats).astype(np.float64)
