@@ -212,3 +212,6 @@ def test_ensemble_stage_with_select_and_rank(prepared, capsys):
         test = np.load(prepared.models / "ensembles" / m / "test.npy")
         np.testing.assert_allclose(test.sum(1), 1, rtol=1e-5)
     assert "select weights:" in capsys.readouterr().out
+    ranked = ("ensemble.methods=[select, rank]", "ensemble.submit=rank")
+    assert prepared.run("ensemble", *ranked) == 0 and prepared.run("report", *ranked) == 0
+    assert read_json(prepared.tmp / "reports" / "tiny" / "report.json")["ensemble"]["method"] == "rank"
