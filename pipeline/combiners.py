@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression, Ridge
 
 EPS = 1e-6
@@ -121,6 +122,125 @@ class BCEBlender(Blender):
             return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
         return loss
+
+
+class HillClimber(Blender):
+    """Ensemble selection with replacement (Caruana et al. 2004): start from the `init` best single
+    models, then add, one step at a time, the model (any, again or for the first time) whose
+    addition to the running mean most improves score(y, matrix) (higher is better) on the rows it
+    is fitted on; stop after `steps` additions or when no addition improves. With bags > 1, each of
+    `bags` climbs sees a random `fraction` of the models (seeded), and the climbs' weights are
+    averaged (Caruana's bagged selection, against overfitting the fitting rows).
+    weights_ (M,): how often each model was picked / picks, per bag, averaged over bags.
+    """
+
+    def __init__(self, score: Callable[[np.ndarray, np.ndarray], float], init: int = 1, steps: int = 50,
+                 bags: int = 1, fraction: float = 0.5, seed: int = 0):
+        self.score, self.init, self.steps = score, init, steps
+        self.bags, self.fraction, self.seed = bags, fraction, seed
+
+    def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "HillClimber":
+        P = np.stack(mats).astype(np.float64)
+        rng = np.random.default_rng(self.seed)
+        size = max(1, round(self.fraction * len(mats)))
+        weights = np.zeros(len(mats))
+        for _ in range(self.bags):
+            pool = np.arange(len(mats)) if self.bags == 1 else np.sort(rng.choice(len(mats), size, replace=False))
+            counts = self._climb(P, y, pool)
+            weights += counts / counts.sum()
+        self.weights_ = weights / self.bags
+        return self
+
+    def _climb(self, P: np.ndarray, y: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        """P (M, n, C), pool: the model indices this climb may pick -> (M,) pick counts."""
+        singles = np.array([self.score(y, P[m]) for m in pool])
+        counts = np.zeros(len(P))
+        counts[pool[np.argsort(-singles, kind="stable")[: self.init]]] = 1   # ties: the earlier model
+        total = np.tensordot(counts, P, axes=1)
+        best = self.score(y, total / counts.sum())
+        for _ in range(self.steps):
+            tried = [self.score(y, (total + P[m]) / (counts.sum() + 1)) for m in pool]
+            i = int(np.argmax(tried))
+            if tried[i] <= best:
+                break
+            best, counts[pool[i]], total = tried[i], counts[pool[i]] + 1, total + P[pool[i]]
+        return counts
+
+    def state(self) -> dict:
+        return {"weights": self.weights_.tolist(), "init": self.init, "steps": self.steps, "bags": self.bags,
+                "fraction": self.fraction, "seed": self.seed}
+
+    @classmethod
+    def from_state(cls, d: dict) -> "HillClimber":
+        """An estimator that predicts (its score function is not state: it cannot be refitted)."""
+        est = cls(None, d["init"], d["steps"], d["bags"], d["fraction"], d["seed"])
+        est.weights_ = np.asarray(d["weights"], dtype=np.float64)
+        return est
+
+
+def mean_ranks(mats: list[np.ndarray]) -> np.ndarray:
+    """(n, C) mean over the M matrices of each column's ranks among the n rows predicted together,
+    scaled to [0, 1] (ties share their mean rank; a single row is 0.5)."""
+    P = np.stack(mats)
+    n = P.shape[1]
+    if n < 2:
+        return np.full(P.shape[1:], 0.5)
+    return ((rankdata(P, axis=1) - 1) / (n - 1)).mean(axis=0)
+
+
+class RankAverager:
+    """Classification: the mean of the models' per-column ranks (rank_average). Ranks are taken
+    among the rows predicted together (a held-out fold, the test set), so nothing is learned.
+    Binary: the classic AUC rank average: column 1 is the mean rank of P(class 1), column 0 one
+    minus it. More classes: the mean ranks of each row, scaled to sum to 1 (uniform where all are 0).
+    """
+
+    def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "RankAverager":
+        return self
+
+    def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
+        r = mean_ranks(mats)
+        if r.shape[1] == 2:
+            return np.stack([1 - r[:, 1], r[:, 1]], axis=1)
+        total = r.sum(axis=1, keepdims=True)
+        return np.where(total > 0, r / np.where(total > 0, total, 1), 1 / r.shape[1])
+
+    def state(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_state(cls, d: dict) -> "RankAverager":
+        return cls()
+
+
+class LabelRankAverager(RankAverager):
+    """Multilabel: per label, the mean of the models' ranks of that label's probability, in [0, 1]."""
+
+    def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
+        return mean_ranks(mats)
+
+
+class ValueRankAverager(RankAverager):
+    """Regression: the mean of the models' ranks, mapped onto the fitting rows' targets: mean rank r
+    -> the r-quantile of those targets (levels_: up to 1001 quantiles). Mean ranks cluster around
+    0.5 where the models disagree, so uncertain rows move towards the median target."""
+
+    def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "ValueRankAverager":
+        self.levels_ = np.quantile(np.asarray(y, np.float64), np.linspace(0, 1, min(len(y), 1001)))
+        return self
+
+    def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
+        grid = np.linspace(0, 1, len(self.levels_))
+        return np.interp(mean_ranks(mats)[:, 0], grid, self.levels_)[:, None]
+
+    def state(self) -> dict:
+        return {"levels": self.levels_.tolist()}
+
+    @classmethod
+    def from_state(cls, d: dict) -> "ValueRankAverager":
+        est = cls()
+        est.levels_ = np.asarray(d["levels"], dtype=np.float64)
+        return est
 
 
 class Voter:

@@ -107,10 +107,20 @@ class EnsembleConfig:
     # what the submission's columns hold: the decisions (class name, tuned rating, 0/1 labels) or
     # the matrix itself (class or label probabilities, the raw value), for log-loss / AUC competitions
     submit_values: Literal["decisions", "probabilities"] = "decisions"
+    # method select (hill-climbing ensemble selection): start from the select_init best models,
+    # add at most select_steps picks; select_bags > 1: climbs on random select_fraction of the models
+    select_init: int = 1
+    select_steps: int = 50
+    select_bags: int = 1
+    select_fraction: float = 0.5
 
     def __post_init__(self):
         require(self, "round", lambda v: v >= 0, "0 or more")
         require(self, "stack_c", lambda v: v > 0, "positive")
+        require(self, "select_init", lambda v: v >= 1, "1 or more")
+        require(self, "select_steps", lambda v: 0 <= v <= 10000, "in 0..10000")
+        require(self, "select_bags", lambda v: 1 <= v <= 1000, "in 1..1000")
+        require(self, "select_fraction", lambda v: 0 < v <= 1, "in (0, 1]")
         require(self, "methods", lambda v: len(v) >= 1, "a non-empty list")
         require(self, "models", lambda v: v is None or len(v) >= 1, "null (every model) or a non-empty list")
 

@@ -1,4 +1,5 @@
-"""Ensemble stage: stack, blend or vote the models' matrices into submission CSVs.
+"""Ensemble stage: stack, blend, vote, select (hill climbing) or rank-average the models' matrices
+into submission CSVs.
 
     python -m pipeline.ensemble [config.yaml] [key=value ...]
 

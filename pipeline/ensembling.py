@@ -15,7 +15,9 @@ from .tasks import Task, get as get_task
 
 def make_method(name: str, cfg: ExperimentConfig) -> Callable[[], object]:
     """A factory of the estimator that method `name` means for the config's task."""
-    return get_task(cfg.task).method(name, cfg.ensemble.stack_c, cfg.seed, cfg.metric)
+    e = cfg.ensemble
+    select = {"init": e.select_init, "steps": e.select_steps, "bags": e.select_bags, "fraction": e.select_fraction}
+    return get_task(cfg.task).method(name, e.stack_c, cfg.seed, cfg.metric, select)
 
 
 def honest_oof(factory: Callable[[], object], oofs: list[np.ndarray], y: np.ndarray,

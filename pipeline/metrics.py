@@ -72,6 +72,12 @@ def scores(y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None) 
     return out
 
 
+def class_logloss(y: np.ndarray, proba: np.ndarray) -> float:
+    """Mean -log probability of the true class: (n,) labels, (n, C) probabilities whose rows sum
+    to 1 (a fast log loss, for scoring many candidate mixtures)."""
+    return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-7, 1.0))))
+
+
 def score(metric: str, y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None) -> float:
     """The named metric, signed so that higher is always better (log loss negated)."""
     return signed(metric, scores(y, proba, threshold)[metric])
@@ -174,13 +180,22 @@ def multilabel_scores(y: np.ndarray, proba: np.ndarray, thresholds: Optional[lis
     f1 (micro over all label decisions), macro_f1 (mean per-label F1), mcc (over all label
     decisions), roc_auc (mean per-label AUC), logloss (mean binary log loss over labels)."""
     pred = multilabel_decide(proba, thresholds)
-    p = np.clip(proba.astype(np.float64), 1e-7, 1 - 1e-7)
     return {"accuracy": float(accuracy_score(y, pred)),
             "f1": float(f1_score(y, pred, average="micro", zero_division=0)),
             "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
             "mcc": float(matthews_corrcoef(y.ravel(), pred.ravel())),
-            "roc_auc": float(np.mean([auc(y[:, j], proba[:, j]) for j in range(y.shape[1])])),
-            "logloss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))}
+            "roc_auc": label_auc(y, proba), "logloss": label_logloss(y, proba)}
+
+
+def label_auc(y: np.ndarray, proba: np.ndarray) -> float:
+    """Mean per-label ROC-AUC of (n, L) label probabilities against (n, L) 0/1 labels."""
+    return float(np.mean([auc(y[:, j], proba[:, j]) for j in range(y.shape[1])]))
+
+
+def label_logloss(y: np.ndarray, proba: np.ndarray) -> float:
+    """Mean binary log loss over every label of (n, L) probabilities against (n, L) 0/1 labels."""
+    p = np.clip(proba.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def label_thresholds(metric: str, y: np.ndarray, proba: np.ndarray) -> list[float]:

@@ -45,7 +45,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 NAME_RULE = "1-64 characters: letters, digits, '_' and '-', starting with a letter or digit"
 # Folders of models/<exp>/ that are not models: a model of that name would share them.
 RESERVED_MODEL_NAMES = ("ensembles", "rounds")
-METHODS = ("stack", "blend", "vote", "best")
+METHODS = ("stack", "blend", "vote", "best", "select", "rank")
 
 
 # ----------------------------------------------------------------------------- names

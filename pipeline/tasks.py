@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 
 from . import metrics as M
-from .combiners import (BCEBlender, BestSingle, Blender, LabelStacker, LabelVoter, MedianVoter, MSEBlender,
-                        RidgeStacker, Stacker, Voter)
+from .combiners import (BCEBlender, BestSingle, Blender, HillClimber, LabelRankAverager, LabelStacker, LabelVoter,
+                        MedianVoter, MSEBlender, RankAverager, RidgeStacker, Stacker, ValueRankAverager, Voter)
 from .errors import PipelineError
 
 if TYPE_CHECKING:
@@ -166,12 +166,25 @@ class Task:
 
     # -- ensemble
 
-    stacker, blender, voter = Stacker, Blender, Voter   # the ensemble's estimators (pipeline/combiners.py)
+    # the ensemble's estimators (pipeline/combiners.py)
+    stacker, blender, voter, ranker = Stacker, Blender, Voter, RankAverager
 
-    def method(self, name: str, C: float, seed: int, metric: str) -> Callable[[], Any]:
-        """A factory of the estimator that ensemble method `name` means for this task."""
+    def method(self, name: str, C: float, seed: int, metric: str, select: Optional[dict] = None) -> Callable[[], Any]:
+        """A factory of the estimator that ensemble method `name` means for this task; `select`:
+        HillClimber's init, steps, bags and fraction (its defaults where None)."""
         return {"stack": lambda: self.stacker(C, seed), "blend": self.blender, "vote": self.voter,
-                "best": lambda: BestSingle(lambda y, p: self.score(metric, y, p))}[name]
+                "best": lambda: BestSingle(lambda y, p: self.score(metric, y, p)),
+                "select": lambda: HillClimber(self.selection_score(metric), seed=seed, **(select or {})),
+                "rank": self.ranker}[name]
+
+    def selection_score(self, metric: str) -> Callable[[np.ndarray, np.ndarray], float]:
+        """What hill-climbing selection maximises, higher is better: roc_auc itself, else log loss
+        (for logloss, and as the smooth proxy of accuracy, F1 and MCC: those are step functions of
+        the weights, flat over most single additions, so a greedy climb on them picks by ties and
+        noise, and the submitted decisions come from a threshold tuned afterwards anyway)."""
+        if metric == "roc_auc":
+            return M.class_auc
+        return lambda y, p: -M.class_logloss(y, p)
 
     def tune(self, metric: str, y: np.ndarray, pred: np.ndarray) -> Any:
         """Binary tasks: the class-1 threshold maximising a decision metric; None otherwise."""
@@ -348,7 +361,12 @@ class RegressionTask(_OneGroup, Task):
     def activate(self, logits, stats=(0.0, 1.0)):
         return logits * stats[1] + stats[0]
 
-    stacker, blender, voter = RidgeStacker, MSEBlender, MedianVoter
+    stacker, blender, voter, ranker = RidgeStacker, MSEBlender, MedianVoter, ValueRankAverager
+
+    def selection_score(self, metric):
+        """`metric` itself; for qwk (a step function of the values, cut-points tuned afterwards) rmse."""
+        proxy = "rmse" if metric in self.decision_metrics else metric
+        return lambda y, p: self.score(proxy, y, p)
 
     def tune(self, metric, y, pred):
         """metric qwk: cut-points that turn predicted values into ratings, fitted on these rows."""
@@ -497,7 +515,13 @@ class MultilabelTask(_OneGroup, Task):
 
         return torch.sigmoid(logits)
 
-    stacker, blender, voter = LabelStacker, BCEBlender, LabelVoter
+    stacker, blender, voter, ranker = LabelStacker, BCEBlender, LabelVoter, LabelRankAverager
+
+    def selection_score(self, metric):
+        """Mean per-label roc_auc itself, else the mean binary log loss (see Task.selection_score)."""
+        if metric == "roc_auc":
+            return M.label_auc
+        return lambda y, p: -M.label_logloss(y, p)
 
     def tune(self, metric, y, pred):
         """Per-label thresholds for a decision metric; None for roc_auc and logloss."""

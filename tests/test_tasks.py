@@ -232,7 +232,7 @@ def task_data(name: str, n: int = 300):
 
 
 @pytest.mark.parametrize("name", ["classification", "regression", "multilabel"])
-@pytest.mark.parametrize("method", ["stack", "blend", "best"])
+@pytest.mark.parametrize("method", ["stack", "blend", "best", "select", "rank"])
 def test_ensemble_oof_is_honest_for_every_task(name, method):
     """A method's OOF rows of fold k must not change when fold k's own labels change."""
     task = tasks.get(name)
