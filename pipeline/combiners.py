@@ -9,7 +9,6 @@ from typing import Callable
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression, Ridge
 
 EPS = 1e-6
@@ -178,46 +177,79 @@ class HillClimber(Blender):
         return est
 
 
-def mean_ranks(mats: list[np.ndarray]) -> np.ndarray:
-    """(n, C) mean over the M matrices of each column's ranks among the n rows predicted together,
-    scaled to [0, 1] (ties share their mean rank; a single row is 0.5)."""
-    P = np.stack(mats)
-    n = P.shape[1]
-    if n < 2:
-        return np.full(P.shape[1:], 0.5)
-    return ((rankdata(P, axis=1) - 1) / (n - 1)).mean(axis=0)
+REFERENCE_POINTS = 1001   # quantiles kept per member column: the empirical CDF a rank is read from
+
+
+def reference_quantiles(mats: list[np.ndarray]) -> list[np.ndarray]:
+    """Per member, (Q, C) quantiles of each column over the fitting rows (Q = min(n, 1001))."""
+    grid = np.linspace(0, 1, min(len(mats[0]), REFERENCE_POINTS))
+    return [np.quantile(np.asarray(m, np.float64), grid, axis=0) for m in mats]
+
+
+def ecdf(ref: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(n,) positions in [0, 1] of the values `v` among the sorted reference values `ref` (Q,):
+    linear between neighbours, the mean position of a run of equal references (mid-rank of ties),
+    0 below the smallest and 1 above the largest."""
+    q = len(ref)
+    if q < 2:
+        return np.full(len(v), 0.5)
+    lo, hi = np.searchsorted(ref, v, "left"), np.searchsorted(ref, v, "right")
+    i = np.clip(lo, 1, q - 1)
+    a, b = ref[i - 1], ref[i]
+    frac = np.clip(np.where(b > a, (v - a) / np.where(b > a, b - a, 1.0), 0.5), 0.0, 1.0)
+    pos = np.where(hi > lo, (lo + hi - 1) / 2, i - 1 + frac)
+    return pos / (q - 1)
+
+
+def mean_ranks(refs: list[np.ndarray], mats: list[np.ndarray]) -> np.ndarray:
+    """(n, C) mean over the M members of each value's rank among the fitting rows' values of that
+    member column (their empirical CDF, read from the reference quantiles `refs`), in [0, 1]. A
+    row's rank depends on that row alone, so test rows, held-out folds and single rows served one
+    at a time all rank alike."""
+    out = np.zeros(mats[0].shape, dtype=np.float64)
+    for ref, m in zip(refs, mats):
+        for c in range(m.shape[1]):
+            out[:, c] += ecdf(ref[:, c], np.asarray(m[:, c], np.float64))
+    return out / len(mats)
 
 
 class RankAverager:
-    """Classification: the mean of the models' per-column ranks (rank_average). Ranks are taken
-    among the rows predicted together (a held-out fold, the test set), so nothing is learned.
+    """Classification: the mean of the models' per-column ranks (rank averaging). A value's rank is
+    its position among the fitting rows' values of that model's column (their empirical CDF), so
+    the ranks are learned on the rows the method is fitted on and a row's rank needs no other row.
     Binary: the classic AUC rank average: column 1 is the mean rank of P(class 1), column 0 one
     minus it. More classes: the mean ranks of each row, scaled to sum to 1 (uniform where all are 0).
     """
 
     def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "RankAverager":
+        self.refs_ = reference_quantiles(mats)
         return self
 
+    def _ranks(self, mats: list[np.ndarray]) -> np.ndarray:
+        return mean_ranks(self.refs_, mats)
+
     def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
-        r = mean_ranks(mats)
+        r = self._ranks(mats)
         if r.shape[1] == 2:
             return np.stack([1 - r[:, 1], r[:, 1]], axis=1)
         total = r.sum(axis=1, keepdims=True)
         return np.where(total > 0, r / np.where(total > 0, total, 1), 1 / r.shape[1])
 
     def state(self) -> dict:
-        return {}
+        return {"refs": [ref.tolist() for ref in self.refs_]}
 
     @classmethod
     def from_state(cls, d: dict) -> "RankAverager":
-        return cls()
+        est = cls()
+        est.refs_ = [np.asarray(ref, dtype=np.float64) for ref in d["refs"]]
+        return est
 
 
 class LabelRankAverager(RankAverager):
     """Multilabel: per label, the mean of the models' ranks of that label's probability, in [0, 1]."""
 
     def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
-        return mean_ranks(mats)
+        return self._ranks(mats)
 
 
 class ValueRankAverager(RankAverager):
@@ -226,19 +258,20 @@ class ValueRankAverager(RankAverager):
     0.5 where the models disagree, so uncertain rows move towards the median target."""
 
     def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "ValueRankAverager":
-        self.levels_ = np.quantile(np.asarray(y, np.float64), np.linspace(0, 1, min(len(y), 1001)))
+        super().fit(mats, y)
+        self.levels_ = np.quantile(np.asarray(y, np.float64), np.linspace(0, 1, min(len(y), REFERENCE_POINTS)))
         return self
 
     def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
         grid = np.linspace(0, 1, len(self.levels_))
-        return np.interp(mean_ranks(mats)[:, 0], grid, self.levels_)[:, None]
+        return np.interp(self._ranks(mats)[:, 0], grid, self.levels_)[:, None]
 
     def state(self) -> dict:
-        return {"levels": self.levels_.tolist()}
+        return {**super().state(), "levels": self.levels_.tolist()}
 
     @classmethod
     def from_state(cls, d: dict) -> "ValueRankAverager":
-        est = cls()
+        est = super().from_state(d)
         est.levels_ = np.asarray(d["levels"], dtype=np.float64)
         return est
 

@@ -86,26 +86,35 @@ def test_rank_average_by_hand():
     out = RankAverager().fit([a, b], None).predict_proba([a, b])
     np.testing.assert_allclose(out[:, 1], [1 / 6, 1 / 3, 2 / 3, 5 / 6])
     np.testing.assert_allclose(out.sum(1), 1)
-    ties = RankAverager().predict_proba([np.array([[0.5, 0.5], [0.5, 0.5], [0.1, 0.9]])])
+    # a row's rank is read from the fitting rows alone: new rows between, below and above them
+    new = [np.array([[0.3, 0.7], [1.0, 0.0], [0.0, 1.0]]), np.array([[0.15, 0.85], [0.95, 0.05], [0.0, 1.0]])]
+    np.testing.assert_allclose(RankAverager().fit([a, b], None).predict_proba(new)[:, 1],
+                               [2.75 / 3, 0.0, 1.0])   # .7 and .85: 3/4 of the way from the 3rd to the 4th
+    single = RankAverager().fit([a, b], None)
+    np.testing.assert_allclose(np.concatenate([single.predict_proba([a[i:i + 1], b[i:i + 1]]) for i in range(4)]), out)
+    tied = [np.array([[0.5, 0.5], [0.5, 0.5], [0.1, 0.9]])]
+    ties = RankAverager().fit(tied, None).predict_proba(tied)
     np.testing.assert_allclose(ties[:, 1], [0.25, 0.25, 1.0])
-    three = RankAverager().predict_proba([np.random.default_rng(0).dirichlet([1, 1, 1], 20) for _ in range(3)])
+    dirichlet = [np.random.default_rng(0).dirichlet([1, 1, 1], 20) for _ in range(3)]
+    three = RankAverager().fit(dirichlet, None).predict_proba(dirichlet)
     np.testing.assert_allclose(three.sum(1), 1)
     assert (three >= 0).all()
-    labels = LabelRankAverager().predict_proba([a, b])   # every column on its own
+    labels = LabelRankAverager().fit([a, b], None).predict_proba([a, b])   # every column on its own
     np.testing.assert_allclose(labels[:, 0], [5 / 6, 2 / 3, 1 / 3, 1 / 6])
 
 
 def test_regression_ranks_map_onto_the_training_targets():
-    est = ValueRankAverager().fit(None, np.array([4.0, 0.0, 3.0, 1.0, 2.0]))
     a, b = np.array([[1.0], [2.0], [3.0]]), np.array([[6.0], [5.0], [7.0]])
+    est = ValueRankAverager().fit([a, b], np.array([4.0, 0.0, 3.0, 1.0, 2.0]))
     out = est.predict_proba([a, b])  # ranks 0, .5, 1 and .5, 0, 1: mean .25, .25, 1 -> quantiles of 0..4
     np.testing.assert_allclose(out[:, 0], [1.0, 1.0, 4.0])
-    assert est.predict_proba([a[:1]])[0, 0] == 2.0  # one row: rank 0.5, the median
+    assert est.predict_proba([a[:1], b[:1]])[0, 0] == 1.0  # one row ranks as it did among the others
+    assert est.predict_proba([np.array([[9.0]]), np.array([[9.0]])])[0, 0] == 4.0  # above every fitting row
 
 
 def test_thresholds_tune_on_the_rank_average():
     y, mats = informative_and_noise(noisy=1)
-    ranked = RankAverager().predict_proba(mats)
+    ranked = RankAverager().fit(mats, y).predict_proba(mats)
     t = CLS.tune("accuracy", y, ranked)
     assert t in M.GRID.tolist() and 0.35 <= t <= 0.65   # half the rows are positive: near the median
     assert M.scores(y, ranked, t)["accuracy"] > 0.7
