@@ -32,6 +32,8 @@ def augment_split(train: Split, cfg: AugmentConfig, seed: int, views: Views, nam
     (and sample weights). Unchanged when the config adds no rows."""
     if not cfg.active or len(train) == 0:
         return train
+    if cfg.synonym and cfg.synonyms == "none":
+        log.warning("%s: augment.synonym skipped: nltk's WordNet corpus is not installed", train.name)
     a, b, ids, src = augmented_texts(train, cfg, seed)
     table = Table(name, ids, views(a, b), None if train.y is None else train.y[src],
                   segmented=any(t.segmented for t, _ in train.parts))
