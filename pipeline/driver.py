@@ -122,7 +122,7 @@ def fit_fold(run: Run, m: ModelConfig, k: int, out: Path, threads: Optional[int]
     n_classes, task = len(run.classes), run.task
     ctx = FitContext(n_classes=n_classes, seed=seed, fold=k, out_dir=out,
                      score=lambda y, p: task.score(run.cfg.metric, y, p), cache=run.cache,
-                     label=f"{m.name} fold {k + 1}/{run.n_splits}", task=task)
+                     label=f"{m.name} fold {k + 1}/{run.n_splits}", task=task, metric=run.cfg.metric)
     model = registry.kind(m.kind).build(with_threads(model_params(m), threads), n_classes, m.view)
     start = time.perf_counter()
     model.fit(tr, va, ctx)
