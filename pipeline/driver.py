@@ -184,7 +184,7 @@ class JobResult:
 
 
 def run_job(run: Run, job: Job, out: Path, threads: Optional[int] = None) -> JobResult:
-    """Fit one (model, fold) job, saving the model's files in `out`."""
+    """Fit one (model, fold) or (model, fold, seed) job, saving the model's files in `out`."""
     faults.point(f"job:{job.model.name}/fold{job.fold}" + ("" if job.seed is None else f"/seed{job.seed}"))
     val_pred, test_pred, record = fit_fold(run, job.model, job.fold, out, threads, job.seed)
     if job.seed is not None:
@@ -272,7 +272,7 @@ def _bag_jobs(run: Run, m: ModelConfig, k: int, force: bool, seconds: float) -> 
 
 
 def train_models(run: Run, models: list[ModelConfig], force: bool = False) -> dict[str, dict]:
-    """The stage's one plan: every unfinished (model, fold) job of every model, run by the
+    """The stage's one plan: every unfinished (model, fold[, seed]) job of every model, run by the
     configured executor; each fold is written as it finishes and each model assembled (matrices
     and manifest) as soon as its last fold is in. Returns {model: manifest}."""
     plans = {m.name: plan_model(run, m, force) for m in models}
