@@ -117,12 +117,13 @@ def fit_fold(run: Run, m: ModelConfig, k: int, out: Path, threads: Optional[int]
     (val_pred (n_val, C), test_pred (n_test, C), record).
 
     threads: the job's CPU share on a cluster (torch and LightGBM threads); None keeps the params'."""
+    label = f"{m.name} fold {k + 1}/{run.n_splits}" + ("" if seed is None else f" seed {seed}")
     seed = int(m.seed if seed is None else seed) + k
     tr, va = training_split(run, m, k, seed)
     n_classes, task = len(run.classes), run.task
     ctx = FitContext(n_classes=n_classes, seed=seed, fold=k, out_dir=out,
                      score=lambda y, p: task.score(run.cfg.metric, y, p), cache=run.cache,
-                     label=f"{m.name} fold {k + 1}/{run.n_splits}", task=task, metric=run.cfg.metric)
+                     label=label, task=task, metric=run.cfg.metric)
     model = registry.kind(m.kind).build(with_threads(model_params(m), threads), n_classes, m.view)
     start = time.perf_counter()
     model.fit(tr, va, ctx)
