@@ -8,6 +8,8 @@ Per model, under models/<exp>/<model>/:
                   versions (`versions` at assembly, `fold_versions` per fold: resumed folds may differ)
   fold<k>/        per-fold outputs, saved as soon as the fold ends (resume point); fold.json,
                   written last, commits the fold and holds its files' sha256 and library versions
+  fold<k>/seed<s>/  a seed bag's (models[].seeds) per-seed outputs, laid out like fold<k>/; then
+                  fold<k>/ holds the means over the seeds and a record listing them
 
 Nothing here runs code on load: matrices through io.read_npy (object arrays refused before any
 data is read), manifests as JSON, weights through safe_load_safetensors.
@@ -98,6 +100,11 @@ def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def fold_dir(model_dir: Path, k: int) -> Path:
     return Path(model_dir) / f"fold{k}"
+
+
+def seed_dir(fold: Path, seed: int) -> Path:
+    """One seed's outputs inside a fold of a seed bag (a fold laid out like fold<k>/ itself)."""
+    return Path(fold) / f"seed{seed}"
 
 
 def save_fold(directory: Path, val_pred: np.ndarray, test_pred: np.ndarray, record: dict) -> None:

@@ -84,16 +84,60 @@ class ResourcesConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Offline augmentation of a fold's training rows (pipeline/augment.py); rates are the share
+    of a text's words each op touches. Off by default (copies 0 and swap false)."""
+    copies: int = 0                 # augmented copies of every training row (EDA and mlm ops)
+    random_swap: float = 0.0        # EDA: swap this share of word pairs
+    random_delete: float = 0.0      # EDA: drop each word with this probability
+    random_insert: float = 0.0      # EDA: insert this share of words (copies of the row's own words)
+    synonym: float = 0.0            # EDA: replace this share of words by a WordNet synonym
+    synonyms: Literal["auto", "wordnet", "none"] = "auto"  # auto: wordnet if nltk's corpus is installed, else none
+    mlm: float = 0.0                # contextual substitution of this share of words by a masked LM
+    mlm_backbone: Optional[str] = None  # the masked LM; required when mlm > 0
+    swap: bool = False              # pairs: one more copy of every training row as (b, a)
+
+    def __post_init__(self):
+        require(self, "copies", lambda v: v >= 0, "0 or more")
+        for key in ("random_swap", "random_delete", "random_insert", "synonym", "mlm"):
+            require(self, key, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
+        if self.copies and not any((self.random_swap, self.random_delete, self.random_insert, self.synonym, self.mlm)):
+            raise InvalidValue("copies", "needs an op (random_swap, random_delete, random_insert, synonym or mlm) "
+                               "with a rate above 0", self.copies)
+        if self.mlm and not self.mlm_backbone:
+            raise InvalidValue("mlm_backbone", "is required when mlm > 0", self.mlm_backbone)
+
+    @property
+    def active(self) -> bool:
+        return self.copies > 0 or self.swap
+
+
+@dataclass
 class ModelConfig:
     name: str
     kind: str
     view: Literal["raw", "lower", "lemma"] = "lower"
     seed: Optional[int] = None      # None: the experiment seed
+    seeds: Optional[list[int]] = None  # a seed bag: every fold trains once per seed, predictions averaged
     params: dict = field(default_factory=dict)  # validated against the kind's params class
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
         require(self, "seed", lambda v: v is None or 0 <= v <= MAX_SEED, SEED_RANGE)
+        require(self, "seeds", lambda v: v is None or (len(v) >= 1 and all(0 <= s <= MAX_SEED for s in v)),
+                f"null or a non-empty list of seeds {SEED_RANGE}")
+        require(self, "seeds", lambda v: v is None or len(set(v)) == len(v), "a list without repeats")
+        if self.seed is not None and self.seeds is not None:
+            raise InvalidValue("seeds", "cannot be set together with seed (seed: one run per fold; "
+                               "seeds: a bag of runs per fold); keep one", self.seeds)
+        if self.seeds is not None and len(self.seeds) == 1:  # a bag of one is the plain model, byte for byte
+            self.seed, self.seeds = self.seeds[0], None
+
+    @property
+    def seed_bag(self) -> list[int]:
+        """The seeds each fold trains with: [seed] for a plain model."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
 
 
 @dataclass
@@ -325,8 +369,14 @@ def to_dict(obj: Any) -> Any:
 
 
 def model_identity(m: ModelConfig) -> dict:
-    """What a model is, for its fingerprint and manifest: its config less where it runs."""
-    return {k: v for k, v in to_dict(m).items() if k != "resources"}
+    """What a model is, for its fingerprint and manifest: its config less where it runs. `seeds`
+    and `augment` enter only when set, so the fingerprints of models without them are unchanged."""
+    out = {k: v for k, v in to_dict(m).items() if k != "resources"}
+    if out["seeds"] is None:
+        del out["seeds"]
+    if not m.augment.active:
+        del out["augment"]
+    return out
 
 
 def config_hash(obj: Any) -> str:
@@ -411,8 +461,9 @@ def _validate(cfg: ExperimentConfig) -> None:
     for i, m in enumerate(cfg.models):
         params_cls = registry.params_class(m.kind, f"models.{m.name}.kind")
         m.params = to_dict(build(params_cls, m.params, f"models.{m.name}.params"))
-        if m.seed is None:
+        if m.seed is None and m.seeds is None:
             m.seed = cfg.seed
+        _resolve_synonyms(m)
     if cfg.folds.strategy == "group" and not cfg.folds.group_column:
         raise PipelineError("config: folds.strategy=group needs folds.group_column")
     for label, sel in (("ensemble.models", cfg.ensemble.models), ("pseudo.models", cfg.pseudo.models),
@@ -426,6 +477,21 @@ def _validate(cfg: ExperimentConfig) -> None:
                                 f"(known: {', '.join(store.METHODS)})")
     if cfg.ensemble.submit != "auto" and cfg.ensemble.submit not in cfg.ensemble.methods:
         raise PipelineError(f"config: ensemble.submit={cfg.ensemble.submit!r} is not in ensemble.methods")
+
+
+def _resolve_synonyms(m: ModelConfig) -> None:
+    """augment.synonyms auto -> wordnet or none, by what is installed, so the saved config and the
+    fingerprint say which ran; an explicit wordnet without nltk's corpus is one line."""
+    from .views import wordnet_available
+
+    a = m.augment
+    if not a.synonym:
+        return
+    if a.synonyms == "auto":
+        a.synonyms = "wordnet" if wordnet_available() else "none"
+    elif a.synonyms == "wordnet" and not wordnet_available():
+        raise PipelineError(f"config: models.{m.name}.augment.synonyms=wordnet but nltk's WordNet corpus is "
+                            "not installed (python -m nltk.downloader wordnet, or synonyms: auto to skip the op)")
 
 
 def model_params(m: ModelConfig) -> Any:

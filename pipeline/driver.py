@@ -1,10 +1,12 @@
-"""The one K-fold driver, for every model kind: plans the (model, fold) jobs of a stage, hands them
-to an executor (pipeline/executor.py), writes each fold as it finishes and assembles each model.
+"""The one K-fold driver, for every model kind: plans the (model, fold, seed) jobs of a stage, hands
+them to an executor (pipeline/executor.py), writes each job as it finishes and assembles each model.
 
-For each model and fold k: fit on the other folds (plus fold k's pseudo rows, if any), predict the
-held-out fold and the test set, save them at once (resume point); then assemble oof.npy,
-test_folds.npy, test.npy and manifest.json. Finished folds and models are skipped on rerun. Used by
-the train stage and by each pseudo-label round.
+For each model and fold k: fit on the other folds (plus fold k's pseudo rows and the model's
+augmented rows, if any), predict the held-out fold and the test set, save them at once (resume
+point); then assemble oof.npy, test_folds.npy, test.npy and manifest.json. A seed bag (`seeds:`
+with more than one seed) fits each fold once per seed s (with seed s + k) into fold<k>/seed<s>/,
+and fold<k>'s own predictions are the means over its seeds. Finished jobs, folds and models are
+skipped on rerun. Used by the train stage and by each pseudo-label round.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from typing import Optional
 import numpy as np
 
 from . import artifacts, cli, executor, faults
-from .artifacts import fold_dir, load_fold, save_fold, write_model
+from .artifacts import fold_dir, load_fold, save_fold, seed_dir, write_model
+from .augment import augment_split
 from .config import ExperimentConfig, ModelConfig, model_identity, model_params
 from .data import Split, Table, whole
 from .errors import PipelineError
@@ -27,6 +30,7 @@ from .models import registry
 from .models.base import FitContext
 from .store import load_folds, load_prepared, models_dir
 from .tasks import Task, get as get_task
+from .views import recorded_views
 
 log = logging.getLogger("pipeline.train")
 
@@ -71,6 +75,22 @@ def fingerprint(run: Run, m: ModelConfig) -> str:
                                                              run.folds_info, run.round, run.extra_sha256))
 
 
+def seed_fingerprint(run: Run, m: ModelConfig, seed: int) -> str:
+    """The fingerprint of one seed of a bag: the one the model would have with `seed` alone, so a
+    seed's finished folds are reused when seeds are added to or dropped from the bag."""
+    return fingerprint(run, dataclasses.replace(m, seed=seed, seeds=None))
+
+
+def training_split(run: Run, m: ModelConfig, k: int, seed: int) -> tuple[Split, Split]:
+    """fold_splits with the model's augmented rows (seeded by `seed`, its seed + k) added to the
+    training part only."""
+    tr, va = fold_splits(run, k)
+    if m.augment.active:
+        views = run.cache.setdefault(("views",), recorded_views(run.prepared_meta))
+        tr = augment_split(tr, m.augment, seed, views, name=f"augmented-fold{k}-seed{seed}")
+    return tr, va
+
+
 def fold_splits(run: Run, k: int) -> tuple[Split, Split]:
     """Fold k's training rows (other folds + its pseudo rows) and its held-out rows."""
     tr = np.flatnonzero(run.folds != k)
@@ -91,16 +111,19 @@ def check_proba(p: np.ndarray, n: int, n_classes: int, what: str) -> np.ndarray:
     return p.astype(np.float32)
 
 
-def fit_fold(run: Run, m: ModelConfig, k: int, out: Path,
-             threads: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Fit model `m` on fold k; return (val_pred (n_val, C), test_pred (n_test, C), record).
+def fit_fold(run: Run, m: ModelConfig, k: int, out: Path, threads: Optional[int] = None,
+             seed: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Fit model `m` on fold k with seed + k (seed: one of a bag, None: the model's seed); return
+    (val_pred (n_val, C), test_pred (n_test, C), record).
 
     threads: the job's CPU share on a cluster (torch and LightGBM threads); None keeps the params'."""
-    tr, va = fold_splits(run, k)
+    label = f"{m.name} fold {k + 1}/{run.n_splits}" + ("" if seed is None else f" seed {seed}")
+    seed = int(m.seed if seed is None else seed) + k
+    tr, va = training_split(run, m, k, seed)
     n_classes, task = len(run.classes), run.task
-    ctx = FitContext(n_classes=n_classes, seed=int(m.seed) + k, fold=k, out_dir=out,
+    ctx = FitContext(n_classes=n_classes, seed=seed, fold=k, out_dir=out,
                      score=lambda y, p: task.score(run.cfg.metric, y, p), cache=run.cache,
-                     label=f"{m.name} fold {k + 1}/{run.n_splits}", task=task)
+                     label=label, task=task, metric=run.cfg.metric)
     model = registry.kind(m.kind).build(with_threads(model_params(m), threads), n_classes, m.view)
     start = time.perf_counter()
     model.fit(tr, va, ctx)
@@ -128,15 +151,27 @@ def with_threads(params, threads: Optional[int]):
 
 @dataclass(frozen=True, eq=False)  # identity: a plan holds each job once
 class Job:
-    """One unfinished (model, fold): plain data, so it can run in another process or node."""
+    """One unfinished (model, fold, seed): plain data, so it can run in another process or node.
+    seed None: the model's only seed (no bag), written to fold<k>/ itself; else fold<k>/seed<s>/."""
     model: ModelConfig
     fold: int
     fingerprint: str
     expected_seconds: float = 0.0
+    seed: Optional[int] = None
+
+    @property
+    def part(self) -> str:
+        return f"fold {self.fold}" + ("" if self.seed is None else f" seed {self.seed}")
 
     @property
     def label(self) -> str:
-        return f"{self.model.name} fold {self.fold}"
+        return f"{self.model.name} {self.part}"
+
+
+def job_dir(run: Run, job: Job) -> Path:
+    """Where a job's files go: fold<k>/, or fold<k>/seed<s>/ for one seed of a bag."""
+    out = fold_dir(models_dir(run.cfg, run.round) / job.model.name, job.fold)
+    return out if job.seed is None else seed_dir(out, job.seed)
 
 
 @dataclass
@@ -150,20 +185,46 @@ class JobResult:
 
 
 def run_job(run: Run, job: Job, out: Path, threads: Optional[int] = None) -> JobResult:
-    """Fit one (model, fold) job, saving the model's files in `out`."""
-    faults.point(f"job:{job.model.name}/fold{job.fold}")
-    val_pred, test_pred, record = fit_fold(run, job.model, job.fold, out, threads)
+    """Fit one (model, fold) or (model, fold, seed) job, saving the model's files in `out`."""
+    faults.point(f"job:{job.model.name}/fold{job.fold}" + ("" if job.seed is None else f"/seed{job.seed}"))
+    val_pred, test_pred, record = fit_fold(run, job.model, job.fold, out, threads, job.seed)
+    if job.seed is not None:
+        record["seed"] = job.seed
     return JobResult(val_pred, test_pred, record)
 
 
 def commit_fold(run: Run, job: Job, result: JobResult) -> None:
-    """Write a finished job into models/<exp>/<model>/fold<k>/ (its saved files, then the fold's
-    matrices and record), on the driver, whichever backend ran it."""
-    out = fold_dir(models_dir(run.cfg, run.round) / job.model.name, job.fold)
+    """Write a finished job into models/<exp>/<model>/fold<k>/ (fold<k>/seed<s>/ for a seed of a
+    bag): its saved files, then the matrices and record, on the driver, whichever backend ran it."""
+    out = job_dir(run, job)
     for name, data in result.files.items():
         write_bytes(out / name, data)
     save_fold(out, result.val_pred, result.test_pred, {**result.record, "fingerprint": job.fingerprint})
-    _log_fold(job.model.name, job.fold, run.n_splits, result.record, run.task.table(run.cfg.metric))
+    name = job.model.name if job.seed is None else f"{job.model.name} seed {job.seed}"
+    _log_fold(name, job.fold, run.n_splits, result.record, run.task.table(run.cfg.metric))
+
+
+def commit_bag(run: Run, m: ModelConfig, k: int) -> None:
+    """fold<k>/ of a seed bag from its seeds' finished folds: val and test predictions are the means
+    over the seeds; the record lists the seeds, each seed's scores, and every seed file's sha256
+    (so the fold verifies its seeds too)."""
+    out = fold_dir(models_dir(run.cfg, run.round) / m.name, k)
+    done = [load_fold(seed_dir(out, s), seed_fingerprint(run, m, s)) for s in m.seeds]
+    if any(d is None for d in done):
+        raise PipelineError(f"{out}: a seed of the bag is not finished after its job ran: run the train stage again")
+    val_pred = np.mean([d[0] for d in done], axis=0)
+    test_pred = np.mean([d[1] for d in done], axis=0)
+    records = [d[2] for d in done]
+    va = run.train.y[run.folds == k]
+    files = [f"seed{s}/{name}" for s, r in zip(m.seeds, records) for name in [*r["files"], "fold.json"]]
+    record = {"fold": k, "seeds": list(m.seeds), "n_train": records[0]["n_train"], "n_valid": records[0]["n_valid"],
+              "fit_seconds": round(sum(r["fit_seconds"] for r in records), 3),
+              "seconds": round(sum(r["seconds"] for r in records), 3), "scores": run.task.scores(va, val_pred),
+              "seed_scores": {str(s): r["scores"] for s, r in zip(m.seeds, records)},
+              "info": {"seeds": {str(s): r.get("info", {}) for s, r in zip(m.seeds, records)}},
+              "extra_files": files, "fingerprint": fingerprint(run, m)}
+    save_fold(out, val_pred, test_pred, record)
+    _log_fold(f"{m.name} (mean of {len(m.seeds)} seeds)", k, run.n_splits, record, run.task.table(run.cfg.metric))
 
 
 # Expected seconds per fold by kind, for ordering jobs longest first before any fold was timed.
@@ -181,7 +242,8 @@ def expected_seconds(model_dir: Path, m: ModelConfig) -> float:
 
 
 def plan_model(run: Run, m: ModelConfig, force: bool) -> Optional[list[Job]]:
-    """The jobs of one model's unfinished folds; None when the whole model is up to date."""
+    """The jobs of one model's unfinished folds (of a bag: its unfinished (fold, seed) pairs);
+    None when the whole model is up to date."""
     model_dir = models_dir(run.cfg, run.round) / m.name
     fp = fingerprint(run, m)
     if not force and _up_to_date(model_dir, fp):
@@ -191,34 +253,65 @@ def plan_model(run: Run, m: ModelConfig, force: bool) -> Optional[list[Job]]:
     for k in range(run.n_splits):
         if not force and load_fold(fold_dir(model_dir, k), fp) is not None:
             log.info("%s fold %d/%d: finished earlier, reused", m.name, k + 1, run.n_splits)
-        else:
+        elif m.seeds is None:
             jobs.append(Job(m, k, fp, expected_seconds(model_dir, m)))
+        else:
+            jobs += _bag_jobs(run, m, k, force, expected_seconds(model_dir, m))
+    return jobs
+
+
+def _bag_jobs(run: Run, m: ModelConfig, k: int, force: bool, seconds: float) -> list[Job]:
+    """Fold k's jobs of a seed bag: one per seed whose fold<k>/seed<s>/ is not finished."""
+    jobs = []
+    for s in m.seeds:
+        fp = seed_fingerprint(run, m, s)
+        if not force and load_fold(seed_dir(fold_dir(models_dir(run.cfg, run.round) / m.name, k), s), fp) is not None:
+            log.info("%s fold %d/%d seed %d: finished earlier, reused", m.name, k + 1, run.n_splits, s)
+        else:
+            jobs.append(Job(m, k, fp, seconds / len(m.seeds), seed=s))
     return jobs
 
 
 def train_models(run: Run, models: list[ModelConfig], force: bool = False) -> dict[str, dict]:
-    """The stage's one plan: every unfinished (model, fold) job of every model, run by the
+    """The stage's one plan: every unfinished (model, fold[, seed]) job of every model, run by the
     configured executor; each fold is written as it finishes and each model assembled (matrices
     and manifest) as soon as its last fold is in. Returns {model: manifest}."""
     plans = {m.name: plan_model(run, m, force) for m in models}
     out = {m.name: read_json(models_dir(run.cfg, run.round) / m.name / "manifest.json")
            for m in models if plans[m.name] is None}
+    left = {(job.model.name, job.fold): 0 for jobs in plans.values() for job in jobs or []}
+    for job in (job for jobs in plans.values() for job in jobs or []):
+        left[(job.model.name, job.fold)] += 1
     for m in models:
+        if plans[m.name] is not None:  # bag folds whose seeds all finished earlier: only the mean is missing
+            _commit_finished_bags(run, m, {k for name, k in left if name == m.name})
         if plans[m.name] == []:  # every fold finished earlier: only the assembly is missing
             out[m.name] = assemble(run, m)
-    left = {name: len(jobs) for name, jobs in plans.items() if jobs}
     by_name = {m.name: m for m in models}
 
     def done(job: Job, result: JobResult) -> None:
         commit_fold(run, job, result)
-        left[job.model.name] -= 1
-        if left[job.model.name] == 0:
-            out[job.model.name] = assemble(run, by_name[job.model.name])
+        left[(job.model.name, job.fold)] -= 1
+        if left[(job.model.name, job.fold)] == 0:
+            del left[(job.model.name, job.fold)]
+            if job.seed is not None:
+                commit_bag(run, job.model, job.fold)
+            if not any(name == job.model.name for name, _ in left):
+                out[job.model.name] = assemble(run, by_name[job.model.name])
 
     jobs = [job for m in models for job in plans[m.name] or []]
     if jobs:
         executor.make(run.cfg.execution).run(run, jobs, done)
     return {m.name: out[m.name] for m in models}
+
+
+def _commit_finished_bags(run: Run, m: ModelConfig, pending: set[int]) -> None:
+    """The means of a bag's folds that have no job left to run but no fold record of this bag yet
+    (e.g. a seed was dropped from the bag, or the run died between its last seed and the mean)."""
+    model_dir = models_dir(run.cfg, run.round) / m.name
+    for k in range(run.n_splits if m.seeds is not None else 0):
+        if k not in pending and load_fold(fold_dir(model_dir, k), fingerprint(run, m)) is None:
+            commit_bag(run, m, k)
 
 
 def train_model(run: Run, m: ModelConfig, force: bool = False) -> dict:
@@ -269,6 +362,7 @@ def build_manifest(run: Run, m: ModelConfig, fp: str, oof: np.ndarray, records: 
         "timings": {"fold_seconds": [r["seconds"] for r in records],
                     "total_seconds": round(sum(r["seconds"] for r in records), 3)},
         "fold_info": [r.get("info", {}) for r in records],
+        **({"seeds": list(m.seeds)} if m.seeds is not None else {}),
     }
 
 

@@ -1,4 +1,4 @@
-"""Executors: who runs the driver's (model, fold) jobs.
+"""Executors: who runs the driver's (model, fold, seed) jobs (seed: one of a model's seed bag).
 
 `local` runs them one after another in the driver's process, in plan order (the default).
 `ray` runs each as a Ray task with the model's resources, longest expected first, on a local Ray
@@ -39,13 +39,10 @@ class LocalExecutor:
     """Jobs in plan order in this process; the model saves its files in the fold folder itself."""
 
     def run(self, run: "Run", jobs: list["Job"], on_done: OnDone) -> None:
-        from .artifacts import fold_dir
-        from .store import models_dir
-        from .driver import run_job
+        from .driver import job_dir, run_job
 
         for job in jobs:
-            out = fold_dir(models_dir(run.cfg, run.round) / job.model.name, job.fold)
-            result = run_job(run, job, out)
+            result = run_job(run, job, job_dir(run, job))
             result.record.update(node=socket.gethostname(), resources=None)
             on_done(job, result)
 
@@ -206,15 +203,15 @@ def _remote_job(run: "Run", job: "Job", res: Resources) -> "JobResult":
     start = time.perf_counter()
     node = ray.get_runtime_context().get_node_id()
     threads = max(1, int(res.num_cpus))
-    tmp = Path(tempfile.mkdtemp(prefix=f"pipeline-{job.model.name}-fold{job.fold}-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"pipeline-{job.model.name}-{job.part.replace(' ', '')}-"))
     try:
         try:
             with _torch_threads(threads if uses_torch(model_params(job.model)) else None):
                 result = run_job(run, job, tmp, threads)
         except PipelineError as e:
-            raise PipelineError(f"model {job.model.name!r} fold {job.fold} failed on node {node}: {e}") from None
+            raise PipelineError(f"model {job.model.name!r} {job.part} failed on node {node}: {e}") from None
         except Exception as e:  # any error in the model's code: named, with where it ran
-            raise PipelineError(f"model {job.model.name!r} fold {job.fold} failed on node {node}: "
+            raise PipelineError(f"model {job.model.name!r} {job.part} failed on node {node}: "
                                 f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
         result.files = {p.name: p.read_bytes() for p in sorted(tmp.iterdir()) if p.is_file()}
         result.record.update(node=node, resources={"num_cpus": res.num_cpus, "num_gpus": res.num_gpus,
@@ -283,12 +280,12 @@ class _Scheduler:
             result = self.ray.get(ref)
         except RayTaskError as e:
             cause = e.cause if isinstance(e.cause, PipelineError) else None
-            return str(cause) if cause else f"model {job.model.name!r} fold {job.fold} failed: {_first_line(e)}"
+            return str(cause) if cause else f"model {job.model.name!r} {job.part} failed: {_first_line(e)}"
         except (WorkerCrashedError, TaskCancelledError) as e:
-            return (f"model {job.model.name!r} fold {job.fold}: its worker died {self.max_retries + 1} times "
+            return (f"model {job.model.name!r} {job.part}: its worker died {self.max_retries + 1} times "
                     f"({type(e).__name__}); finished folds are kept, rerun to resume")
         except self.ray.exceptions.RayError as e:
-            return f"model {job.model.name!r} fold {job.fold}: {type(e).__name__}: {_first_line(e)}"
+            return f"model {job.model.name!r} {job.part}: {type(e).__name__}: {_first_line(e)}"
         # The round trip less the job's own time is Ray's overhead: scheduling and data transfer.
         result.record["dispatch"]["round_trip_seconds"] = round(time.perf_counter() - self.sent.pop(ref), 4)
         self.on_done(job, result)

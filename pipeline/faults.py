@@ -8,8 +8,8 @@ Off unless one of these environment variables is set; then each point costs one 
   PIPELINE_TEST_KILL_ONCE_AT=<glob> with PIPELINE_TEST_KILL_ONCE_MARKER=<file>: SIGKILL the first
                                   process that gets there (a worker dying mid-job, then retried)
 
-Points: `job:<model>/fold<k>` at the start of every (model, fold) job, wherever it runs (the
-variables reach Ray workers through the job's runtime environment); every atomic write
+Points: `job:<model>/fold<k>` (`job:<model>/fold<k>/seed<s>` in a seed bag) at the start of every
+job, wherever it runs (the variables reach Ray workers through the job's runtime environment); every atomic write
 (io.atomic_path, io.Commit) calls `point("write:<path>")` once the data is in the temporary file
 and before it is renamed over <path>. <path> is the path as the caller gave it, so a
 test matches with a glob such as `write:*/lr/fold1/val_pred.npy` (`*` also matches `/`). Killing

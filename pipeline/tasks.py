@@ -47,6 +47,7 @@ class Task:
     default_metric = "accuracy"
     label_kind = "a class index"   # what one prepared label is, for error lines
     table_keys: tuple[str, ...] = ("accuracy", "f1", "logloss")   # columns of every scores table
+    loss_metric = "logloss"   # the score of the task's training loss (early_stop: loss)
     score_note = ("Scores of the probability matrices at argmax (f1: binary F1 of the second class, macro-F1 "
                   "for more classes).")
 
@@ -120,6 +121,19 @@ class Task:
     def score(self, metric: str, y: np.ndarray, pred: np.ndarray) -> float:
         """`metric` of `pred`, higher is better (early stopping, `best`)."""
         return M.signed(metric, self.scores(y, pred)[metric])
+
+    def loss_score(self, y: np.ndarray, pred: np.ndarray) -> float:
+        """The task's loss on these rows, negated (higher is better): log loss (classification,
+        multilabel: the mean binary one), RMSE (regression: the same order as MSE)."""
+        return self.score(self.loss_metric, y, pred)
+
+    def tuned_score(self, metric: str, y: np.ndarray, pred: np.ndarray) -> float:
+        """`metric` at the decisions tuned on these very rows (Task.tune: a binary threshold, label
+        thresholds, qwk cut-points), higher is better; the plain score where nothing is tuned."""
+        tuned = self.tune(metric, y, pred)
+        if tuned is None:
+            return self.score(metric, y, pred)
+        return M.signed(metric, self.decision_scores(y, self.decide(pred, tuned), pred)[metric])
 
     # -- classical models
 
@@ -287,6 +301,7 @@ class RegressionTask(_OneGroup, Task):
     """One numeric target; the model predicts its value."""
 
     name = "regression"
+    loss_metric = "rmse"
     outputs = "predicted value"
     metrics = ("rmse", "mae", "pearson", "spearman", "qwk")
     decision_metrics = ("qwk",)

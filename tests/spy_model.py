@@ -26,7 +26,9 @@ class SpyModel:
         if ctx.fold == self.params.crash_on_fold:
             raise KeyboardInterrupt
         CALLS.append({"fold": ctx.fold, "train": set(train.keys()), "valid": set(valid.keys()),
-                      "train_y": train.y.copy(), "seed": ctx.seed})
+                      "train_y": train.y.copy(), "seed": ctx.seed,
+                      "train_ids": [t.ids[i] for t, rows in train.parts for i in rows],
+                      "train_texts": train.texts("raw"), "valid_texts": valid.texts("raw")})
         self.bias_ = float(np.mean(train.y))
         return self
 

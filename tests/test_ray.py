@@ -166,3 +166,22 @@ def test_pseudo_label_students_on_ray_equal_local(cluster, tmp_path):
         assert path.read_bytes() == other.read_bytes()
     student_records = [json.loads(p.read_text()) for p in runs["ray"].models.glob("rounds/r1/*/fold*/fold.json")]
     assert len(student_records) == 6 and all(r["resources"] for r in student_records)  # ran on the cluster
+
+
+def test_seed_bag_on_ray_equals_local(cluster, tmp_path):
+    """A seed bag's (model, fold, seed) jobs run on the cluster; the same files as locally."""
+    runs = {}
+    for backend in ("local", "ray"):
+        e = make(tmp_path / backend, backend, cluster.address if backend == "ray" else None)
+        cfg = config(e.tmp, backend, cluster.address if backend == "ray" else None)
+        cfg["models"] = [{**cfg["models"][1], "seeds": [4, 9]}]
+        e.write_config(cfg)
+        for stage in ("preprocess", "folds", "train"):
+            assert e.run(stage) == 0
+        runs[backend] = e
+    files = sorted(p.relative_to(runs["local"].models) for p in runs["local"].models.rglob("*.npy"))
+    assert len(files) == 3 + 3 * 2 + 3 * 2 * 2  # matrices, fold means, seed folds
+    for rel in files:
+        assert (runs["local"].models / rel).read_bytes() == (runs["ray"].models / rel).read_bytes(), rel
+    seed_records = [json.loads(p.read_text()) for p in runs["ray"].models.glob("plgbm/fold*/seed*/fold.json")]
+    assert len(seed_records) == 6 and all(r["resources"] for r in seed_records)

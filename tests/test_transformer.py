@@ -20,6 +20,7 @@ from pipeline.models.dropout import FastDropout, keep_mask, swap_dropout
 from pipeline.models.optim import build_optim, clip_grad_norm
 from pipeline.models.params import TransformerParams
 from pipeline.models.transformer import TransformerModel, load_backbone, load_checkpoint
+from pipeline.tasks import CLASSIFICATION
 
 WORDS = ("good great fine nice bad awful poor sad movie film plot actor scene story music the a and "
          "was is very really quite not too so with of in on it this that").split()
@@ -426,10 +427,55 @@ def test_early_stopping_stops_and_restores_the_best_epoch(bert_dir):
         seen.append(p.copy())
         return next(scripted)
 
-    model, valid = fit(params(bert_dir, epochs=6, patience=2), make_table("train", pair=False), score=score)
+    model, valid = fit(params(bert_dir, epochs=6, patience=2, early_stop="metric"), make_table("train", pair=False),
+                       score=score)
     assert model.info_["epochs_run"] == 4 and model.info_["best_epoch"] == 2
     assert not np.allclose(seen[1], seen[3])  # the weights did move after the best epoch
     np.testing.assert_array_equal(model.predict_proba(valid), seen[1])
+
+
+class ScriptedLoss(type(CLASSIFICATION)):
+    """Classification whose validation loss follows a script: it improves every epoch."""
+
+    def __init__(self, losses):
+        self.losses = iter(losses)
+
+    def loss_score(self, y, pred):
+        return -next(self.losses)
+
+
+@pytest.mark.parametrize("early_stop, epochs_run, best_epoch", [("metric", 2, 1), ("loss", 4, 4)])
+def test_flat_metric_stops_only_under_metric(bert_dir, early_stop, epochs_run, best_epoch):
+    """F1 at argmax flat (0) for the first epochs while the loss improves: patience 1 ends training
+    after epoch 2 under `metric` and keeps training (and keeps the last, best-loss epoch) under `loss`."""
+    table = make_table("train", pair=False)
+    train, valid = folds(table)
+    ctx = context(score=lambda y, p: 0.0)
+    ctx.task = ScriptedLoss([0.69, 0.6, 0.5, 0.4])
+    model = TransformerModel(params(bert_dir, epochs=4, patience=1, early_stop=early_stop), 2, "lower").fit(train, valid, ctx)
+    assert (model.info_["epochs_run"], model.info_["best_epoch"]) == (epochs_run, best_epoch)
+    assert model.info_["early_stop"] == early_stop
+
+
+def test_early_stop_criteria_on_an_imbalanced_fold():
+    """Predictions ranked perfectly but all below 0.5 (the majority class at argmax): F1 is 0 at
+    argmax, 1 at the tuned threshold; `loss` is the negated log loss."""
+    from pipeline.metrics import scores
+
+    y = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    p1 = np.array([0.1, 0.1, 0.15, 0.2, 0.2, 0.25, 0.4, 0.45])
+    pred = np.stack([1 - p1, p1], axis=1)
+    ctx = context(score=lambda yy, pp: CLASSIFICATION.score("f1", yy, pp))
+    ctx.metric = "f1"
+    assert transformer.criterion("metric", ctx, y, pred) == 0.0
+    assert transformer.criterion("tuned", ctx, y, pred) == 1.0
+    assert transformer.criterion("loss", ctx, y, pred) == pytest.approx(-scores(y, pred)["logloss"])
+
+
+def test_early_stop_default_is_loss_unless_patience_is_0():
+    assert TransformerParams(patience=1).early_stop == "loss"
+    assert TransformerParams(patience=0).early_stop == "metric"  # configs without early stopping keep their outputs
+    assert TransformerParams(patience=0, early_stop="tuned").early_stop == "tuned"
 
 
 def test_num_threads_apply_while_fitting_and_predicting_only(bert_dir, monkeypatch):

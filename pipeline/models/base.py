@@ -28,6 +28,7 @@ class FitContext:
     progress: bool = True
     label: str = ""
     task: Any = None   # pipeline.tasks.Task: loss, activation, estimators; None: classification
+    metric: str = ""   # the experiment metric's name (early_stop: tuned); "" : none to tune for
 
 
 class Model(Protocol):

@@ -202,6 +202,10 @@ class TransformerParams(_Checked):
     freeze_layers: int = 0         # lowest N encoder layers
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     patience: int = 2              # epochs without improvement before stopping; 0: never stop early
+    # what "improvement" means, for stopping and for the best epoch kept: loss (the task's validation
+    # loss), metric (the experiment metric at argmax / 0.5), tuned (the metric at the threshold tuned
+    # on the fold's validation rows); auto: loss when patience > 0, metric when 0 (as before)
+    early_stop: Literal["auto", "loss", "metric", "tuned"] = "auto"
     predict_batch_size: int = 64
     num_threads: Optional[int] = None  # None or 0: torch's default
     save_checkpoint: bool = True
@@ -215,3 +219,10 @@ class TransformerParams(_Checked):
         "multi_sample_dropout": at_least(1), "freeze_layers": at_least(0), "patience": at_least(0),
         "predict_batch_size": at_least(1), "num_threads": optional(at_least(0)),
     }
+
+    def _defaults(self) -> None:
+        # loss sees progress that argmax metrics hide (an imbalanced task predicted as its majority
+        # class for the first epochs); with patience 0 the best epoch stays chosen by the metric, so
+        # such configs keep their outputs
+        if self.early_stop == "auto":
+            self.early_stop = "loss" if self.patience > 0 else "metric"

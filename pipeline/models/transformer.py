@@ -3,7 +3,8 @@
 TransformerModel(params, n_classes, view) follows the interface of base.Model. One fold's fit:
 tokenise (once per table, cached across folds), build backbone + head, AdamW with layer-wise LR
 decay and warmup + linear decay, gradient accumulation, clipping, mixed precision, and early
-stopping on the fold's validation metric with the best weights kept in memory.
+stopping on the fold's validation loss or metric (params.early_stop) with the best weights kept in
+memory.
 
 save() writes model.safetensors, the backbone's config.json, the tokenizer files and
 head_config.json, flat in one folder; load_checkpoint() rebuilds the model from them with no
@@ -285,6 +286,18 @@ class Best:
         return None if self.state is None else round(self.score, 6)
 
 
+def criterion(early_stop: str, ctx: FitContext, y: np.ndarray, pred: np.ndarray) -> float:
+    """An epoch's early-stopping value, higher is better: the negated validation loss (`loss`), the
+    experiment metric (`metric`, ctx.score) or the metric at the decisions tuned on these rows
+    (`tuned`). pred: (n, C) validation predictions."""
+    task = ctx.task or CLASSIFICATION
+    if early_stop == "loss":
+        return task.loss_score(y, pred)
+    if early_stop == "tuned" and ctx.metric:
+        return task.tuned_score(ctx.metric, y, pred)
+    return float(ctx.score(y, pred))
+
+
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of every tensor of the state dict (the best epoch's weights)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
@@ -384,6 +397,7 @@ class TransformerModel:
         label = ctx.label or "transformer"
         train_s = valid_s = 0.0
         scores: list[float] = []
+        values: list[float] = []  # the early-stopping criterion per epoch
         bar = tqdm(total=p.epochs * steps_per_epoch, desc=label, disable=not ctx.progress, leave=False,
                    dynamic_ncols=True, mininterval=1.0)
         try:
@@ -395,18 +409,22 @@ class TransformerModel:
                 if not can_stop:
                     continue
                 start = time.perf_counter()
-                score = float(ctx.score(valid.y, self.predict_proba(valid)))
+                pred = self.predict_proba(valid)
+                score = float(ctx.score(valid.y, pred))
+                value = score if p.early_stop == "metric" else criterion(p.early_stop, ctx, valid.y, pred)
                 valid_s += time.perf_counter() - start
                 scores.append(round(score, 5))
+                values.append(round(value, 5))
                 bar.set_postfix(loss=f"{loss:.4f}", score=f"{score:.4f}", epoch=epoch)
-                if best.update(score, epoch, self.module_):
+                if best.update(value, epoch, self.module_):
                     break
         finally:
             bar.close()
         if best.state is not None:
             self.module_.load_state_dict(best.state)
         self.info_ = {"best_epoch": best.epoch or epoch, "best_score": best.rounded_score(), "epochs_run": epoch,
-                      "epoch_scores": scores,
+                      "epoch_scores": scores, "early_stop": p.early_stop,
+                      **({"epoch_criterion": values} if p.early_stop != "metric" else {}),
                       "train_seconds": round(train_s, 3), "valid_seconds": round(valid_s, 3),
                       "samples_per_s": round(epoch * len(enc) / max(train_s, 1e-9), 1),
                       "train_tokens": int(enc.lengths.sum()) * epoch,
