@@ -169,6 +169,27 @@ def masked_batch(corpus: Corpus, rows: np.ndarray, probability: float, rng: np.r
     return {k: torch.from_numpy(v) for k, v in out.items()}
 
 
+def masked_accuracy(tokenizer, model, texts: list[str], probability: float = 0.15, seed: int = 0,
+                    max_length: int = 128, batch_size: int = 64) -> float:
+    """Share of the predicted tokens (whole-word masks seeded by (seed, batch)) whose argmax is the
+    original token: the same masks for any model with this tokenizer, so before/after compare."""
+    corpus = encode_corpus(tokenizer, texts, max_length)
+    random_ids = random_token_ids(tokenizer)
+    device = next(model.parameters()).device
+    hits = total = 0
+    model.eval()
+    with torch.inference_mode():
+        for b, start in enumerate(range(0, len(texts), batch_size)):
+            rows = np.arange(start, min(start + batch_size, len(texts)))
+            batch = masked_batch(corpus, rows, probability, np.random.default_rng([seed, b]), tokenizer, random_ids)
+            labels = batch.pop("labels").to(device)
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            picked = labels != IGNORE
+            hits += int((logits.argmax(-1)[picked] == labels[picked]).sum())
+            total += int(picked.sum())
+    return hits / max(total, 1)
+
+
 # ----------------------------------------------------------------------------- substitution
 
 _WORD = re.compile(r"^(\W*)(\w(?:.*\w)?)(\W*)$")
