@@ -10,7 +10,6 @@ folder loads as a plain encoder through AutoModel and with its trained head here
 """
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ def masked_lm(source: str, seed: int = 0) -> tuple[object, torch.nn.Module]:
     path, local_only = resolve_backbone(source)
     tokenizer = load_tokenizer(path, local_only, source)
     try:
-        with seeded(seed), quiet_loading(), load_report_off():
+        with seeded(seed), quiet_loading(report=False):
             model, info = AutoModelForMaskedLM.from_pretrained(path, local_files_only=local_only, dtype=torch.float32,
                                                                output_loading_info=True)
     except (OSError, ValueError, KeyError) as e:
@@ -50,19 +49,6 @@ def masked_lm(source: str, seed: int = 0) -> tuple[object, torch.nn.Module]:
     elif head_missing(model, info["missing_keys"]):
         tie_decoder(model)
     return tokenizer, model.eval()
-
-
-@contextlib.contextmanager
-def load_report_off():
-    """transformers prints a table of missing / unexpected keys; a head-less checkpoint is expected here."""
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)
 
 
 def head_missing(model: torch.nn.Module, missing: list[str]) -> bool:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, WORDS, Exp, base_config, tiny_pairs
+from conftest import ROOT, WORDS, Exp, tiny_pairs, tiny_roberta
 from pipeline import mlm
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
@@ -51,26 +51,11 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_roberta(tmp_path_factory) -> Path:
+def roberta(tmp_path_factory) -> Path:
     """A 2-layer random RobertaModel with a byte-level BPE trained on the test's texts."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
-
-    d, raw = tmp_path_factory.mktemp("roberta"), tmp_path_factory.mktemp("bpe")
     texts = pd.concat([tiny_pairs(90, 0), tiny_pairs(30, 1)])
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(list(texts.text_a) + list(texts.text_b), vocab_size=300, min_frequency=1,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
-    bpe.save_model(str(raw))
-    tok = RobertaTokenizer(vocab=str(raw / "vocab.json"), merges=str(raw / "merges.txt"))
-    tok.save_pretrained(d)
-    config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=66, type_vocab_size=1,
-                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        RobertaModel(config).save_pretrained(d)
-    return d
+    return tiny_roberta(tmp_path_factory.mktemp("roberta"), tmp_path_factory.mktemp("bpe"),
+                        list(texts.text_a) + list(texts.text_b), vocab_size=300)
 
 
 PRETRAIN = {"epochs": 2, "batch_size": 16, "max_length": 32, "lr": 1e-3, "seed": 3, "warmup": 0.1}
@@ -97,7 +82,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-@pytest.mark.parametrize("which", ["tiny_bert", "tiny_roberta"])
+@pytest.mark.parametrize("which", ["tiny_bert", "roberta"])
 def test_pretrained_backbone_loads_and_finetunes_through_train(exp, which, request):
     from transformers import AutoModel
 
@@ -219,8 +204,8 @@ def test_whole_word_masking_masks_every_piece_and_never_specials(tiny_bert):
     assert 0.72 < share / total < 0.88   # 80% of predicted tokens become the mask token
 
 
-def test_headless_checkpoint_gets_a_tied_fresh_head(tiny_bert, tiny_roberta):
-    for base in (tiny_bert, tiny_roberta):
+def test_headless_checkpoint_gets_a_tied_fresh_head(tiny_bert, roberta):
+    for base in (tiny_bert, roberta):
         _, model = mlm.masked_lm(str(base), seed=1)
         assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
         _, again = mlm.masked_lm(str(base), seed=1)

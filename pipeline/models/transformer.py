@@ -117,15 +117,19 @@ def load_config(source: str, local_only: bool, name: str, params: TransformerPar
 
 
 @contextlib.contextmanager
-def quiet_loading():
-    """transformers 5 draws a "Loading weights" bar per from_pretrained: noise once per fold."""
+def quiet_loading(report: bool = True):
+    """transformers 5 draws a "Loading weights" bar per from_pretrained: noise once per fold.
+    report=False also hides its table of missing / unexpected keys (expected when a head is new)."""
     from transformers.utils import logging as hf_logging
 
-    was_on = hf_logging.is_progress_bar_enabled()
+    was_on, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    if not report:
+        hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if was_on:
             hf_logging.enable_progress_bar()
 
