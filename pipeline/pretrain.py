@@ -13,6 +13,7 @@ import sys
 from typing import Optional
 
 from . import cli, pretraining
+from .errors import PipelineError
 from .store import load_prepared, pretrain_current, pretrain_fingerprint, pretrain_texts, pretrained_dir
 
 log = logging.getLogger("pipeline.pretrain")
@@ -28,6 +29,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     train, test, _ = load_prepared(cfg)
     texts = pretrain_texts(cfg, train, test)
+    if not texts:
+        raise PipelineError(f"pretrain: no text in view {cfg.pretrain.view!r} of the prepared train and test files")
     fingerprint = pretrain_fingerprint(cfg, train, test)
     out = pretrained_dir(cfg, cfg.pretrain.name)
     if not args.force and pretrain_current(out, fingerprint):

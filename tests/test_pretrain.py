@@ -20,7 +20,7 @@ from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.faults import KILL_AT
 from pipeline.io import read_json
-from pipeline.store import checked_models
+from pipeline.store import checked_models, identity, load_prepared
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # words of conftest.tiny_pairs cut into WordPiece pieces, so whole-word masking has pieces to join
@@ -102,6 +102,9 @@ def test_pretrained_backbone_loads_and_finetunes_through_train(exp, which, reque
     manifest = read_json(exp.models / "tr" / "manifest.json")
     assert manifest["config"]["pretrained"] == {"backbone": record["fingerprint"]}
     assert exp.run("pretrain") == 0 and read_json(out / "pretrain.json") == record   # skipped on rerun
+    by_path = load_config(exp.config, [f"models.tr.params.backbone={out}"])
+    train, test, _ = load_prepared(by_path)
+    assert identity(by_path, by_path.model("tr"), train, test)["pretrained"] == {"backbone": record["fingerprint"]}
 
 
 def test_no_pretrain_section_is_one_line_noop(exp, capsys):
