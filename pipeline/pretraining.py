@@ -28,7 +28,7 @@ from transformers import AutoModel, get_linear_schedule_with_warmup
 from . import faults
 from .config import PretrainConfig
 from .io import committed, read_json
-from .mlm import MLM_HEAD, Corpus, encode_corpus, masked_batch, masked_lm, random_token_ids, save_head
+from .mlm import MLM_HEAD, Corpus, encode_corpus, masked_batch, masked_lm, mlm_loss, random_token_ids, save_head
 from .models.tokens import train_steps
 from .models.transformer import (autocast, default_device, kept_rng, num_threads, quiet_loading, resolve_backbone,
                                  resolve_precision, seeded)
@@ -124,8 +124,8 @@ def step(model, batch: dict[str, torch.Tensor], opt, sched, max_grad_norm: float
          device: torch.device) -> float:
     """One optimiser step on one masked batch; returns its loss."""
     with autocast(precision, device):
-        loss = model(**batch).loss
-    loss.float().backward()
+        loss = mlm_loss(model, batch)
+    loss.backward()
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     opt.step()

@@ -214,6 +214,12 @@ def test_headless_checkpoint_gets_a_tied_fresh_head(tiny_bert, roberta):
         _, again = mlm.masked_lm(str(base), seed=1)
         head = mlm.head_state(model)
         assert head and all(torch.equal(v, mlm.head_state(again)[k]) for k, v in head.items())  # seeded
+        tokenizer = mlm.masked_lm(str(base))[0]
+        corpus = mlm.encode_corpus(tokenizer, ["market shares rose", "the bank plan won a vote"], 16)
+        batch = mlm.masked_batch(corpus, np.arange(2), 0.5, np.random.default_rng(0), tokenizer,
+                                 mlm.random_token_ids(tokenizer))
+        with torch.no_grad():  # the loss on the predicted tokens only is the model's own loss
+            assert torch.allclose(mlm.mlm_loss(model, batch), model(**batch).loss, atol=1e-5)
         _, other = mlm.masked_lm(str(base), seed=2)
         assert any(not torch.equal(v, mlm.head_state(other)[k]) for k, v in head.items() if v.ndim == 2)
 
