@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--heldout", type=int, default=400, help="dev sentences scored")
     ap.add_argument("--threads", type=int)
-    ap.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
     args = ap.parse_args()
     d = data_dir(args.data)
     texts = list(dict.fromkeys(sentences(d, "train.tsv") + sentences(d, "msr_paraphrase_test.txt")))
@@ -74,7 +74,8 @@ def main() -> None:
               "steps": record["steps"], "epochs": record["epochs"], "train_seconds": record["train_seconds"],
               "wall_seconds": round(wall, 1), "sentences_per_s": record["sentences_per_s"],
               "tokens_per_s": round(record["n_tokens"] * record["epochs"] / max(record["train_seconds"], 1e-9), 1),
-              "final_loss": record["final_loss"], "precision": record["precision"], "masked_accuracy_before": round(before, 4),
+              "final_loss": record["final_loss"], "precision": record["precision"],
+              "masked_accuracy_before": round(before, 4),
               "masked_accuracy_after": round(after, 4), "device": pretraining.default_device().type,
               "threads": threads, "cpu": platform.processor() or platform.machine()}
     out = ROOT / "bench" / "results" / ("pretrain_mrpc_quick.json" if args.max_steps else "pretrain_mrpc.json")

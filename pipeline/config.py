@@ -165,7 +165,7 @@ class PretrainConfig:
     warmup: float = 0.06              # fraction of all optimiser steps
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0        # 0: no clipping
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # auto: bf16 where the hardware has it, else fp32
     seed: Optional[int] = None        # None: the experiment seed
     save_every: int = 0               # optimiser steps between resume checkpoints; 0: once per epoch
     num_threads: Optional[int] = None

@@ -259,7 +259,8 @@ def assemble(run: Run, m: ModelConfig) -> dict:
 
 def build_manifest(run: Run, m: ModelConfig, fp: str, oof: np.ndarray, records: list[dict]) -> dict:
     return {
-        "model": m.name, "kind": m.kind, "config": identity(run.cfg, m, run.train, run.test), "config_sha256": fp, "round": run.round,
+        "model": m.name, "kind": m.kind, "config": identity(run.cfg, m, run.train, run.test), "config_sha256": fp,
+        "round": run.round,
         "experiment": run.cfg.experiment, "metric": run.cfg.metric,
         "task": run.task.name, "columns": run.task.outputs,
         "classes": run.classes, "n_classes": len(run.classes), "n_train": len(run.train),

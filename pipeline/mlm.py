@@ -170,8 +170,9 @@ def masked_batch(corpus: Corpus, rows: np.ndarray, probability: float, rng: np.r
               for r in rows]
     width = max(len(x) for x, _ in masked)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = {"input_ids": np.full((len(rows), width), pad, np.int64), "attention_mask": np.zeros((len(rows), width), np.int64),
-           "labels": np.full((len(rows), width), IGNORE, np.int64)}
+    shape = (len(rows), width)
+    out = {"input_ids": np.full(shape, pad, np.int64), "attention_mask": np.zeros(shape, np.int64),
+           "labels": np.full(shape, IGNORE, np.int64)}
     for i, (inputs, labels) in enumerate(masked):
         out["input_ids"][i, :len(inputs)] = inputs
         out["attention_mask"][i, :len(inputs)] = 1

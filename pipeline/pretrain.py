@@ -38,7 +38,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if args.force:
         pretraining.drop_checkpoint(out)
-    record = pretraining.run(cfg.pretrain, texts, out, fingerprint, cli.resolved_yaml(cfg), progress=sys.stderr.isatty())
+    record = pretraining.run(cfg.pretrain, texts, out, fingerprint, cli.resolved_yaml(cfg),
+                             progress=sys.stderr.isatty())
     log.info("pretrain %s: %d steps in %.1fs (%.1f sentences/s), final loss %.4f -> %s", cfg.pretrain.name,
              record["steps"], record["train_seconds"], record["sentences_per_s"], record["final_loss"], out)
     return 0

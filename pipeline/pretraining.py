@@ -12,6 +12,7 @@ config.yaml and pretrain.json (written last; its fingerprint says what the weigh
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
@@ -75,7 +76,8 @@ def run(p: PretrainConfig, texts: list[str], out: Path, fingerprint: str, config
         torch.manual_seed(p.seed)
         tokenizer, model = masked_lm(p.backbone, p.seed)
         device = default_device()
-        precision = resolve_precision(p.precision, device)
+        # no fp16 grad scaler here: a GPU without bf16 trains in fp32
+        precision = resolve_precision(p.precision, device).replace("fp16", "fp32")
         model.to(device)
         corpus = encode_corpus(tokenizer, texts, p.max_length, p.whole_word)
         per_epoch, total = total_steps(p, len(texts))
@@ -84,7 +86,7 @@ def run(p: PretrainConfig, texts: list[str], out: Path, fingerprint: str, config
         log.info("pretrain %s on %d texts: %d steps (%d per epoch)%s", p.backbone, len(texts), total, per_epoch,
                  f", resumed at step {state.step}" if state.step else "")
         random_ids = random_token_ids(tokenizer)
-        save = lambda s: checkpoint(Path(out) / RESUME, fingerprint, model, opt, sched, s)  # noqa: E731
+        save = functools.partial(checkpoint, Path(out) / RESUME, fingerprint, model, opt, sched)
         with tqdm(total=total, initial=state.step, desc=f"pretrain {p.name}", disable=not progress, leave=False,
                   dynamic_ncols=True, mininterval=1.0) as bar:
             state = train(p, model, tokenizer, corpus, random_ids, opt, sched, state, per_epoch, total, save,

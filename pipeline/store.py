@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import Matrices, check_agree, fingerprint_parts, load_model, mixed_versions, stale_reason
-from .config import (BACKBONE_KEYS, PRETRAINED, config_hash, config_source, model_identity, pretrained_name, pretrained_refs,
-                     to_dict)
+from .config import (BACKBONE_KEYS, PRETRAINED, config_hash, config_source, model_identity, pretrained_name,
+                     pretrained_refs, to_dict)
 from .data import VIEWS, Table, labels_from_json
 from .errors import PipelineError, excerpt
 from .io import read_json, sha256_file, sha256_strings
@@ -425,7 +425,8 @@ def check_current(cfg: ExperimentConfig, models: list[Matrices], meta: dict, fol
     what changed and the command that retrains it."""
     for m in models:
         r = int(m.manifest.get("round", 0))
-        parts = fingerprint_parts(identity(cfg, cfg.model(m.name), train, test), meta["classes"], cfg.metric, meta, folds_info, r,
+        parts = fingerprint_parts(identity(cfg, cfg.model(m.name), train, test), meta["classes"], cfg.metric, meta,
+                                  folds_info, r,
                                   pseudo_labels_sha256(cfg, r))
         reason = stale_reason(m.manifest, parts)
         if reason:

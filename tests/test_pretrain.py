@@ -109,7 +109,8 @@ def test_pretrained_backbone_loads_and_finetunes_through_train(exp, which, reque
 
 def test_no_pretrain_section_is_one_line_noop(exp, capsys):
     assert exp.run("pretrain") == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "pretrain: the config has no pretrain section; nothing to do"
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "pretrain: the config has no pretrain section; nothing to do"
 
 
 def test_pretrained_name_needs_the_pretrain_section(exp, tiny_bert):
