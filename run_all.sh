@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every stage for one experiment config: preprocess, folds, train, [pseudo-label], ensemble, report.
+# Run every stage for one experiment config: preprocess, folds, [pretrain], train, [pseudo-label], ensemble, report.
 #   bash run_all.sh [configs/x.yaml] [key=value ...]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -15,6 +15,7 @@ stage() {
 }
 stage preprocess "$@"
 stage folds "$@"
+stage pretrain "$@"       # does nothing (one line) unless the config has a pretrain section
 stage train "$@"
 stage pseudo_label "$@"   # does nothing unless pseudo.enabled=true
 stage ensemble "$@"

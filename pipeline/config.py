@@ -202,6 +202,48 @@ class ExecutionConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """In-task pre-training (the pretrain stage): masked-language-model training of a backbone on
+    the experiment's train and test texts (never their labels); models use it as `pretrained:<name>`."""
+    name: str = "mlm"                 # <paths.work>/<exp>/pretrained/<name>/
+    backbone: Optional[str] = None    # None: the first transformer model's backbone, else the default
+    view: Literal["raw", "lower", "lemma"] = "lower"
+    epochs: int = 3
+    max_steps: Optional[int] = None   # stop after this many optimiser steps in all
+    max_minutes: Optional[float] = None  # stop after this much training time (the result then depends on speed)
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 128
+    mlm_probability: float = 0.15
+    whole_word: bool = True           # every piece of a chosen word masked together
+    warmup: float = 0.06              # fraction of all optimiser steps
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0        # 0: no clipping
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # auto: bf16 where the hardware has it, else fp32
+    seed: Optional[int] = None        # None: the experiment seed
+    save_every: int = 0               # optimiser steps between resume checkpoints; 0: once per epoch
+    num_threads: Optional[int] = None
+
+    def __post_init__(self):
+        for key in ("epochs", "batch_size"):
+            require(self, key, lambda v: v >= 1, "at least 1")
+        require(self, "max_length", lambda v: v >= 8, "at least 8")
+        require(self, "max_steps", lambda v: v is None or v >= 1, "at least 1 (or null: every epoch)")
+        require(self, "max_minutes", lambda v: v is None or v > 0, "positive (or null: no time budget)")
+        require(self, "lr", lambda v: v > 0, "positive")
+        require(self, "mlm_probability", lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
+        require(self, "warmup", lambda v: 0 <= v < 1, "in [0, 1)")
+        for key in ("weight_decay", "max_grad_norm", "save_every"):
+            require(self, key, lambda v: v >= 0, "0 or more")
+        require(self, "seed", lambda v: v is None or 0 <= v <= MAX_SEED, SEED_RANGE)
+        require(self, "num_threads", lambda v: v is None or v >= 1, "at least 1 (or null)")
+
+    def identity(self) -> dict:
+        """The settings that shape the pretrained weights (not where or how often it saves)."""
+        return {k: v for k, v in to_dict(self).items() if k not in ("save_every", "num_threads")}
+
+
+@dataclass
 class PathsConfig:
     work: str = "data"
     models: str = "models"
@@ -223,6 +265,7 @@ class ExperimentConfig:
     models: list[ModelConfig] = field(default_factory=list)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    pretrain: Optional[PretrainConfig] = None   # None: no in-task pre-training
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -464,6 +507,7 @@ def _validate(cfg: ExperimentConfig) -> None:
         if m.seed is None and m.seeds is None:
             m.seed = cfg.seed
         _resolve_synonyms(m)
+    _validate_pretrain(cfg)
     if cfg.folds.strategy == "group" and not cfg.folds.group_column:
         raise PipelineError("config: folds.strategy=group needs folds.group_column")
     for label, sel in (("ensemble.models", cfg.ensemble.models), ("pseudo.models", cfg.pseudo.models),
@@ -492,6 +536,44 @@ def _resolve_synonyms(m: ModelConfig) -> None:
     elif a.synonyms == "wordnet" and not wordnet_available():
         raise PipelineError(f"config: models.{m.name}.augment.synonyms=wordnet but nltk's WordNet corpus is "
                             "not installed (python -m nltk.downloader wordnet, or synonyms: auto to skip the op)")
+
+
+PRETRAINED = "pretrained:"   # a backbone named pretrained:<name> is the pretrain stage's output
+BACKBONE_KEYS = ("backbone", "embed")  # params naming a backbone (transformer, embed_lr; pair_lgbm)
+
+
+def pretrained_name(backbone: Any) -> Optional[str]:
+    """<name> of a backbone `pretrained:<name>`, else None."""
+    return backbone[len(PRETRAINED):] if isinstance(backbone, str) and backbone.startswith(PRETRAINED) else None
+
+
+def pretrained_refs(m: ModelConfig) -> list[tuple[str, str]]:
+    """[(params key, <name>)] of the pretrained backbones a model names."""
+    return [(k, pretrained_name(m.params.get(k))) for k in BACKBONE_KEYS if pretrained_name(m.params.get(k))]
+
+
+def _validate_pretrain(cfg: ExperimentConfig) -> None:
+    """pretrained:<name> must name this config's pretrain; pretrain.backbone defaults to the first
+    transformer model's own (not pretrained) backbone, else the transformer default."""
+    from . import store
+    from .models.params import TransformerParams
+
+    p = cfg.pretrain
+    for m in cfg.models:
+        for key, name in pretrained_refs(m):
+            if p is None or name != p.name:
+                have = "no pretrain section" if p is None else f"pretrain.name is {p.name!r}"
+                raise PipelineError(f"config: models.{m.name}.params.{key}=pretrained:{name} but the config has {have}")
+    if p is None:
+        return
+    store.check_name("pretrain.name", p.name)
+    if p.backbone is None:
+        own = [m.params["backbone"] for m in cfg.models if m.kind == "transformer" and not pretrained_refs(m)]
+        p.backbone = own[0] if own else TransformerParams().backbone
+    if pretrained_name(p.backbone) is not None:
+        raise PipelineError(f"config: pretrain.backbone={p.backbone!r} cannot be a pretrained backbone itself")
+    if p.seed is None:
+        p.seed = cfg.seed
 
 
 def model_params(m: ModelConfig) -> Any:

@@ -22,13 +22,13 @@ import numpy as np
 from . import artifacts, cli, executor, faults
 from .artifacts import fold_dir, load_fold, save_fold, seed_dir, write_model
 from .augment import augment_split
-from .config import ExperimentConfig, ModelConfig, model_identity, model_params
+from .config import ExperimentConfig, ModelConfig, model_params
 from .data import Split, Table, whole
 from .errors import PipelineError
 from .io import read_json, sha256_strings, write_bytes
 from .models import registry
 from .models.base import FitContext
-from .store import load_folds, load_prepared, models_dir
+from .store import check_pretrained, identity, load_folds, load_prepared, models_dir, with_pretrained
 from .tasks import Task, get as get_task
 from .views import recorded_views
 
@@ -70,8 +70,10 @@ def open_run(cfg: ExperimentConfig) -> Run:
 
 
 def fingerprint(run: Run, m: ModelConfig) -> str:
-    """Changes whenever anything that shapes this model's predictions changes."""
-    return artifacts.fingerprint(artifacts.fingerprint_parts(model_identity(m), run.classes, run.cfg.metric, run.prepared_meta,
+    """Changes whenever anything that shapes this model's predictions changes (a pretrained
+    backbone's settings and texts included: store.identity)."""
+    model = identity(run.cfg, m, run.train, run.test)
+    return artifacts.fingerprint(artifacts.fingerprint_parts(model, run.classes, run.cfg.metric, run.prepared_meta,
                                                              run.folds_info, run.round, run.extra_sha256))
 
 
@@ -124,7 +126,8 @@ def fit_fold(run: Run, m: ModelConfig, k: int, out: Path, threads: Optional[int]
     ctx = FitContext(n_classes=n_classes, seed=seed, fold=k, out_dir=out,
                      score=lambda y, p: task.score(run.cfg.metric, y, p), cache=run.cache,
                      label=label, task=task, metric=run.cfg.metric)
-    model = registry.kind(m.kind).build(with_threads(model_params(m), threads), n_classes, m.view)
+    params = with_pretrained(run.cfg, with_threads(model_params(m), threads))
+    model = registry.kind(m.kind).build(params, n_classes, m.view)
     start = time.perf_counter()
     model.fit(tr, va, ctx)
     fit_s = time.perf_counter() - start
@@ -249,6 +252,7 @@ def plan_model(run: Run, m: ModelConfig, force: bool) -> Optional[list[Job]]:
     if not force and _up_to_date(model_dir, fp):
         log.info("%s: up to date, skipped (--force retrains)", m.name)
         return None
+    check_pretrained(run.cfg, m, run.train, run.test)
     jobs = []
     for k in range(run.n_splits):
         if not force and load_fold(fold_dir(model_dir, k), fp) is not None:
@@ -348,7 +352,8 @@ def assemble(run: Run, m: ModelConfig) -> dict:
 
 def build_manifest(run: Run, m: ModelConfig, fp: str, oof: np.ndarray, records: list[dict]) -> dict:
     return {
-        "model": m.name, "kind": m.kind, "config": model_identity(m), "config_sha256": fp, "round": run.round,
+        "model": m.name, "kind": m.kind, "config": identity(run.cfg, m, run.train, run.test), "config_sha256": fp,
+        "round": run.round,
         "experiment": run.cfg.experiment, "metric": run.cfg.metric,
         "task": run.task.name, "columns": run.task.outputs,
         "classes": run.classes, "n_classes": len(run.classes), "n_train": len(run.train),

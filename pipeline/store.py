@@ -5,6 +5,7 @@ that keeps two processes from writing one experiment at once.
     <paths.work>/<exp>/prepared/         preprocess
     <paths.work>/<exp>/folds.csv, .json  folds (+ config.yaml)
     <paths.work>/<exp>/pseudo/           pseudo_label's labels
+    <paths.work>/<exp>/pretrained/<name>/ pretrain (a backbone folder + pretrain.json; resume/ while running)
     <paths.models>/<exp>/<model>/        train (round 0)
     <paths.models>/<exp>/rounds/r<N>/    pseudo_label's students (and their ensembles/)
     <paths.models>/<exp>/ensembles/      ensemble
@@ -30,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import Matrices, check_agree, fingerprint_parts, load_model, mixed_versions, stale_reason
-from .config import config_hash, config_source, model_identity, to_dict
+from .config import (BACKBONE_KEYS, PRETRAINED, config_hash, config_source, model_identity, pretrained_name,
+                     pretrained_refs, to_dict)
 from .data import VIEWS, Table, labels_from_json
 from .errors import PipelineError, excerpt
 from .io import read_json, sha256_file, sha256_strings
@@ -91,6 +93,15 @@ def round_paths(cfg: "ExperimentConfig", round_: int) -> tuple[Path, Path]:
     return pseudo_dir(cfg) / f"r{round_}.csv", pseudo_dir(cfg) / f"r{round_}.json"
 
 
+def pretrained_root(cfg: "ExperimentConfig") -> Path:
+    return work_dir(cfg) / "pretrained"
+
+
+def pretrained_dir(cfg: "ExperimentConfig", name: str) -> Path:
+    """The pretrain stage's backbone folder, what `backbone: pretrained:<name>` loads."""
+    return pretrained_root(cfg) / name
+
+
 def experiment_models_dir(cfg: "ExperimentConfig") -> Path:
     return Path(cfg.paths.models) / cfg.experiment
 
@@ -139,7 +150,7 @@ def input_files(cfg: "ExperimentConfig") -> dict[str, Path]:
 
 def owned_dirs(cfg: "ExperimentConfig") -> list[Path]:
     """Folders the pipeline writes anything into (and may replace files in)."""
-    return [prepared_dir(cfg), pseudo_dir(cfg), experiment_models_dir(cfg), reports_dir(cfg)]
+    return [prepared_dir(cfg), pseudo_dir(cfg), pretrained_root(cfg), experiment_models_dir(cfg), reports_dir(cfg)]
 
 
 def owned_files(cfg: "ExperimentConfig") -> list[Path]:
@@ -325,13 +336,97 @@ def latest_model_dir(cfg: ExperimentConfig, name: str, round_: int) -> Optional[
     return None
 
 
-def check_current(cfg: ExperimentConfig, models: list[Matrices], meta: dict, folds_info: dict) -> None:
+# ----------------------------------------------------------------------------- pretrained backbones
+
+PRETRAIN_RECORD = "pretrain.json"   # written last: the commit marker of a finished pretrain
+
+
+def pretrain_texts(cfg: ExperimentConfig, train: Table, test: Table) -> list[str]:
+    """Every distinct text of the train and test tables in pretrain.view (text_a and text_b as
+    separate sentences), in first-seen order. Labels are never read."""
+    seen: dict[str, None] = {}
+    for table in (train, test):
+        a, b = table.views[cfg.pretrain.view]
+        for text in a + (b or []):
+            if text.strip():
+                seen.setdefault(text, None)
+    return list(seen)
+
+
+def pretrain_fingerprint(cfg: ExperimentConfig, train: Table, test: Table) -> str:
+    """What the pretrained weights are made from: the pretrain settings (base backbone included)
+    and the texts; a model on `pretrained:<name>` carries it in its identity."""
+    return config_hash({"settings": cfg.pretrain.identity(),
+                        "texts_sha256": sha256_strings(pretrain_texts(cfg, train, test))})
+
+
+def pretrain_record(directory: Path) -> Optional[dict]:
+    """The record of a finished pretrain in `directory`, or None (absent, unfinished, unreadable)."""
+    path = Path(directory) / PRETRAIN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = read_json(path)
+    except PipelineError:
+        return None
+    return record if isinstance(record, dict) and "fingerprint" in record else None
+
+
+def pretrain_current(directory: Path, fingerprint: str) -> bool:
+    """A finished pretrain with this fingerprint whose files all match their sha256."""
+    record = pretrain_record(directory)
+    if record is None or record.get("fingerprint") != fingerprint:
+        return False
+    files = record.get("files", {})
+    return all((Path(directory) / n).is_file() and sha256_file(Path(directory) / n) == h for n, h in files.items())
+
+
+def identity(cfg: ExperimentConfig, m, train: Table, test: Table) -> dict:
+    """A model's identity (config.model_identity) plus, for each pretrained backbone it names, the
+    fingerprint of that pretrain, so the model is stale once the pretrain's settings or texts change.
+    A local backbone folder holding a pretrain record adds the fingerprint recorded there."""
+    out = model_identity(m)
+    prints = {key: pretrain_fingerprint(cfg, train, test) for key, _ in pretrained_refs(m)}
+    for key in BACKBONE_KEYS:
+        value = m.params.get(key)
+        if key not in prints and isinstance(value, str) and Path(value).is_dir():
+            record = pretrain_record(Path(value))
+            if record is not None:
+                prints[key] = record["fingerprint"]
+    if prints:
+        out["pretrained"] = prints
+    return out
+
+
+def check_pretrained(cfg: ExperimentConfig, m, train: Table, test: Table) -> None:
+    """Refuse to train model `m` on a pretrained backbone that is missing or was made with other
+    settings or texts than the config's pretrain section."""
+    for key, name in pretrained_refs(m):
+        d = pretrained_dir(cfg, name)
+        if not pretrain_current(d, pretrain_fingerprint(cfg, train, test)):
+            state = "not finished" if pretrain_record(d) is None else "made with other settings or texts"
+            raise PipelineError(f"model {m.name!r}: params.{key}={PRETRAINED}{name} but {d} is {state}: "
+                                f"run `python -m pipeline.pretrain {config_source(cfg)}` first")
+
+
+def with_pretrained(cfg: ExperimentConfig, params):
+    """The params with every `pretrained:<name>` backbone replaced by its folder."""
+    import dataclasses
+
+    swap = {k: str(pretrained_dir(cfg, pretrained_name(getattr(params, k))))
+            for k in BACKBONE_KEYS if pretrained_name(getattr(params, k, None))}
+    return dataclasses.replace(params, **swap) if swap else params
+
+
+def check_current(cfg: ExperimentConfig, models: list[Matrices], meta: dict, folds_info: dict,
+                  train: Table, test: Table) -> None:
     """Refuse a model whose matrices were made with other settings than the current config (its
     params, view or kind, the metric, the data, the folds, or its round's pseudo labels), naming
     what changed and the command that retrains it."""
     for m in models:
         r = int(m.manifest.get("round", 0))
-        parts = fingerprint_parts(model_identity(cfg.model(m.name)), meta["classes"], cfg.metric, meta, folds_info, r,
+        parts = fingerprint_parts(identity(cfg, cfg.model(m.name), train, test), meta["classes"], cfg.metric, meta,
+                                  folds_info, r,
                                   pseudo_labels_sha256(cfg, r))
         reason = stale_reason(m.manifest, parts)
         if reason:
@@ -361,7 +456,7 @@ def checked_models(cfg: ExperimentConfig, names: Optional[list[str]], round_: in
                                                     "classes": meta["classes"], "n_test": len(test),
                                                     "prepared_train_sha256": meta["train_sha256"],
                                                     "prepared_test_sha256": meta["test_sha256"]})
-    check_current(cfg, models, meta, info)
+    check_current(cfg, models, meta, info, train, test)
     mixed = mixed_versions(models)
     if mixed:
         log.warning("matrices were made under different versions of: %s", ", ".join(mixed))

@@ -48,6 +48,30 @@ def tiny_pairs(n: int, seed: int = 0, labelled: bool = True) -> pd.DataFrame:
     return df if labelled else df.drop(columns=["label"])
 
 
+def tiny_roberta(d: Path, raw: Path, corpus: list[str], vocab_size: int = 400, **config) -> Path:
+    """A 2-layer, 32-wide random RobertaModel saved in `d` with a byte-level BPE trained on `corpus`
+    (its vocab and merges written to `raw`); `config`: more RobertaConfig keys. Seeded: the same
+    call gives the same weights. No MLM head."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe.save_model(str(raw))
+    tok = RobertaTokenizer(vocab=str(raw / "vocab.json"), merges=str(raw / "merges.txt"))
+    tok.save_pretrained(d)
+    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=66, type_vocab_size=1,
+                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id, **config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        RobertaModel(cfg).save_pretrained(d)
+    return d
+
+
 def base_config(tmp: Path, **extra) -> dict:
     cfg = {
         "experiment": "tiny", "seed": 7, "metric": "accuracy",

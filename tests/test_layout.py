@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-STAGES = {"preprocess", "folds", "train", "pseudo_label", "ensemble", "report", "inspect"}
+STAGES = {"preprocess", "folds", "pretrain", "train", "pseudo_label", "ensemble", "report", "inspect"}
 
 
 def imported_pipeline_modules(path: Path) -> set[str]:

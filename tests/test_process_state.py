@@ -89,15 +89,17 @@ def encoder_dir(tmp_path_factory):
 
 
 def with_torch_models(exp, encoder_dir) -> None:
-    """The tiny experiment plus a transformer (its own thread count, dropout) and embed_lr, with one
-    pseudo-label round, so every stage of run_all.sh has work to do."""
+    """The tiny experiment plus a transformer (its own thread count, dropout) and embed_lr on an in-task
+    pretrained copy of the encoder, with one pseudo-label round, so every stage of run_all.sh has work to do."""
     cfg = yaml.safe_load(exp.config.read_text())
     cfg["models"] += [
         {"name": "bert", "kind": "transformer", "view": "lower",
          "params": {"backbone": str(encoder_dir), "max_length": 32, "epochs": 1, "batch_size": 16,
                     "precision": "fp32", "dropout": 0.1, "num_threads": torch.get_num_threads() + 1}},
-        {"name": "emb", "kind": "embed_lr", "view": "lower", "params": {"backbone": str(encoder_dir), "max_length": 32}},
+        {"name": "emb", "kind": "embed_lr", "view": "lower", "params": {"backbone": "pretrained:mlm", "max_length": 32}},
     ]
+    cfg["pretrain"] = {"backbone": str(encoder_dir), "max_steps": 2, "batch_size": 8, "max_length": 32,
+                       "num_threads": torch.get_num_threads() + 1}
     cfg["pseudo"] = {"enabled": True, "rounds": 1, "min_confidence": 0.5, "retrain": ["lr", "bert"]}
     exp.write_config(cfg)
 
@@ -105,7 +107,7 @@ def with_torch_models(exp, encoder_dir) -> None:
 def test_every_stage_leaves_the_process_state_alone(exp, encoder_dir, user_state):
     with_torch_models(exp, encoder_dir)
     leaks = []
-    for stage in ("preprocess", "folds", "train", "pseudo_label", "ensemble", "report"):
+    for stage in ("preprocess", "folds", "pretrain", "train", "pseudo_label", "ensemble", "report"):
         before = process_state()
         assert exp.run(stage) == 0, stage
         leaks += [f"{stage}: {name}" for name in changed(before, process_state())]

