@@ -18,8 +18,10 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import ROOT, WORDS, Exp, base_config, tiny_pairs
+from test_tasks import VOCAB, experiment, multilabel_texts, regression_pairs
 
 BERT_TOL = 1e-5   # fp32 transformer members on CPU (README "Serving")
 CLASSICAL_TOL = 1e-5
@@ -31,7 +33,7 @@ def tiny_bert(d: Path) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizer
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = BertTokenizer(vocab={t: i for i, t in enumerate(specials + WORDS)})
+    tok = BertTokenizer(vocab={t: i for i, t in enumerate(specials + sorted(set(WORDS + VOCAB)))})
     tok.save_pretrained(d)
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -118,8 +120,12 @@ def build(tmp: Path, bert: Path) -> Exp:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    bert = tiny_bert(tmp_path_factory.mktemp("bert"))
+def bert(tmp_path_factory) -> Path:
+    return tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, bert):
     e = build(tmp_path_factory.mktemp("exp"), bert)
     server = Server(e)
     yield e, server
@@ -196,28 +202,90 @@ def test_concurrent_requests_are_micro_batched(served):
     assert after["max_batch_rows"] > 1
 
 
-def test_stale_ensemble_refused_then_restart_serves_the_new_matrices(served):
+def refusal(capsys, e: Exp, *overrides: str) -> str:
+    """The one line `python -m pipeline.serve` exits 2 with (run in-process: it fails before listening)."""
+    from pipeline import cli, serve
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(serve.main, [str(e.config), *overrides, "--port", str(free_port())])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_stale_ensemble_refused_then_restart_serves_the_new_matrices(served, capsys):
     e, server = served
     server.stop()
-    cfg_changed = ["models.lr.params.C=0.5"]
-    r = subprocess.run(serve_cmd(e, free_port(), *cfg_changed), cwd=ROOT, env=env(), capture_output=True, text=True,
-                       timeout=60)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "trained with other settings" in lines[0] and "params.C" in lines[0]
+    changed = ["models.lr.params.C=0.5"]
+    assert "trained with other settings" in refusal(capsys, e, *changed) and "params.C" in refusal(capsys, e, *changed)
     old = np.load(e.models / "ensembles" / "stack" / "test.npy")
-    assert e.run("train", *cfg_changed) == 0
-    r = subprocess.run(serve_cmd(e, free_port(), *cfg_changed), cwd=ROOT, env=env(), capture_output=True, text=True,
-                       timeout=60)
+    assert e.run("train", *changed) == 0
+    r = subprocess.run(serve_cmd(e, free_port(), *changed), cwd=ROOT, env=env(), capture_output=True, text=True,
+                       timeout=60)  # the real script: one line, exit 2
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "is stale" in lines[0], r.stderr
-    assert e.run("ensemble", *cfg_changed) == 0
-    cfg = __import__("yaml").safe_load(e.config.read_text())
+    assert r.returncode == 2 and len(lines) == 1 and "is stale" in lines[0] and "pipeline.ensemble" in lines[0], r.stderr
+    assert e.run("ensemble", *changed) == 0
+    cfg = yaml.safe_load(e.config.read_text())
     cfg["models"][0]["params"]["C"] = 0.5
     e.write_config(cfg)
     assert not np.array_equal(old, np.load(e.models / "ensembles" / "stack" / "test.npy"))
+    (e.models / "lr" / "fold1" / "tfidf.json").write_text("[]")
+    assert "fold files are missing or changed" in refusal(capsys, e)
+    assert e.run("train") == 0   # the damaged fold is retrained; the same matrices come back
     restarted = Server(e)
     try:
         check_invariant(e, restarted)
     finally:
         restarted.stop()
+
+
+def test_regression_with_cut_points_served_as_the_pipeline_predicted(tmp_path, bert):
+    """Regression (qwk: labels are ratings at the tuned cut-points), with an embed_lr member on the
+    tiny BERT's frozen embeddings and a transformer member."""
+    embed = {"name": "emb", "kind": "embed_lr", "view": "lower", "params": {"backbone": str(bert), "max_length": 32}}
+    e = experiment(tmp_path, regression_pairs(60, 0), regression_pairs(20, 1).drop(columns=["score"]),
+                   task="regression", metric="qwk", data={"label": "score"},
+                   models=[{"name": "lr", "kind": "tfidf_lr", "view": "lower", "params": {"min_df": 1}}, embed,
+                           bert_member(bert)], ensemble={"methods": ["stack", "blend"], "submit": "stack"})
+    for stage in ("preprocess", "folds", "train", "ensemble"):
+        assert e.run(stage) == 0, stage
+    server = Server(e)
+    try:
+        r = server.post({"rows": request_rows(e)})
+    finally:
+        server.stop()
+    assert r.status_code == 200, r.text
+    rows = r.json()["rows"]
+    expected = np.load(e.models / "ensembles" / "stack" / "test.npy")[:, 0]
+    assert np.abs(np.array([row["value"] for row in rows]) - expected).max() <= BERT_TOL
+    sub = pd.read_csv(e.tmp / "subs" / "tiny.csv", dtype=str)
+    assert [str(row["label"]) for row in rows] == sub["score"].tolist()
+
+
+def test_multilabel_served_in_process_with_label_thresholds(tmp_path):
+    """Multilabel (f1: one tuned threshold per label), per-label linear and booster members, through
+    the app in-process."""
+    from fastapi.testclient import TestClient
+
+    from pipeline import serve
+    from pipeline.config import load_config
+
+    labels = ["finance", "sport", "politics"]
+    test = multilabel_texts(20, 1)
+    e = experiment(tmp_path, multilabel_texts(60, 0), test.drop(columns=labels), task="multilabel", metric="f1",
+                   data={"label": labels, "text_a": "text", "text_b": None},
+                   models=[{"name": "lr", "kind": "tfidf_lr", "view": "lower", "params": {"min_df": 1}},
+                           {"name": "lgbm", "kind": "tfidf_lgbm", "view": "lemma",
+                            "params": {"n_estimators": 15, "n_jobs": 1, "min_df": 1, "min_child_samples": 3}}],
+                   ensemble={"methods": ["stack", "vote"], "submit": "stack"})
+    for stage in ("preprocess", "folds", "train", "ensemble"):
+        assert e.run(stage) == 0, stage
+    ens = serve.load_ensemble(load_config(e.config))
+    rows = [{"id": r["id"], "text_a": r["text"]} for r in test.to_dict("records")]
+    with TestClient(serve.create_app(ens)) as client:
+        r = client.post("/predict", json={"rows": rows})
+    assert r.status_code == 200, r.text
+    got = np.array([[row["probabilities"][c] for c in labels] for row in r.json()["rows"]])
+    assert np.abs(got - np.load(e.models / "ensembles" / "stack" / "test.npy")).max() <= CLASSICAL_TOL
+    sub = pd.read_csv(e.tmp / "subs" / "tiny.csv")
+    assert [[row["label"][c] for c in labels] for row in r.json()["rows"]] == sub[labels].to_numpy().tolist()
