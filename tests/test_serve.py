@@ -20,26 +20,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, WORDS, Exp, base_config, tiny_pairs
+from conftest import ROOT, WORDS, Exp, base_config, tiny_bert, tiny_pairs
 from test_tasks import VOCAB, experiment, multilabel_texts, regression_pairs
 
 BERT_TOL = 1e-5   # fp32 transformer members on CPU (README "Serving")
 CLASSICAL_TOL = 1e-5
-
-
-def tiny_bert(d: Path) -> Path:
-    """A 1-layer, 32-wide random BERT with a WordPiece vocabulary of the tests' words."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = BertTokenizer(vocab={t: i for i, t in enumerate(specials + sorted(set(WORDS + VOCAB)))})
-    tok.save_pretrained(d)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=64)).save_pretrained(d)
-    return d
 
 
 def bert_member(bert: Path) -> dict:
@@ -121,7 +106,8 @@ def build(tmp: Path, bert: Path) -> Exp:
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory) -> Path:
-    return tiny_bert(tmp_path_factory.mktemp("bert"))
+    """The tests' tiny random BERT, with the words of both data generators."""
+    return tiny_bert(tmp_path_factory.mktemp("bert"), sorted(set(WORDS + VOCAB)))
 
 
 @pytest.fixture(scope="module")
