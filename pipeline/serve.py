@@ -229,16 +229,22 @@ def parse_body(body: bytes, schema, ens: Ensemble) -> list:
 
 
 def check_row(i: int, row, ens: Ensemble) -> None:
-    """text_b exactly for pair tasks; empty texts only where data.on_empty_text allows them."""
+    """text_b exactly for pair tasks; texts that are Unicode (JSON's \\ud800 escapes are not) and
+    empty only where data.on_empty_text allows it."""
     if ens.is_pair and row.text_b is None:
         raise BadRequest(422, f"rows.{i}.text_b: Field required (a pair task)")
     if not ens.is_pair and row.text_b is not None:
         raise BadRequest(422, f"rows.{i}.text_b: not allowed (a single-text task)")
-    if ens.cfg.data.on_empty_text == "error":
-        for key in ("text_a", "text_b"):
-            value = getattr(row, key)
-            if value is not None and not value.strip():
-                raise BadRequest(422, f"rows.{i}.{key}: empty text (data.on_empty_text=error)")
+    for key in ("id", "text_a", "text_b"):
+        value = getattr(row, key)
+        if not isinstance(value, str):
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(422, f"rows.{i}.{key}: not valid Unicode (an unpaired surrogate escape)") from None
+        if key != "id" and ens.cfg.data.on_empty_text == "error" and not value.strip():
+            raise BadRequest(422, f"rows.{i}.{key}: empty text (data.on_empty_text=error)")
 
 
 async def read_limited(request, limit: int) -> bytes:
@@ -426,6 +432,12 @@ def create_app(ens: Ensemble):
     async def bad_request(request: Request, e: BadRequest):
         body = {"error": e.message, **({"detail": e.detail} if e.detail else {})}
         return JSONResponse(body, status_code=e.status)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, e: Exception):
+        log.exception("prediction failed")
+        return JSONResponse({"error": f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"},
+                            status_code=500)
 
     @app.get("/health")
     async def health():

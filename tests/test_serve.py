@@ -163,6 +163,7 @@ def test_served_predictions_equal_the_ensembles_test_matrix_and_submission(serve
     ({"rows": "x"}, 422, "rows"),
     (b'{"rows": [{"id": "a", "text_a": "\xff\xfe", "text_b": "x"}]}', 400, "UTF-8"),
     (b'{"rows": [', 400, "JSON"),
+    ('{"rows": [{"id": "a", "text_a": "\\ud800", "text_b": "x"}]}', 422, "rows.0.text_a"),
     (json.dumps({"rows": [{"id": "a", "text_a": "word " * 2000, "text_b": "x"}]}), 413, "max_body_bytes"),
 ])
 def test_bad_requests_are_4xx_and_the_server_keeps_answering(served, body, status, names):
