@@ -30,7 +30,7 @@ import numpy as np
 from . import cli
 from .artifacts import Matrices, fold_model_dirs, folds_intact, versions
 from .combiners import estimators
-from .config import ExperimentConfig, config_hash, load_config, model_params
+from .config import ExperimentConfig, config_hash, config_source, load_config, model_params
 from .data import Table, whole
 from .ensembling import COMBINER_FORMAT
 from .errors import PipelineError
@@ -79,7 +79,7 @@ def load_ensemble(cfg: ExperimentConfig) -> Ensemble:
     method = summary.get("submitted")
     task = get_task(cfg.task)
     combiner, threshold = read_combiner(out, summary, method, models)
-    lem, seg, views = make_views(meta["lemmatizer"], meta["segmenter"], [])
+    _, seg, views = make_views(meta["lemmatizer"], meta["segmenter"], [])
     ens = Ensemble(cfg, task, method, meta["classes"], [load_member(cfg, m, task) for m in models], combiner,
                    threshold, views, bool(meta["is_pair"]), seg != "none", label_column(cfg), summary)
     predict(ens, warmup_table(ens))  # loads the sentence encoders; a model that cannot predict fails here
@@ -120,8 +120,9 @@ def load_member(cfg: ExperimentConfig, m: Matrices, task: Task) -> Member:
     for k in range(m.manifest["n_splits"]):
         try:
             folds.append([kind.load(d, params, n, mc.view, task) for d in fold_model_dirs(m.path, k)])
-        except PipelineError as e:
-            raise PipelineError(f"model {m.name!r} fold {k} cannot be served: {e}") from None
+        except PipelineError as e:  # e.g. saved before serving existed: the fingerprint alone does not retrain it
+            raise PipelineError(f"model {m.name!r} fold {k} cannot be served ({e}): retrain it with `python -m "
+                                f"pipeline.train {config_source(cfg)} --models {m.name} --force`") from None
     return Member(m.name, mc.kind, folds)
 
 
