@@ -107,6 +107,18 @@ def seed_dir(fold: Path, seed: int) -> Path:
     return Path(fold) / f"seed{seed}"
 
 
+def fold_model_dirs(model_dir: Path, k: int) -> list[Path]:
+    """The folders holding fold k's fitted model files, one per seed of a seed bag: fold<k>/seed<s>/
+    for each seed of its record's "seeds" when there are two or more (the fold's prediction is
+    their mean), else fold<k>/ itself (no "seeds" key, or one seed)."""
+    directory = fold_dir(model_dir, k)
+    record = read_json(directory / "fold.json")
+    seeds = record.get("seeds") if isinstance(record, dict) else None
+    if isinstance(seeds, list) and len(seeds) > 1:
+        return [seed_dir(directory, s) for s in seeds]
+    return [directory]
+
+
 def save_fold(directory: Path, val_pred: np.ndarray, test_pred: np.ndarray, record: dict) -> None:
     """Matrices and record land together, the record last: it is the commit marker of a finished
     fold and holds the sha256 of its matrices and of the checkpoint files the model saved before."""

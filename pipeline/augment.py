@@ -22,9 +22,9 @@ import numpy as np
 from .config import AugmentConfig
 from .data import Split, Table
 from .errors import PipelineError
+from .views import Views  # (text_a, text_b) -> table views, made with the recorded lemmatiser and segmenter
 
 log = logging.getLogger("pipeline.augment")
-Views = Callable[[list[str], Optional[list[str]]], dict]  # views.table_views with the recorded functions
 
 
 def augment_split(train: Split, cfg: AugmentConfig, seed: int, views: Views, name: str = "augmented") -> Split:

@@ -2,10 +2,17 @@
 and predicts a combined (n, C) matrix, in scikit-learn's style (fit returns self, learned state
 ends in `_`). Which estimator a method name means for a task type is the task's choice
 (pipeline/tasks.py); none of these reads a config.
+
+Every estimator also has `state() -> dict` (its parameters and learned state, JSON-able, floats
+exact) and `from_state(d)` (a fitted estimator whose predict_proba equals the original's): the
+ensemble stage writes the state to combiner.json and the serving process rebuilds the estimator
+from it, finding the class by name in `estimators()`.
 """
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+import sys
+from typing import Callable, Optional
 
 import numpy as np
 from scipy.optimize import minimize
@@ -24,15 +31,60 @@ def _softmax_weights(z: np.ndarray) -> np.ndarray:
     return np.exp(z - z.max()) / np.exp(z - z.max()).sum()
 
 
-class Stacker:
-    """Classification: logistic regression over the models' log-probabilities."""
+def estimators() -> dict[str, type]:
+    """{class name: class} of every estimator of this module (those that rebuild from a state)."""
+    return {name: cls for name, cls in inspect.getmembers(sys.modules[__name__], inspect.isclass)
+            if cls.__module__ == __name__ and hasattr(cls, "from_state") and not name.startswith("_")}
+
+
+def _array(values, dtype=np.float64) -> np.ndarray:
+    return np.asarray(values, dtype=dtype)
+
+
+def _linear_state(est) -> dict:
+    """A fitted scikit-learn linear model's coefficients, exact as JSON floats with their dtype
+    (fitted on float32 matrices they are float32, and predict in float32)."""
+    coef = np.asarray(est.coef_)
+    out = {"dtype": coef.dtype.name, "coef": coef.tolist(), "intercept": np.asarray(est.intercept_).tolist()}
+    if hasattr(est, "classes_"):
+        out["classes"] = np.asarray(est.classes_).tolist()
+    return out
+
+
+def with_coefficients(est, coef: np.ndarray, intercept, classes: Optional[list] = None):
+    """A scikit-learn linear model `est` (unfitted) given fitted coefficients (and the class order
+    of a classifier): it predicts as the fitted model they came from."""
+    est.coef_, est.intercept_ = coef, intercept
+    if classes is not None:
+        est.classes_ = _array(classes, np.int64)
+    est.n_features_in_ = coef.shape[-1]
+    return est
+
+
+def _with_linear_state(est, d: dict):
+    """`est` (unfitted) given the coefficients of `_linear_state`."""
+    return with_coefficients(est, _array(d["coef"], d["dtype"]), _array(d["intercept"], d["dtype"]), d.get("classes"))
+
+
+class _Regularised:
+    """Stackers: parameters C and seed; subclasses add their learned state."""
 
     def __init__(self, C: float = 1.0, seed: int = 0):
         self.C, self.seed = C, seed
 
+    def _params(self) -> dict:
+        return {"C": self.C, "seed": self.seed}
+
+    def _lr(self) -> LogisticRegression:
+        return LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
+
+
+class Stacker(_Regularised):
+    """Classification: logistic regression over the models' log-probabilities."""
+
     def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "Stacker":
         self.n_classes_ = mats[0].shape[1]
-        self.lr_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed).fit(_logit_features(mats), y)
+        self.lr_ = self._lr().fit(_logit_features(mats), y)
         return self
 
     def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
@@ -40,27 +92,42 @@ class Stacker:
         out[:, self.lr_.classes_] = self.lr_.predict_proba(_logit_features(mats))
         return out
 
+    def state(self) -> dict:
+        return {**self._params(), "n_classes": self.n_classes_, "lr": _linear_state(self.lr_)}
 
-class RidgeStacker:
+    @classmethod
+    def from_state(cls, d: dict) -> "Stacker":
+        est = cls(d["C"], d["seed"])
+        est.n_classes_, est.lr_ = int(d["n_classes"]), _with_linear_state(est._lr(), d["lr"])
+        return est
+
+
+class RidgeStacker(_Regularised):
     """Regression: ridge regression (alpha = 1 / C) over the models' (n, 1) predictions."""
 
-    def __init__(self, C: float = 1.0, seed: int = 0):
-        self.C, self.seed = C, seed
+    def _ridge(self) -> Ridge:
+        return Ridge(alpha=1.0 / self.C, random_state=self.seed)
 
     def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "RidgeStacker":
-        self.ridge_ = Ridge(alpha=1.0 / self.C, random_state=self.seed).fit(np.hstack(mats), y)
+        self.ridge_ = self._ridge().fit(np.hstack(mats), y)
         return self
 
     def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
         return self.ridge_.predict(np.hstack(mats))[:, None]
 
+    def state(self) -> dict:
+        return {**self._params(), "ridge": _linear_state(self.ridge_)}
 
-class LabelStacker:
+    @classmethod
+    def from_state(cls, d: dict) -> "RidgeStacker":
+        est = cls(d["C"], d["seed"])
+        est.ridge_ = _with_linear_state(est._ridge(), d["ridge"])
+        return est
+
+
+class LabelStacker(_Regularised):
     """Multilabel: per label, logistic regression over the models' log-odds of that label; a label
     constant in the training rows is predicted at its rate there."""
-
-    def __init__(self, C: float = 1.0, seed: int = 0):
-        self.C, self.seed = C, seed
 
     @staticmethod
     def _features(mats: list[np.ndarray], j: int) -> np.ndarray:
@@ -74,8 +141,7 @@ class LabelStacker:
             if len(np.unique(y[:, j])) < 2:
                 self.per_label_.append(float(y[0, j]))
                 continue
-            lr = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
-            self.per_label_.append(lr.fit(self._features(mats, j), y[:, j]))
+            self.per_label_.append(self._lr().fit(self._features(mats, j), y[:, j]))
         return self
 
     def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
@@ -83,6 +149,29 @@ class LabelStacker:
         cols = [np.full(n, est) if isinstance(est, float) else est.predict_proba(self._features(mats, j))[:, 1]
                 for j, est in enumerate(self.per_label_)]
         return np.stack(cols, axis=1)
+
+    def state(self) -> dict:
+        """per_label: a label's constant rate (a number) or its logistic regression's coefficients."""
+        return {**self._params(), "per_label": [est if isinstance(est, float) else _linear_state(est)
+                                                for est in self.per_label_]}
+
+    @classmethod
+    def from_state(cls, d: dict) -> "LabelStacker":
+        est = cls(d["C"], d["seed"])
+        est.per_label_ = [float(x) if isinstance(x, (int, float)) else _with_linear_state(est._lr(), x)
+                          for x in d["per_label"]]
+        return est
+
+
+class _Stateless:
+    """An estimator that learns nothing (votes): its state is empty."""
+
+    def state(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_state(cls, d: dict):
+        return cls()
 
 
 class Blender:
@@ -102,6 +191,15 @@ class Blender:
 
     def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
         return np.tensordot(self.weights_, np.stack(mats), axes=1)
+
+    def state(self) -> dict:
+        return {"weights": self.weights_.tolist()}
+
+    @classmethod
+    def from_state(cls, d: dict) -> "Blender":
+        est = cls()
+        est.weights_ = _array(d["weights"])
+        return est
 
 
 class MSEBlender(Blender):
@@ -276,7 +374,7 @@ class ValueRankAverager(RankAverager):
         return est
 
 
-class Voter:
+class Voter(_Stateless):
     """Majority vote of the models' argmax; ties go to the class with the higher mean probability.
 
     predict_proba returns vote fractions, nudged by the mean probability so ties break.
@@ -313,8 +411,8 @@ class BestSingle:
 
     score(y, matrix) -> the experiment metric, higher is better."""
 
-    def __init__(self, score: Callable[[np.ndarray, np.ndarray], float]):
-        self.score = score
+    def __init__(self, score: Optional[Callable[[np.ndarray, np.ndarray], float]] = None):
+        self.score = score  # only fit needs it: a BestSingle from_state predicts without
 
     def fit(self, mats: list[np.ndarray], y: np.ndarray) -> "BestSingle":
         self.index_ = int(np.argmax([self.score(y, m) for m in mats]))
@@ -323,4 +421,11 @@ class BestSingle:
     def predict_proba(self, mats: list[np.ndarray]) -> np.ndarray:
         return mats[self.index_]
 
+    def state(self) -> dict:
+        return {"index": self.index_}
 
+    @classmethod
+    def from_state(cls, d: dict) -> "BestSingle":
+        est = cls()
+        est.index_ = int(d["index"])
+        return est

@@ -244,6 +244,23 @@ class PretrainConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`python -m pipeline.serve`: where it listens and how it micro-batches concurrent requests."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 64             # rows run through the models together, at most
+    max_wait_ms: float = 5.0        # how long the first waiting request waits for others to join its batch
+    max_body_bytes: int = 1_000_000  # a larger request body is refused with 413
+
+    def __post_init__(self):
+        require(self, "port", lambda v: 0 <= v <= 65535, "between 0 and 65535 (0: any free port)")
+        require(self, "max_batch", lambda v: v >= 1, "at least 1")
+        require(self, "max_wait_ms", lambda v: 0 <= v <= 10_000, "between 0 and 10000")
+        require(self, "max_body_bytes", lambda v: v >= 64, "at least 64")
+        require(self, "host", lambda v: len(v) > 0, "a host name or address")
+
+
+@dataclass
 class PathsConfig:
     work: str = "data"
     models: str = "models"
@@ -267,6 +284,7 @@ class ExperimentConfig:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     pretrain: Optional[PretrainConfig] = None   # None: no in-task pre-training
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     def __post_init__(self):

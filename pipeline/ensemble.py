@@ -6,7 +6,8 @@ into submission CSVs.
 Every method is an estimator over a list of (n, C) prediction matrices, chosen by the task
 (pipeline/tasks.py), scored honestly: its OOF predictions come from fitting it on the other folds'
 OOF rows (the same folds as the models), and a decision threshold (binary classes, per label, or
-QWK cut-points) is tuned the same way. Writes models/<exp>/ensembles/<method>/{oof,test}.npy,
+QWK cut-points) is tuned the same way. Writes models/<exp>/ensembles/<method>/{oof,test}.npy and
+combiner.json (the fitted estimator's state and the tuned threshold, for serving),
 models/<exp>/ensembles/summary.json and submissions/<exp>_<method>.csv (+ submissions/<exp>.csv).
 """
 from __future__ import annotations
@@ -19,12 +20,12 @@ import numpy as np
 import pandas as pd
 
 from . import cli
-from .ensembling import choose_submit, combine, made_from
+from .ensembling import choose_submit, combine, combiner_record, made_from
 from .config import ExperimentConfig
 from .errors import PipelineError
 from .io import Commit, committed
 from .readers import read_table
-from .store import checked_models, input_files, models_dir, submission_path
+from .store import COMBINER, checked_models, combiner_path, input_files, models_dir, submission_path
 from .tables import format_table
 from .tasks import get as get_task
 
@@ -112,11 +113,13 @@ def run_ensemble(cfg: ExperimentConfig) -> dict:
     with committed() as c:  # matrices, submissions, config.yaml and summary.json: together or not at all
         for name, r in results.items():
             summary["methods"][name] = write_method(c, cfg, meta, out_dir / name, name, r, test, classes)
+            c.write_json(combiner_path(out_dir, name), combiner_record(name, r, models, task, classes))
         summary["submission"] = str(c.write_csv(submission_path(cfg), submission_frame(cfg, meta, test.ids,
                                                                                        results[summary["submitted"]], classes)))
         cli.save_resolved(cfg, out_dir, c)
         summary["files"] = {str(path.relative_to(out_dir)): c.sha256(path)
-                            for _, path in c.staged if path.is_relative_to(out_dir) and path.suffix == ".npy"}
+                            for _, path in c.staged if path.is_relative_to(out_dir)
+                            and (path.suffix == ".npy" or path.name == COMBINER)}
         c.write_json(out_dir / "summary.json", summary)
     return summary
 
@@ -131,7 +134,7 @@ def write_method(c: Commit, cfg: ExperimentConfig, meta: dict, directory: Path, 
     path = c.write_csv(submission_path(cfg, name), submission_frame(cfg, meta, test.ids, r, classes))
     test_scores = (task.decision_scores(test.y, task.decide(r["test"], r["threshold"]), r["test"])
                    if test.y is not None else None)
-    entry = {k: v for k, v in r.items() if k not in ("oof", "test")}
+    entry = {k: v for k, v in r.items() if k not in ("oof", "test", "estimator")}
     return {**entry, "test": test_scores, "submission": str(path)}
 
 

@@ -54,7 +54,7 @@ def combine(name: str, cfg: ExperimentConfig, models: list[Matrices], y: np.ndar
     oof = honest_oof(factory, oofs, y, folds)
     est = factory().fit(oofs, y)
     test = est.predict_proba([m.test for m in models])
-    result = {"oof": oof, "test": test, "threshold": None, "oof_scores": task.scores(y, oof)}
+    result = {"oof": oof, "test": test, "threshold": None, "oof_scores": task.scores(y, oof), "estimator": est}
     tuned = task.tune(cfg.metric, y, oof) if cfg.ensemble.tune_threshold else None
     if tuned is not None:
         result["threshold"] = tuned
@@ -63,6 +63,20 @@ def combine(name: str, cfg: ExperimentConfig, models: list[Matrices], y: np.ndar
     if hasattr(est, "weights_"):
         result["weights"] = dict(zip([m.name for m in models], np.round(est.weights_, 4).tolist()))
     return result
+
+
+COMBINER_FORMAT = "pipeline-combiner/1"
+
+
+def combiner_record(name: str, result: dict, models: list[Matrices], task: Task, classes: list[str]) -> dict:
+    """combiner.json of a method: what serving needs to apply it to the members' mean fold
+    predictions. estimator: a class name of pipeline/combiners.py; state: its `state()`;
+    threshold: the tuned threshold, per-label thresholds or cut-points (null: none); models: the
+    members, in the order the estimator takes their matrices."""
+    est = result["estimator"]
+    return {"format": COMBINER_FORMAT, "method": name, "estimator": type(est).__name__, "state": est.state(),
+            "threshold": result["threshold"], "models": [m.name for m in models], "task": task.name,
+            "classes": classes}
 
 
 def honest_metric(result: dict, metric: str) -> float:

@@ -74,6 +74,28 @@ class TfidfBlock:
             return f"no term is in min_df={self.p.min_df} or more of the {len(texts)} training texts; lower min_df"
         return None
 
+    def state(self) -> list[dict]:
+        """The fitted vocabularies and idf weights, JSON-able (no pickles), one entry per analyzer
+        that learned terms."""
+        return [{"analyzer": v.analyzer, "vocabulary": {k: int(i) for k, i in v.vocabulary_.items()},
+                 "idf": v.idf_.tolist(), "idf_dtype": v.idf_.dtype.name}
+                for v in self.vectorizers_ if v is not None]
+
+    def restored(self, state: list[dict]) -> "TfidfBlock":
+        """This block fitted from a `state()`: transforms exactly as the block that wrote it."""
+        saved = {entry["analyzer"]: entry for entry in state}
+        self.vectorizers_ = [self._restored(v, saved.get(v.analyzer)) for v in self._vectorizers()]
+        return self
+
+    def _restored(self, v: TfidfVectorizer, entry: Optional[dict]) -> Optional[TfidfVectorizer]:
+        if entry is None:
+            if not self.allow_empty:
+                raise PipelineError(f"{self.label}: the saved TF-IDF state lacks the {v.analyzer} analyzer")
+            return None
+        v.vocabulary_ = dict(entry["vocabulary"])
+        v.idf_ = np.asarray(entry["idf"], dtype=entry.get("idf_dtype", "float64"))
+        return v
+
     def transform(self, texts: list[str]) -> list[sp.csr_matrix]:
         """One (n, vocab_i) L2-normalised matrix per analyzer ((n, 0) for one that learned nothing)."""
         return [sp.csr_matrix((len(texts), 0), dtype=np.float32) if v is None else v.transform(texts).tocsr()

@@ -12,7 +12,6 @@ import json
 import logging
 from typing import Callable, Optional
 
-
 from . import cli
 from .config import ExperimentConfig
 from .data import VIEWS, RawTable, Table, label_to_json, read_raw
@@ -27,6 +26,7 @@ log = logging.getLogger("pipeline.preprocess")
 
 def prepare(raw: RawTable, lemma: Callable[[str], str], classes: list[str], path: str, task: Task,
             label_key, segment: Callable[[str], str] = as_is) -> Table:
+    """The raw table's every view (views.table_views: what augmentation and serving call too)."""
     y = task.encode(raw.labels, classes, path, label_key) if raw.labels is not None else None
     return Table(raw.name, raw.ids, table_views(raw.text_a, raw.text_b, lemma, segment), y, raw.groups)
 

@@ -20,14 +20,13 @@ import numpy as np
 
 from . import cli
 from .artifacts import Matrices
-from .config import ExperimentConfig, config_source
-from .ensembling import made_from
+from .config import ExperimentConfig
 from .errors import PipelineError
-from .io import Commit, committed, read_json, read_npy, sha256_file
+from .io import Commit, committed, read_npy
 from .metrics import oof_correlation
 from .plots import plot_matrix, save_figure, subplots
 from .rounds import ensemble_label, overview_table, rounds_overview, student_names
-from .store import checked_models, models_dir, reports_dir, round_paths
+from .store import checked_ensemble_file, checked_models, checked_summary, models_dir, reports_dir, round_paths
 from .tables import format_table
 from .tasks import Task, get as get_task
 
@@ -59,12 +58,7 @@ class Evidence:
 
 def ensemble_matrix(out: Path, summary: dict, name: str, shape: tuple[int, int]) -> np.ndarray:
     """A matrix of the submitted method, (n, C), verified against its sha256 in summary.json."""
-    path = out / name
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: run `python -m pipeline.ensemble` first")
-    if sha256_file(path) != (summary.get("files") or {}).get(name):
-        raise PipelineError(f"{path} does not match its sha256 in {out / 'summary.json'}: "
-                            "run `python -m pipeline.ensemble` again")
+    path = checked_ensemble_file(out, summary, name)
     arr = read_npy(path)
     if arr.shape != shape or not np.isfinite(arr).all():
         raise PipelineError(f"{path} has shape {arr.shape} (expected {shape}) or non-finite values: "
@@ -72,30 +66,10 @@ def ensemble_matrix(out: Path, summary: dict, name: str, shape: tuple[int, int])
     return arr.astype(np.float64)
 
 
-def check_ensemble_models(cfg: ExperimentConfig, summary_path: Path, summary: dict, models: list[Matrices]) -> None:
-    """The ensemble's summary must list the models the report shows, made from their current
-    matrices with the current ensemble settings, or its matrices are another ensemble's."""
-    listed = sorted(summary.get("models", {}))
-    if listed != sorted(m.name for m in models):
-        raise PipelineError(f"{summary_path} combines {listed}, the report's models are "
-                            f"{sorted(m.name for m in models)}: run `python -m pipeline.ensemble` again")
-    now, then = made_from(cfg, models), summary.get("made_from") or {}
-    changed = [n for n in now["matrices"] if (then.get("matrices") or {}).get(n) != now["matrices"][n]]
-    if then.get("settings_sha256") != now["settings_sha256"] or changed:
-        what = f"models {changed} were retrained since" if changed else "the ensemble settings changed since"
-        raise PipelineError(f"{summary_path} is stale ({what}): run `python -m pipeline.ensemble "
-                            f"{config_source(cfg)}` again")
-
-
 def gather(cfg: ExperimentConfig) -> Evidence:
     e = cfg.ensemble
     models, train, test, meta, folds = checked_models(cfg, e.models, e.round)
-    out = models_dir(cfg, e.round) / "ensembles"
-    summary = out / "summary.json"
-    if not summary.is_file():
-        raise PipelineError(f"{summary} not found: run `python -m pipeline.ensemble` first")
-    record = read_json(summary)
-    check_ensemble_models(cfg, summary, record, models)
+    out, record = checked_summary(cfg, models)
     submitted = record.get("submitted", e.submit)
     C = len(meta["classes"])
     oof = ensemble_matrix(out, record, f"{submitted}/oof.npy", (len(train), C))

@@ -119,6 +119,14 @@ def ensembles_dir(cfg: "ExperimentConfig", round_: int = 0) -> Path:
     return models_dir(cfg, round_) / "ensembles"
 
 
+COMBINER = "combiner.json"
+
+
+def combiner_path(ensembles: Path, method: str) -> Path:
+    """<ensembles>/<method>/combiner.json: the fitted estimator and tuned threshold of a method."""
+    return Path(ensembles) / method / COMBINER
+
+
 def submission_path(cfg: "ExperimentConfig", method: Optional[str] = None) -> Path:
     """submissions/<exp>.csv (the submitted method) or submissions/<exp>_<method>.csv."""
     stem = cfg.experiment if method is None else f"{cfg.experiment}_{method}"
@@ -471,3 +479,45 @@ def load_round(cfg: ExperimentConfig, round_: int) -> tuple[pd.DataFrame, dict]:
         raise PipelineError(f"{csv_path} does not match its sha256 in {json_path}: run the pseudo_label stage again")
     frame = pd.read_csv(csv_path, dtype={"test_id": str, "label": str, "voters": str}, keep_default_na=False)
     return frame, info
+
+
+def check_ensemble_models(cfg: ExperimentConfig, summary_path: Path, summary: dict, models: list[Matrices]) -> None:
+    """The ensemble's summary must list `models`, made from their current matrices with the
+    current ensemble settings, or its matrices are another ensemble's."""
+    from .ensembling import made_from  # ensembling reads matrices this module loads
+
+    listed = sorted(summary.get("models", {}))
+    if listed != sorted(m.name for m in models):
+        raise PipelineError(f"{summary_path} combines {listed}, the config's models are "
+                            f"{sorted(m.name for m in models)}: run `python -m pipeline.ensemble` again")
+    now, then = made_from(cfg, models), summary.get("made_from") or {}
+    changed = [n for n in now["matrices"] if (then.get("matrices") or {}).get(n) != now["matrices"][n]]
+    if then.get("settings_sha256") != now["settings_sha256"] or changed:
+        what = f"models {changed} were retrained since" if changed else "the ensemble settings changed since"
+        raise PipelineError(f"{summary_path} is stale ({what}): run `python -m pipeline.ensemble "
+                            f"{config_source(cfg)}` again")
+
+
+def checked_summary(cfg: ExperimentConfig, models: list[Matrices]) -> tuple[Path, dict]:
+    """(ensembles folder, its summary.json) of the config's round, refused when missing or when it
+    was not made from `models`' current matrices and the current ensemble settings."""
+    out = ensembles_dir(cfg, cfg.ensemble.round)
+    path = out / "summary.json"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run `python -m pipeline.ensemble` first")
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise PipelineError(f"{path} is not an ensemble summary: run `python -m pipeline.ensemble` again")
+    check_ensemble_models(cfg, path, summary, models)
+    return out, summary
+
+
+def checked_ensemble_file(out: Path, summary: dict, name: str) -> Path:
+    """<ensembles>/<name>, refused when missing or not matching its sha256 in summary.json."""
+    path = Path(out) / name
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run `python -m pipeline.ensemble` first")
+    if sha256_file(path) != (summary.get("files") or {}).get(name):
+        raise PipelineError(f"{path} does not match its sha256 in {Path(out) / 'summary.json'}: "
+                            "run `python -m pipeline.ensemble` again")
+    return path

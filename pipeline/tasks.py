@@ -228,6 +228,11 @@ class Task:
         column per output, named by it (class or label names)."""
         return {c: pred[:, j].tolist() for j, c in enumerate(columns)}
 
+    def served_outputs(self, pred: np.ndarray, columns: list[str]) -> list[dict]:
+        """What serving answers per row beside the label: pred (n, C) -> {"probabilities": {class or
+        label name: probability}} per row."""
+        return [{"probabilities": {c: float(v) for c, v in zip(columns, row)}} for row in pred]
+
     # -- pseudo labels
 
     def vote(self, probas: np.ndarray, train_y: np.ndarray, tolerance: float):
@@ -406,6 +411,10 @@ class RegressionTask(_OneGroup, Task):
 
     def probability_columns(self, pred, columns, label_col):
         return {label_col: pred[:, 0].tolist()}  # the raw predicted value, no cut-points
+
+    def served_outputs(self, pred, columns):
+        """{"value": the predicted value (before any cut-points)} per row."""
+        return [{"value": float(row[0])} for row in pred]
 
     def vote(self, probas, train_y, tolerance):
         return value_vote(probas, train_y, tolerance)

@@ -1,6 +1,9 @@
-"""Text views (raw, lower, lemma): the one set of functions that the preprocess stage applies to the
-input files and the driver to augmented training rows (pipeline/augment.py), so both get the
-same views of the same text.
+"""Text views, in one place: what the preprocess stage writes for the train and test files, what
+the driver builds for augmented training rows (pipeline/augment.py) and what the serving process
+builds for a request's texts, so all see identical strings.
+
+Views: raw (as read); lower (word-segmented where the text is Chinese, whitespace collapsed,
+lowercased); lemma (lower, split into word and punctuation tokens, lemmatised).
 """
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import logging
 import re
 from typing import Callable, Optional
 
-from .data import VIEWS
+from .data import VIEWS, Table
 from .errors import PipelineError
 
 TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -97,6 +100,9 @@ def views_of(texts: Optional[list[str]], lemma: Callable[[str], str],
     return {"raw": texts, "lower": [normalise(t) for t in words], "lemma": [lemmatise(t, lemma) for t in words]}
 
 
+Views = Callable[[list[str], Optional[list[str]]], dict]  # (text_a, text_b or None) -> table_views
+
+
 def table_views(text_a: list[str], text_b: Optional[list[str]], lemma: Callable[[str], str],
                 segment: Callable[[str], str] = as_is) -> dict[str, tuple[list[str], Optional[list[str]]]]:
     """Table.views of n rows: {view: (text_a views (n,), text_b views (n,) or None)}."""
@@ -104,9 +110,21 @@ def table_views(text_a: list[str], text_b: Optional[list[str]], lemma: Callable[
     return {v: (a[v], b[v]) for v in VIEWS}
 
 
-def recorded_views(meta: dict) -> Callable[[list[str], Optional[list[str]]], dict]:
+def make_views(lemmatizer: str, segmenter: str, texts: list[str]) -> tuple[str, str, Views]:
+    """(lemmatiser name, segmenter name, table_views with them) for the configured (or recorded)
+    choices; `texts` only decide the segmenter `auto`."""
+    lem_name, lemma = make_lemmatizer(lemmatizer)
+    seg_name, segment = make_segmenter(segmenter, texts)
+    return lem_name, seg_name, lambda a, b: table_views(a, b, lemma, segment)
+
+
+def recorded_views(meta: dict) -> Views:
     """table_views with the lemmatiser and segmenter the preprocess stage ran (meta.json's
-    `lemmatizer` and `segmenter`), for rows made after it."""
-    _, lemma = make_lemmatizer(meta.get("lemmatizer", "none"))
-    _, segment = make_segmenter(meta.get("segmenter", "none"), [])
-    return lambda a, b: table_views(a, b, lemma, segment)
+    `lemmatizer` and `segmenter`), for rows made after it (augmented rows, served requests)."""
+    return make_views(meta.get("lemmatizer", "none"), meta.get("segmenter", "none"), [])[2]
+
+
+def table_of(name: str, ids: list[str], text_a: list[str], text_b: Optional[list[str]],
+             views: Views, y=None, groups=None, segmented: bool = False) -> Table:
+    """A Table of every view of the texts (n strings each, text_b None for single texts)."""
+    return Table(name, ids, views(text_a, text_b), y, groups, segmented)

@@ -14,7 +14,7 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import (cohen_kappa_score, f1_score, log_loss, matthews_corrcoef, mean_absolute_error,
                              mean_squared_error, roc_auc_score)
 
-from conftest import Exp, base_config
+from conftest import Exp, base_config, tiny_bert
 from pipeline import metrics as M
 from pipeline import tasks
 from pipeline.config import load_config
@@ -61,16 +61,7 @@ def multilabel_texts(n: int, seed: int) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory) -> Path:
     """A 1-layer, 32-wide random BERT with a WordPiece vocabulary of this file's words."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    d = tmp_path_factory.mktemp("bert")
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = BertTokenizer(vocab={t: i for i, t in enumerate(specials + VOCAB)})
-    tok.save_pretrained(d)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(d)
-    return d
+    return tiny_bert(tmp_path_factory.mktemp("bert"), VOCAB)
 
 
 def transformer(bert_dir: Path) -> dict:

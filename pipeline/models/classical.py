@@ -12,12 +12,15 @@ from typing import Optional
 import numpy as np
 import scipy.sparse as sp
 from .. import tasks
+from ..combiners import with_coefficients
 from ..data import Split
 from ..errors import PipelineError
 from ..features import TfidfBlock, pair_row, tfidf_cosines, tfidf_design
-from ..io import write_json, write_npy, write_text
+from ..io import read_json, read_npy, write_json, write_npy, write_text
 from .base import FitContext
 from .params import PairLGBMParams, TfidfLGBMParams, TfidfLRParams
+
+PREDICTOR = "predictor.json"   # what `load` needs beside the weights: the task, class order, constant labels
 
 
 class _Classical:
@@ -48,6 +51,49 @@ class _Classical:
     def _design(self, split: Split, fit: bool):
         raise NotImplementedError
 
+    def use_cache(self, cache: dict) -> None:
+        """The cache of derived features (pair rows, embeddings) the next predictions read and fill."""
+        self.cache_ = cache
+
+    def save(self, directory: Path) -> list[Path]:
+        """The kind's files (`_files`) and predictor.json: nothing that runs code on load."""
+        info = {"kind": self.kind, "task": self.task_.name, "n_outputs": self.n_classes, "view": self.view,
+                **_estimator_info(self.estimator_)}
+        return self._files(Path(directory)) + [write_json(Path(directory) / PREDICTOR, info)]
+
+    def _files(self, directory: Path) -> list[Path]:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory: Path, params, n_classes: int, view: str, task) -> "_Classical":
+        """A fitted model from save()'s files, predicting as the one that wrote them."""
+        d = Path(directory)
+        info = read_json(d / PREDICTOR)
+        if not isinstance(info, dict) or info.get("kind") != cls.kind or info.get("n_outputs") != n_classes:
+            raise PipelineError(f"{d / PREDICTOR}: not a saved {cls.kind} model with {n_classes} outputs; retrain it")
+        model = cls(params, n_classes, view)
+        model.task_, model.cache_ = task, {}
+        model.estimator_ = model._load_estimator(d, info)
+        model._load_state(d)
+        return model
+
+    def _load_estimator(self, d: Path, info: dict):
+        """The linear estimator from lr_coef.npy / lr_intercept.npy; boosters override."""
+        coef, intercept = read_npy(d / "lr_coef.npy"), read_npy(d / "lr_intercept.npy")
+        return _rebuilt(self.task_.linear(self.params, 0), info,
+                        lambda j, est: with_coefficients(est, coef[j:j + 1], intercept[j:j + 1], [0, 1]),
+                        lambda est: with_coefficients(est, coef, intercept if coef.ndim > 1 else intercept[0],
+                                                      info.get("classes")))
+
+    def _load_state(self, d: Path) -> None:
+        """Fitted state beside the estimator (the TF-IDF block); none by default."""
+
+    def _new_block(self) -> TfidfBlock:
+        return TfidfBlock(self.params, self.label_)
+
+    def _load_tfidf(self, d: Path) -> None:
+        self.block_ = self._new_block().restored(read_json(d / "tfidf.json"))
+
     def _estimator(self, seed: int):
         """The task's linear model (logistic, ridge, one-vs-rest logistic); boosters override."""
         return self.task_.linear(self.params, seed)
@@ -59,10 +105,44 @@ class _Classical:
 
     def _save_tfidf(self, directory: Path) -> list[Path]:
         """Vocabularies and idf weights as JSON (no pickles), one entry per analyzer that is on."""
-        state = [{"analyzer": vec.analyzer, "vocabulary": {k: int(v) for k, v in vec.vocabulary_.items()},
-                  "idf": vec.idf_.tolist()}
-                 for vec in self.block_.vectorizers_ if vec is not None]
-        return [write_json(Path(directory) / "tfidf.json", state)]
+        return [write_json(Path(directory) / "tfidf.json", self.block_.state())]
+
+
+def _estimator_info(est) -> dict:
+    """What rebuilding `est` needs beside its weights: multilabel's constant labels (None where a
+    label was learned), classification's class order; nothing for a regressor."""
+    if hasattr(est, "constants_"):
+        return {"constants": est.constants_}
+    return {"classes": np.asarray(est.classes_).tolist()} if hasattr(est, "classes_") else {}
+
+
+def _rebuilt(est, info: dict, per_label, whole):
+    """The task's unfitted estimator `est` given its saved state: per_label(j, unfitted binary
+    estimator) for each learned label of a multilabel PerLabel, else whole(est)."""
+    if "constants" not in info:
+        return whole(est)
+    est.constants_ = info["constants"]
+    est.estimators_ = [None if c is not None else per_label(j, est.make()) for j, c in enumerate(est.constants_)]
+    return est
+
+
+class SavedBooster:
+    """A LightGBM booster read from its text file, predicting as the scikit-learn estimator that
+    wrote it (LGBMClassifier: [1 - p, p] for two classes; LGBMRegressor: the values)."""
+
+    def __init__(self, path: Path, classes: Optional[list] = None):
+        import lightgbm
+
+        self.booster_ = lightgbm.Booster(model_str=Path(path).read_text(encoding="utf-8"))
+        if classes is not None:
+            self.classes_ = np.asarray(classes, dtype=np.int64)
+
+    def predict(self, X) -> np.ndarray:
+        return self.booster_.predict(X)
+
+    def predict_proba(self, X) -> np.ndarray:
+        p = self.booster_.predict(X)
+        return np.vstack([1.0 - p, p]).T if p.ndim == 1 else p
 
 
 class TfidfLR(_Classical):
@@ -72,16 +152,25 @@ class TfidfLR(_Classical):
     def _design(self, split: Split, fit: bool) -> sp.csr_matrix:
         a, b = split.texts(self.view)
         if fit:
-            self.block_ = TfidfBlock(self.params, self.label_).fit(a + (b or []))
+            self.block_ = self._new_block().fit(a + (b or []))
         return tfidf_design(self.block_, a, b)
 
-    def save(self, directory: Path) -> list[Path]:
+    def _files(self, directory: Path) -> list[Path]:
         return self._save_tfidf(directory) + self._save_lr(directory)
+
+    def _load_state(self, d: Path) -> None:
+        self._load_tfidf(d)
 
 
 class _Booster(_Classical):
     def _estimator(self, seed: int):
         return self.task_.booster(self.params, seed)
+
+    def _load_estimator(self, d: Path, info: dict):
+        """booster.txt (or booster_<j>.txt per learned label) as the task's estimator."""
+        return _rebuilt(self.task_.booster(self.params, 0), info,
+                        lambda j, _: SavedBooster(d / f"booster_{j}.txt", [0, 1]),
+                        lambda _: SavedBooster(d / "booster.txt", info.get("classes")))
 
     def _booster_file(self, directory: Path) -> list[Path]:
         """booster.txt (LightGBM's text format); multilabel: booster_<j>.txt per label that was
@@ -114,15 +203,18 @@ class TfidfLGBM(_Booster):
     def _design(self, split: Split, fit: bool) -> sp.csr_matrix:
         a, b = split.texts(self.view)
         if fit:
-            self.block_ = TfidfBlock(self.params, self.label_).fit(a + (b or []))
+            self.block_ = self._new_block().fit(a + (b or []))
         X = tfidf_design(self.block_, a, b)
         if b is not None and self.params.pair_features:
             dense = np.hstack([self._hand_features(split), tfidf_cosines(self.block_, a, b)])
             X = sp.hstack([sp.csr_matrix(dense), X], format="csr")
         return X.astype(np.float32)
 
-    def save(self, directory: Path) -> list[Path]:
+    def _files(self, directory: Path) -> list[Path]:
         return self._save_tfidf(directory) + self._booster_file(directory)
+
+    def _load_state(self, d: Path) -> None:
+        self._load_tfidf(d)
 
 
 class PairLGBM(_Booster):
@@ -135,8 +227,7 @@ class PairLGBM(_Booster):
         if b is None:
             raise PipelineError("pair_lgbm needs a pair task (data.text_b)")
         if fit:
-            # texts with no word characters leave the word cosine at 0; the surface features remain
-            self.block_ = TfidfBlock(TfidfLRParams(min_df=1), self.label_, allow_empty=True).fit(a + b)
+            self.block_ = self._new_block().fit(a + b)
         parts = [self._hand_features(split), tfidf_cosines(self.block_, a, b)]
         if self.params.embed:
             from .embed import pair_cosine, split_embeddings
@@ -144,5 +235,13 @@ class PairLGBM(_Booster):
             parts.append(pair_cosine(*split_embeddings(self.cache_, self.params.embed, split, self.view)))
         return np.hstack(parts)
 
-    def save(self, directory: Path) -> list[Path]:
-        return self._booster_file(directory)
+    def _new_block(self) -> TfidfBlock:
+        # texts with no word characters leave the word cosine at 0; the surface features remain
+        return TfidfBlock(TfidfLRParams(min_df=1), self.label_, allow_empty=True)
+
+    def _files(self, directory: Path) -> list[Path]:
+        """booster.txt and tfidf.json (the cosine features' vocabulary, for serving)."""
+        return self._save_tfidf(directory) + self._booster_file(directory)
+
+    def _load_state(self, d: Path) -> None:
+        self._load_tfidf(d)

@@ -98,5 +98,8 @@ class EmbedLR(_Classical):
             return a
         return np.hstack([a * b, np.abs(a - b), pair_cosine(a, b)])
 
-    def save(self, directory: Path) -> list[Path]:
+    kind = "embed_lr"
+
+    def _files(self, directory: Path) -> list[Path]:
+        """lr_coef.npy, lr_intercept.npy: the encoder is the pretrained backbone, loaded by name."""
         return self._save_lr(directory)

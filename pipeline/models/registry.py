@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import PipelineError
@@ -15,10 +16,18 @@ class Kind:
     params: type
     builder: str  # "module:Class", imported when a model is built
 
+    def model_class(self) -> type:
+        module, cls = self.builder.split(":")
+        return getattr(importlib.import_module(module, __package__), cls)
+
     def build(self, params: Any, n_classes: int, view: str) -> Any:
         """A fresh, unfitted model: Class(params, n_classes, view)."""
-        module, cls = self.builder.split(":")
-        return getattr(importlib.import_module(module, __package__), cls)(params, n_classes, view)
+        return self.model_class()(params, n_classes, view)
+
+    def load(self, directory: Path, params: Any, n_classes: int, view: str, task: Any) -> Any:
+        """A fitted model rebuilt from the files its save() wrote in `directory` (formats that run
+        no code): Class.load(directory, params, n_classes, view, task)."""
+        return self.model_class().load(directory, params, n_classes, view, task)
 
 
 KINDS: dict[str, Kind] = {

@@ -555,6 +555,29 @@ class TransformerModel:
     def load_checkpoint(cls, directory: Path) -> "TransformerModel":
         return load_checkpoint(directory)
 
+    @classmethod
+    def load(cls, directory: Path, params: TransformerParams, n_classes: int, view: str,
+             task: Task) -> "TransformerModel":
+        """The fold model saved in `directory`, ready to serve (registry.Kind.load): its inference
+        copy made once (see for_inference). The checkpoint's own params are used; it must have
+        n_classes outputs and read `view`."""
+        model = load_checkpoint(directory)
+        if model.n_classes != n_classes or model.view != view or model.task_.name != task.name:
+            raise PipelineError(f"{directory}: a checkpoint of {model.n_classes} {model.task_.name} outputs on view "
+                                f"{model.view!r}, the model has {n_classes} on {view!r}; retrain it")
+        return model.for_inference()
+
+    def for_inference(self) -> "TransformerModel":
+        """Replace the module by its inference copy (bf16 backbone where training ran bf16 on CPU)
+        once, so predictions run what training's predictions ran without a copy per call."""
+        self.module_, self.precision_ = self._inference_module()
+        self.module_.eval()
+        return self
+
+    def use_cache(self, cache: dict) -> None:
+        """The cache of token ids the next predictions read and fill."""
+        self._cache = cache
+
 
 def _read_head_config(directory: Path) -> tuple[dict, TransformerParams]:
     path = directory / HEAD_CONFIG
