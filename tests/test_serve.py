@@ -276,3 +276,34 @@ def test_multilabel_served_in_process_with_label_thresholds(tmp_path):
     assert np.abs(got - np.load(e.models / "ensembles" / "stack" / "test.npy")).max() <= CLASSICAL_TOL
     sub = pd.read_csv(e.tmp / "subs" / "tiny.csv")
     assert [[row["label"][c] for c in labels] for row in r.json()["rows"]] == sub[labels].to_numpy().tolist()
+
+
+@pytest.mark.parametrize("submit", ["rank", "select"])
+def test_seed_bag_member_and_new_methods_served_as_the_pipeline_predicted(tmp_path, bert, submit):
+    """A seed bag (two seeds of the BERT: fold<k>/seed<s>/ each) and the selection and rank methods:
+    the served rows equal the ensemble's test.npy and the submission, asked a few rows at a time
+    (a rank is read from the fitting rows, so it does not depend on which rows come together)."""
+    (tmp_path / "in").mkdir()
+    tiny_pairs(90, 0).to_csv(tmp_path / "in" / "train.csv", index=False)
+    tiny_pairs(30, 1, labelled=False).to_csv(tmp_path / "in" / "test.csv", index=False)
+    cfg = base_config(tmp_path)
+    member = bert_member(bert)
+    member["seeds"] = [3, 4]
+    cfg["models"] = [cfg["models"][0], member]
+    cfg["ensemble"] = {"methods": ["rank", "select"], "submit": submit}
+    e = Exp(tmp_path, tmp_path / "tiny.yaml")
+    e.write_config(cfg)
+    for stage in ("preprocess", "folds", "train", "ensemble"):
+        assert e.run(stage) == 0, stage
+    assert (e.models / "bert" / "fold0" / "seed4" / "model.safetensors").exists()
+    server = Server(e)
+    try:
+        summary = json.loads((e.models / "ensembles" / "summary.json").read_text())
+        assert summary["submitted"] == submit
+        expected = np.load(e.models / "ensembles" / submit / "test.npy")
+        classes = httpx.get(server.url + "/info").json()["classes"]
+        probs, labels = served_matrix(server, request_rows(e), classes, chunk=3)
+        assert np.abs(probs - expected).max() <= BERT_TOL
+        assert labels == pd.read_csv(e.tmp / "subs" / "tiny.csv", dtype=str)["label"].tolist()
+    finally:
+        server.stop()
