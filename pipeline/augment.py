@@ -9,8 +9,8 @@ rows, the config and the seed (the model's seed + fold): reruns make the same ro
 
 Ops, per copy and per text (EDA, Wei & Zou 2019, on whitespace words), in this order: synonym
 (WordNet), random_insert (a synonym of a random word of the text, or the word itself without
-WordNet), random_swap, random_delete; then mlm (contextual substitution by a masked LM,
-pipeline/mlm.py, imported only when used). `swap`: for pairs, one more copy of every row as (b, a).
+WordNet), random_swap, random_delete; then synonym by a masked LM where WordNet is not installed
+(synonyms: mlm) and the mlm op (contextual substitution, pipeline/mlm.py, imported only when used). `swap`: for pairs, one more copy of every row as (b, a).
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def augment_split(train: Split, cfg: AugmentConfig, seed: int, views: Views, nam
     if not cfg.active or len(train) == 0:
         return train
     if cfg.synonym and cfg.synonyms == "none":
-        log.warning("%s: augment.synonym skipped: nltk's WordNet corpus is not installed", train.name)
+        log.warning("%s: augment.synonym skipped: neither nltk's WordNet corpus nor a masked LM "
+                    "(augment.mlm_backbone or a pretrain section)", train.name)
     a, b, ids, src = augmented_texts(train, cfg, seed)
     table = Table(name, ids, views(a, b), None if train.y is None else train.y[src],
                   segmented=any(t.segmented for t, _ in train.parts))
@@ -69,10 +70,13 @@ def transform(texts: list[str], cfg: AugmentConfig, rng: np.random.Generator) ->
     """One augmented copy of each text (n,) -> (n,)."""
     synonyms = wordnet_synonyms if cfg.synonyms == "wordnet" else None
     out = [eda(t, cfg, rng, synonyms) for t in texts]
-    if cfg.mlm:
-        from .mlm import substitute  # the masked LM's code loads only for models that use it
+    # synonyms without WordNet: the masked LM's guesses replace `synonym` of the words, then the
+    # mlm op replaces its own share
+    for rate in (cfg.synonym if cfg.synonyms == "mlm" else 0.0, cfg.mlm):
+        if rate:
+            from .mlm import substitute  # the masked LM's code loads only for models that use it
 
-        out = substitute(out, cfg.mlm_backbone, cfg.mlm, int(rng.integers(2**31)))
+            out = substitute(out, cfg.mlm_backbone, rate, int(rng.integers(2**31)))
     return out
 
 

@@ -92,9 +92,11 @@ class AugmentConfig:
     random_delete: float = 0.0      # EDA: drop each word with this probability
     random_insert: float = 0.0      # EDA: insert this share of words (copies of the row's own words)
     synonym: float = 0.0            # EDA: replace this share of words by a WordNet synonym
-    synonyms: Literal["auto", "wordnet", "none"] = "auto"  # auto: wordnet if nltk's corpus is installed, else none
+    # how `synonym` replaces words: WordNet, a masked LM (mlm_backbone), or not at all;
+    # auto: wordnet where nltk's corpus is installed, else mlm where a masked LM is known, else none
+    synonyms: Literal["auto", "wordnet", "mlm", "none"] = "auto"
     mlm: float = 0.0                # contextual substitution of this share of words by a masked LM
-    mlm_backbone: Optional[str] = None  # the masked LM; required when mlm > 0
+    mlm_backbone: Optional[str] = None  # the masked LM (a name, folder or pretrained:<name>); required when mlm > 0
     swap: bool = False              # pairs: one more copy of every training row as (b, a)
 
     def __post_init__(self):
@@ -524,7 +526,7 @@ def _validate(cfg: ExperimentConfig) -> None:
         m.params = to_dict(build(params_cls, m.params, f"models.{m.name}.params"))
         if m.seed is None and m.seeds is None:
             m.seed = cfg.seed
-        _resolve_synonyms(m)
+        _resolve_synonyms(cfg, m)
     _validate_pretrain(cfg)
     if cfg.folds.strategy == "group" and not cfg.folds.group_column:
         raise PipelineError("config: folds.strategy=group needs folds.group_column")
@@ -541,19 +543,28 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise PipelineError(f"config: ensemble.submit={cfg.ensemble.submit!r} is not in ensemble.methods")
 
 
-def _resolve_synonyms(m: ModelConfig) -> None:
-    """augment.synonyms auto -> wordnet or none, by what is installed, so the saved config and the
-    fingerprint say which ran; an explicit wordnet without nltk's corpus is one line."""
+def _resolve_synonyms(cfg: ExperimentConfig, m: ModelConfig) -> None:
+    """augment.synonyms auto -> wordnet where nltk's corpus is installed, else mlm (contextual
+    substitution by augment.mlm_backbone, by default this config's pretrained backbone) where there
+    is a masked LM, else none; resolved here so the saved config and the fingerprint say which ran.
+    An explicit wordnet without the corpus, or mlm without a masked LM, is one line."""
     from .views import wordnet_available
 
     a = m.augment
-    if not a.synonym:
+    if not a.synonym or a.synonyms == "none":
         return
-    if a.synonyms == "auto":
-        a.synonyms = "wordnet" if wordnet_available() else "none"
-    elif a.synonyms == "wordnet" and not wordnet_available():
-        raise PipelineError(f"config: models.{m.name}.augment.synonyms=wordnet but nltk's WordNet corpus is "
-                            "not installed (python -m nltk.downloader wordnet, or synonyms: auto to skip the op)")
+    if a.synonyms == "wordnet" or (a.synonyms == "auto" and wordnet_available()):
+        if not wordnet_available():
+            raise PipelineError(f"config: models.{m.name}.augment.synonyms=wordnet but nltk's WordNet corpus is "
+                                "not installed (python -m nltk.downloader wordnet, or synonyms: auto)")
+        a.synonyms = "wordnet"
+        return
+    if a.mlm_backbone is None and cfg.pretrain is not None:
+        a.mlm_backbone = PRETRAINED + cfg.pretrain.name
+    if a.mlm_backbone is None and a.synonyms == "mlm":
+        raise PipelineError(f"config: models.{m.name}.augment.synonyms=mlm needs a masked LM: "
+                            "augment.mlm_backbone, or a pretrain section (pretrained:<name>)")
+    a.synonyms = "mlm" if a.mlm_backbone else "none"
 
 
 PRETRAINED = "pretrained:"   # a backbone named pretrained:<name> is the pretrain stage's output
@@ -566,8 +577,12 @@ def pretrained_name(backbone: Any) -> Optional[str]:
 
 
 def pretrained_refs(m: ModelConfig) -> list[tuple[str, str]]:
-    """[(params key, <name>)] of the pretrained backbones a model names."""
-    return [(k, pretrained_name(m.params.get(k))) for k in BACKBONE_KEYS if pretrained_name(m.params.get(k))]
+    """[(key, <name>)] of the pretrained backbones a model names: params keys, and
+    `augment.mlm_backbone` for the masked LM its augmentation substitutes words with."""
+    refs = [(k, pretrained_name(m.params.get(k))) for k in BACKBONE_KEYS if pretrained_name(m.params.get(k))]
+    if pretrained_name(m.augment.mlm_backbone):
+        refs.append(("augment.mlm_backbone", pretrained_name(m.augment.mlm_backbone)))
+    return refs
 
 
 def _validate_pretrain(cfg: ExperimentConfig) -> None:
@@ -581,7 +596,8 @@ def _validate_pretrain(cfg: ExperimentConfig) -> None:
         for key, name in pretrained_refs(m):
             if p is None or name != p.name:
                 have = "no pretrain section" if p is None else f"pretrain.name is {p.name!r}"
-                raise PipelineError(f"config: models.{m.name}.params.{key}=pretrained:{name} but the config has {have}")
+                where = key if key.startswith("augment.") else f"params.{key}"
+                raise PipelineError(f"config: models.{m.name}.{where}=pretrained:{name} but the config has {have}")
     if p is None:
         return
     store.check_name("pretrain.name", p.name)

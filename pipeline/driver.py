@@ -89,7 +89,8 @@ def training_split(run: Run, m: ModelConfig, k: int, seed: int) -> tuple[Split, 
     tr, va = fold_splits(run, k)
     if m.augment.active:
         views = run.cache.setdefault(("views",), recorded_views(run.prepared_meta))
-        tr = augment_split(tr, m.augment, seed, views, name=f"augmented-fold{k}-seed{seed}")
+        augment = with_pretrained(run.cfg, m.augment, keys=("mlm_backbone",))
+        tr = augment_split(tr, augment, seed, views, name=f"augmented-fold{k}-seed{seed}")
     return tr, va
 
 

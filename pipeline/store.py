@@ -417,12 +417,13 @@ def check_pretrained(cfg: ExperimentConfig, m, train: Table, test: Table) -> Non
                                 f"run `python -m pipeline.pretrain {config_source(cfg)}` first")
 
 
-def with_pretrained(cfg: ExperimentConfig, params):
-    """The params with every `pretrained:<name>` backbone replaced by its folder."""
+def with_pretrained(cfg: ExperimentConfig, params, keys: tuple[str, ...] = BACKBONE_KEYS):
+    """The params (or augment config) with every `pretrained:<name>` backbone among `keys` replaced
+    by its folder."""
     import dataclasses
 
     swap = {k: str(pretrained_dir(cfg, pretrained_name(getattr(params, k))))
-            for k in BACKBONE_KEYS if pretrained_name(getattr(params, k, None))}
+            for k in keys if pretrained_name(getattr(params, k, None))}
     return dataclasses.replace(params, **swap) if swap else params
 
 

@@ -235,3 +235,41 @@ def test_substitute_is_seeded_and_changes_about_rate_of_the_words(tiny_bert):
         assert len(a) == len(b) and a[-1][-1] == b[-1][-1] == "."
         assert sum(x != y for x, y in zip(a, b)) == 4   # round(0.2 * 20) words, each a new word
     assert mlm.substitute(texts, str(tiny_bert), 0.0, seed=5) == texts
+
+
+def test_synonyms_without_wordnet_come_from_the_pretrained_masked_lm(exp, tiny_bert, monkeypatch):
+    """augment.synonym with synonyms: auto and no WordNet corpus: the words are replaced by the
+    pretrain stage's masked LM (pretrained:mlm), whose fingerprint the model then carries."""
+    monkeypatch.setattr("pipeline.views.wordnet_available", lambda: False)
+    lr = {"name": "lr", "kind": "tfidf_lr", "view": "lower", "augment": {"copies": 1, "synonym": 0.3}}
+    configure(exp, tiny_bert, models=[lr], max_steps=2)
+    cfg = load_config(exp.config)
+    assert (cfg.models[0].augment.synonyms, cfg.models[0].augment.mlm_backbone) == ("mlm", "pretrained:mlm")
+    for stage in ("preprocess", "folds", "pretrain", "train"):
+        assert exp.run(stage) == 0, stage
+    record = read_json(out_dir(exp) / "pretrain.json")
+    assert read_json(exp.models / "lr" / "manifest.json")["config"]["pretrained"] == {
+        "augment.mlm_backbone": record["fingerprint"]}
+    configure(exp, tiny_bert, models=[lr], max_steps=3)
+    with pytest.raises(PipelineError, match=r"model 'lr' .*pretrained"):
+        checked_models(load_config(exp.config), None, 0)
+
+
+def test_augmented_words_replaced_by_the_masked_lm(exp, tiny_bert):
+    """The masked LM really rewrites the augmented copies (a substitute of the pretrained folder)."""
+    from pipeline.augment import transform
+    from pipeline.config import AugmentConfig
+
+    texts = list(tiny_pairs(12, 0).text_a)
+    aug = AugmentConfig(copies=1, synonym=0.3, synonyms="mlm", mlm_backbone=str(tiny_bert))
+    out = transform(texts, aug, np.random.default_rng(0))
+    assert out != texts and [len(t.split()) for t in out] == [len(t.split()) for t in texts]
+    assert out == transform(texts, aug, np.random.default_rng(0))   # seeded
+
+
+def test_synonyms_mlm_without_a_masked_lm_is_one_line(exp):
+    cfg = yaml.safe_load(exp.config.read_text())
+    cfg["models"][0]["augment"] = {"copies": 1, "synonym": 0.2, "synonyms": "mlm"}
+    exp.write_config(cfg)
+    with pytest.raises(PipelineError, match=r"augment.synonyms=mlm needs a masked LM"):
+        load_config(exp.config)
