@@ -1,12 +1,14 @@
 """MRPC: the whole K-fold ensemble (configs/mrpc.yaml) against the single HF Trainer model.
 
-    python -m bench.mrpc_ensemble [--config configs/mrpc.yaml] [--fresh] [key=value ...]
+    python -m bench.mrpc_ensemble [--config configs/mrpc.yaml] [--fresh] [--models a,b] [--name N]
+                                  [key=value ...]
 
 Runs every stage of run_all.sh in turn (finished models are reused unless --fresh), then writes
 bench/results/mrpc_ensemble.{json,md}: each model's and each ensemble method's OOF and test
 accuracy/F1, the HF baseline from bench/results/mrpc_vs_hf.json when it exists, each stage's wall
 time in this invocation and each model's training time from its manifest (sum of its folds, so
-it stays true when models were trained by an earlier, resumed run).
+it stays true when models were trained by an earlier, resumed run). --models trains and combines
+only those models (a run in steps); --name writes bench/results/<name>.{json,md} instead.
 """
 from __future__ import annotations
 
@@ -22,11 +24,12 @@ STAGES = ("preprocess", "folds", "train", "pseudo_label", "ensemble", "report")
 RESULTS = ROOT / "bench" / "results"
 
 
-def run_stages(config: str, overrides: list[str], fresh: bool) -> dict:
+def run_stages(config: str, overrides: list[str], fresh: bool, models: list[str] | None = None) -> dict:
     """{stage: wall seconds}; stops at the first stage that fails."""
     seconds = {}
     for stage in STAGES:
         extra = ["--force"] if fresh and stage in ("train",) else []
+        extra += ["--models", ",".join(models)] if models and stage == "train" else []
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", f"pipeline.{stage}", config, *overrides, *extra], cwd=ROOT)
         seconds[stage] = round(time.perf_counter() - t0, 1)
@@ -90,8 +93,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/mrpc.yaml")
     ap.add_argument("--fresh", action="store_true", help="retrain every model (--force)")
+    ap.add_argument("--models", help="comma-separated: train and combine only these models")
+    ap.add_argument("--name", default="mrpc_ensemble", help="results file stem under bench/results")
     args, overrides = ap.parse_known_args()
-    stage_seconds = run_stages(args.config, overrides, args.fresh)
+    models = args.models.split(",") if args.models else None
+    overrides += [f"ensemble.models=[{','.join(models)}]"] if models else []
+    stage_seconds = run_stages(args.config, overrides, args.fresh, models)
     sys.path.insert(0, str(ROOT))
     from pipeline.config import load_config
     from pipeline.io import write_json, write_text
@@ -103,9 +110,9 @@ def main() -> None:
     result = {"config": args.config, "stage_seconds": stage_seconds, "models": model_rows(models_dir, summary),
               "methods": method_rows(summary), "hf": hf_baseline()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / "mrpc_ensemble.json", result)
+    write_json(RESULTS / f"{args.name}.json", result)
     table = markdown(result)
-    write_text(RESULTS / "mrpc_ensemble.md", table)
+    write_text(RESULTS / f"{args.name}.md", table)
     print(table)
 
 
