@@ -681,9 +681,10 @@ class PerLabel:
     def __init__(self, make: Callable[[], Any]):
         self.make = make
 
-    def fit(self, X, Y: np.ndarray) -> "PerLabel":
+    def fit(self, X, Y: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> "PerLabel":
+        """Y: (n, L) 0/1; sample_weight: (n,) or None, the same weights for every label."""
         self.constants_ = [float(Y[0, j]) if len(np.unique(Y[:, j])) < 2 else None for j in range(Y.shape[1])]
-        self.estimators_ = [None if c is not None else self.make().fit(X, Y[:, j])
+        self.estimators_ = [None if c is not None else self.make().fit(X, Y[:, j], sample_weight=sample_weight)
                             for j, c in enumerate(self.constants_)]
         return self
 
