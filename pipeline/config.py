@@ -182,6 +182,9 @@ class PseudoConfig:
     tolerance: float = 0.1               # regression: a teacher agrees within this many target stds
     models: Optional[list[str]] = None   # teachers; None: all
     retrain: Optional[list[str]] = None  # students; None: all
+    # classification: a pseudo row enters training once per class, weighted by the teachers' mean
+    # probability of it (its soft label) instead of once with the voted class; the task refuses it otherwise
+    soft: bool = False
 
     def __post_init__(self):
         require(self, "rounds", lambda v: v >= 1, "at least 1")

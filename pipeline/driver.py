@@ -34,9 +34,10 @@ from .views import recorded_views
 
 log = logging.getLogger("pipeline.train")
 
-# fold k -> (rows (s,) of the test table, labels (s,)): fold k's pseudo-labelled test rows. Plain
-# arrays, so a Run can go to a Ray cluster's object store as it is.
-ExtraRows = dict[int, tuple[np.ndarray, np.ndarray]]
+# fold k -> (rows (s,) of the test table, labels (s,), weights (s,) or None): fold k's
+# pseudo-labelled test rows (soft labels: a row once per class, weighted by its probability; None:
+# weight 1). Plain arrays, so a Run can go to a Ray cluster's object store as it is.
+ExtraRows = dict[int, tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]
 
 
 @dataclass
@@ -95,14 +96,16 @@ def training_split(run: Run, m: ModelConfig, k: int, seed: int) -> tuple[Split, 
 
 
 def fold_splits(run: Run, k: int) -> tuple[Split, Split]:
-    """Fold k's training rows (other folds + its pseudo rows) and its held-out rows."""
+    """Fold k's training rows (other folds + its pseudo rows) and its held-out rows. With weighted
+    pseudo rows the training part's sample_weight (n_train + s,) is 1 for train rows; else None."""
     tr = np.flatnonzero(run.folds != k)
     va = np.flatnonzero(run.folds == k)
     train = Split([(run.train, tr)], run.train.y[tr], name=f"fold{k}-train")
-    rows, labels = (run.extra or {}).get(k, (None, None))
+    rows, labels, weights = (run.extra or {}).get(k, (None, None, None))
     if rows is not None and len(rows):
+        w = None if weights is None else np.concatenate([np.ones(len(tr)), weights])
         train = Split(train.parts + [(run.test, rows)], np.concatenate([train.y, labels.astype(train.y.dtype)]),
-                      name=train.name)
+                      name=train.name, sample_weight=w)
     return train, Split([(run.train, va)], run.train.y[va], name=f"fold{k}-valid")
 
 

@@ -5,7 +5,8 @@
 Round N (1..pseudo.rounds) takes its teachers' matrices from round N-1 (round 0 is the train
 stage). For fold k only fold k's teacher predictions on the test set (test_folds[k]) vote, never
 the fold average: fold k's teachers never saw fold k's validation rows, so the student's OOF score
-stays honest. The chosen rows are added to fold k's training part only, never to its validation.
+stays honest. The chosen rows are added to fold k's training part only, never to its validation
+(pseudo.soft: once per class, weighted by the teachers' mean probability of it).
 
 Writes data/<exp>/pseudo/r<N>.csv (one row per pseudo label, with provenance), r<N>.json (rules,
 counts per fold and class, the csv's sha256) and the students' matrices under
@@ -87,7 +88,8 @@ class FoldSelection:
     """One fold's pseudo labels, most confident first: rows, labels (s,) or (s, L), votes (s,),
     confidence (s,) float32, voters (s, M) bool, groups (s,) the balance group of each label (its
     class; one group for regression and multilabel); candidates and quotas (G,) per group, cap the
-    total allowed."""
+    total allowed; mean (s, n_outputs) float64 the teachers' mean prediction (classification: the
+    soft label, each class's mean probability over every teacher)."""
     rows: np.ndarray
     labels: np.ndarray
     votes: np.ndarray
@@ -97,6 +99,7 @@ class FoldSelection:
     quotas: np.ndarray
     cap: int
     groups: np.ndarray
+    mean: np.ndarray
 
 
 def select_fold(probas: np.ndarray, train_y: np.ndarray, rules: Rules, task: Task = CLASSIFICATION) -> FoldSelection:
@@ -115,7 +118,7 @@ def select_fold(probas: np.ndarray, train_y: np.ndarray, rules: Rules, task: Tas
     picked = [most_confident(np.flatnonzero(ok & (groups == c)), conf, votes)[: quotas[c]] for c in range(G)]
     rows = most_confident(np.concatenate(picked).astype(np.int64), conf, votes)[:cap]
     return FoldSelection(rows, label[rows], votes[rows], conf[rows], voters[rows], candidates, quotas, cap,
-                         groups[rows])
+                         groups[rows], probas[:, rows].astype(np.float64).mean(axis=0))
 
 
 def select_round(teachers: list[Matrices], folds: np.ndarray, y: np.ndarray, rules: Rules,
@@ -129,16 +132,18 @@ def select_round(teachers: list[Matrices], folds: np.ndarray, y: np.ndarray, rul
 
 
 def selection_frame(round_: int, selections: list[FoldSelection], teachers: list[str], test_ids: list[str],
-                    classes: list[str], task: Task = CLASSIFICATION) -> pd.DataFrame:
-    """One row per (fold, pseudo label) with its provenance, folds in order, most confident first."""
+                    classes: list[str], task: Task = CLASSIFICATION, soft: bool = False) -> pd.DataFrame:
+    """One row per (fold, pseudo label) with its provenance, folds in order, most confident first;
+    soft: also p_<class>, the soft label (the teachers' mean probability of each class)."""
     rows = []
     for k, s in enumerate(selections):
         for i, r in enumerate(s.rows):
             rows.append({"round": round_, "fold": k, "test_row": int(r), "test_id": test_ids[r],
                          "label": task.label_text(s.labels[i], classes), "votes": int(s.votes[i]), "n_teachers": len(teachers),
                          "voters": ";".join(t for t, v in zip(teachers, s.voters[i]) if v),
-                         "confidence": round(float(s.confidence[i]), 6)})
-    return pd.DataFrame(rows, columns=CSV_COLUMNS)
+                         "confidence": round(float(s.confidence[i]), 6),
+                         **({f"p_{c}": round(float(p), 6) for c, p in zip(classes, s.mean[i])} if soft else {})})
+    return pd.DataFrame(rows, columns=CSV_COLUMNS + ([f"p_{c}" for c in classes] if soft else []))
 
 
 def counts_by_fold(selections: list[FoldSelection], names: list[str]) -> dict[str, dict[str, int]]:
@@ -171,9 +176,18 @@ def write_round(cfg: ExperimentConfig, round_: int, frame: pd.DataFrame, info: d
 # ----------------------------------------------------------------------------- rounds
 
 
-def extra_rows(selections: list[FoldSelection]) -> ExtraRows:
-    """fold k -> (its pseudo-labelled test rows, their labels from the teachers, not the file)."""
-    return {k: (s.rows, s.labels) for k, s in enumerate(selections) if len(s.rows)}
+def extra_rows(selections: list[FoldSelection], soft: bool = False) -> ExtraRows:
+    """fold k -> (its pseudo-labelled test rows, their labels from the teachers, not the file,
+    weights): hard, each row once with weight None (1); soft, see soft_rows."""
+    return {k: soft_rows(s) if soft else (s.rows, s.labels, None) for k, s in enumerate(selections) if len(s.rows)}
+
+
+def soft_rows(s: FoldSelection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each of the s rows once per class c (rows (s * C,) repeated, labels (s * C,) 0..C-1 per row),
+    weighted (s * C,) by the teachers' mean probability of c: for a log-loss fit, weighted copies
+    are training on the soft target."""
+    n, C = s.mean.shape
+    return np.repeat(s.rows, C), np.tile(np.arange(C, dtype=np.int64), n), s.mean.reshape(-1)
 
 
 def run_round(cfg: ExperimentConfig, run: Run, round_: int, force: bool = False) -> dict:
@@ -183,18 +197,19 @@ def run_round(cfg: ExperimentConfig, run: Run, round_: int, force: bool = False)
     rules = resolve_rules(cfg.pseudo, len(teachers))
     task = run.task
     selections = select_round(teachers, folds, run.train.y, rules, task)
-    frame = selection_frame(round_, selections, names, run.test.ids, run.classes, task)
+    soft = cfg.pseudo.soft
+    frame = selection_frame(round_, selections, names, run.test.ids, run.classes, task, soft)
     groups = task.group_names(run.classes)
     info = {"round": round_, "teacher_round": round_ - 1, "teachers": names, "students": student_names(cfg),
             "teacher_config_sha256": {t.name: t.manifest["config_sha256"] for t in teachers},
-            "rules": dataclasses.asdict(rules), "n_test": len(run.test),
+            "rules": dataclasses.asdict(rules), **({"soft": True} if soft else {}), "n_test": len(run.test),
             "counts": counts_by_fold(selections, groups),
             "candidates": {f"fold{k}": dict(zip(groups, s.candidates.tolist())) for k, s in enumerate(selections)},
             "caps": {f"fold{k}": {"total": s.cap, "per_class": dict(zip(groups, s.quotas.tolist()))}
                      for k, s in enumerate(selections)},
             "label_accuracy": label_accuracy(selections, run.test.y, run.train.y, task)}
     info = write_round(cfg, round_, frame, info)
-    student_run = dataclasses.replace(run, round=round_, extra=extra_rows(selections),
+    student_run = dataclasses.replace(run, round=round_, extra=extra_rows(selections, soft),
                                       extra_sha256=info["csv_sha256"])
     train_models(student_run, [cfg.model(name) for name in info["students"]], force=force)
     return info

@@ -48,6 +48,7 @@ class Task:
     label_kind = "a class index"   # what one prepared label is, for error lines
     table_keys: tuple[str, ...] = ("accuracy", "f1", "logloss")   # columns of every scores table
     loss_metric = "logloss"   # the score of the task's training loss (early_stop: loss)
+    soft_labels = True        # pseudo.soft: a pseudo row once per class, weighted by its probability
     score_note = ("Scores of the probability matrices at argmax (f1: binary F1 of the second class, macro-F1 "
                   "for more classes).")
 
@@ -58,6 +59,9 @@ class Task:
         if cfg.metric not in self.metrics:
             raise PipelineError(f"config: metric={cfg.metric!r} is not a {self.name} metric "
                                 f"(task: {self.name} accepts {', '.join(self.metrics)})")
+        if cfg.pseudo.soft and not self.soft_labels:
+            raise PipelineError(f"config: pseudo.soft=true needs task: classification (task: {self.name} "
+                                "has no class probabilities to weight pseudo rows by)")
         self.check_layout(cfg)
 
     def check_layout(self, cfg: "ExperimentConfig") -> None:
@@ -290,7 +294,10 @@ class Task:
 
 
 class _OneGroup:
-    """Pseudo labels of regression and multilabel tasks have no classes to balance: one group."""
+    """Pseudo labels of regression and multilabel tasks have no classes to balance: one group; and
+    none to spread a soft label over (pseudo.soft is refused)."""
+
+    soft_labels = False
 
     def group(self, labels: np.ndarray) -> np.ndarray:
         return np.zeros(len(labels), dtype=np.int64)
@@ -681,9 +688,10 @@ class PerLabel:
     def __init__(self, make: Callable[[], Any]):
         self.make = make
 
-    def fit(self, X, Y: np.ndarray) -> "PerLabel":
+    def fit(self, X, Y: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> "PerLabel":
+        """Y: (n, L) 0/1; sample_weight: (n,) or None, the same weights for every label."""
         self.constants_ = [float(Y[0, j]) if len(np.unique(Y[:, j])) < 2 else None for j in range(Y.shape[1])]
-        self.estimators_ = [None if c is not None else self.make().fit(X, Y[:, j])
+        self.estimators_ = [None if c is not None else self.make().fit(X, Y[:, j], sample_weight=sample_weight)
                             for j, c in enumerate(self.constants_)]
         return self
 

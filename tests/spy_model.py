@@ -28,7 +28,9 @@ class SpyModel:
         CALLS.append({"fold": ctx.fold, "train": set(train.keys()), "valid": set(valid.keys()),
                       "train_y": train.y.copy(), "seed": ctx.seed,
                       "train_ids": [t.ids[i] for t, rows in train.parts for i in rows],
-                      "train_texts": train.texts("raw"), "valid_texts": valid.texts("raw")})
+                      "train_texts": train.texts("raw"), "valid_texts": valid.texts("raw"),
+                      "train_keys": train.keys(), "dir": str(ctx.out_dir),
+                      "train_weight": None if train.sample_weight is None else np.array(train.sample_weight)})
         self.bias_ = float(np.mean(train.y))
         return self
 

@@ -150,14 +150,16 @@ def test_resources_are_not_part_of_the_fingerprint(local_run, tmp_path, capsys):
     assert e.run("preprocess") == 0 and e.run("train") == 0 and e.run("ensemble") == 0
 
 
-def test_pseudo_label_students_on_ray_equal_local(cluster, tmp_path):
-    """A pseudo-label round's students run through the same executor: same matrices as locally."""
+@pytest.mark.parametrize("soft", ["false", "true"])
+def test_pseudo_label_students_on_ray_equal_local(cluster, tmp_path, soft):
+    """A pseudo-label round's students run through the same executor: same matrices as locally
+    (soft: the weighted pseudo rows travel to the workers too)."""
     runs = {}
     for backend in ("local", "ray"):
         e = make(tmp_path / backend, backend, cluster.address if backend == "ray" else None)
         for stage in ("preprocess", "folds", "train"):
             assert e.run(stage) == 0
-        assert e.run("pseudo_label", "pseudo.enabled=true", "pseudo.min_confidence=0.6") == 0
+        assert e.run("pseudo_label", "pseudo.enabled=true", "pseudo.min_confidence=0.6", f"pseudo.soft={soft}") == 0
         runs[backend] = e
     students = sorted(runs["local"].models.glob("rounds/r1/*/oof.npy"))
     assert len(students) == 2

@@ -39,7 +39,8 @@ class _Classical:
         # "lr fold 1/3 (tfidf_lr, view 'lower')": what a one-line error about this fit starts with
         self.label_ = f"{ctx.label} ({self.kind}, view {self.view!r})" if ctx.label else self.label_
         X = self._design(train, fit=True)
-        self.estimator_ = self._estimator(ctx.seed).fit(X, train.y)
+        # sample_weight: pseudo rows' soft labels (None: every row 1, the unweighted fit)
+        self.estimator_ = self._estimator(ctx.seed).fit(X, train.y, sample_weight=train.sample_weight)
         self.info_ = {"n_features": int(X.shape[1])}
         return self
 
