@@ -400,7 +400,7 @@ def info(ens: Ensemble, batcher: Optional[Batcher]) -> dict:
     return {"experiment": ens.cfg.experiment, "task": ens.task.name, "method": ens.method,
             "estimator": type(ens.combiner).__name__, "threshold": ens.threshold, "classes": ens.classes,
             "is_pair": ens.is_pair,
-            "members": [{"name": m.name, "kind": m.kind, "folds": len(m.folds), "seeds": [len(f) for f in m.folds]}
+            "members": [{"name": m.name, "kind": m.kind, "folds": len(m.folds), "models_per_fold": [len(f) for f in m.folds]}
                         for m in ens.members],
             "config_sha256": config_hash(ens.cfg), "ensemble": ens.summary.get("made_from"),
             "serve": {k: getattr(ens.cfg.serve, k) for k in ("max_batch", "max_wait_ms", "max_body_bytes")},
