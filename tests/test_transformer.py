@@ -456,8 +456,8 @@ def test_early_stop_criteria_on_an_imbalanced_fold():
     assert transformer.criterion("loss", ctx, y, pred) == pytest.approx(-scores(y, pred)["logloss"])
 
 
-def test_early_stop_default_is_loss_unless_patience_is_0():
-    assert TransformerParams(patience=1).early_stop == "loss"
+def test_early_stop_default_is_tuned_unless_patience_is_0():
+    assert TransformerParams(patience=1).early_stop == "tuned"
     assert TransformerParams(patience=0).early_stop == "metric"  # configs without early stopping keep their outputs
     assert TransformerParams(patience=0, early_stop="tuned").early_stop == "tuned"
 
