@@ -36,7 +36,7 @@ from .ensembling import COMBINER_FORMAT
 from .errors import PipelineError
 from .io import read_json
 from .models import registry
-from .store import checked_ensemble_file, checked_models, checked_summary, experiment_lock
+from .store import checked_ensemble_file, checked_models, checked_summary, experiment_lock, with_pretrained
 from .tasks import Task, get as get_task
 from .views import make_views, table_of
 
@@ -115,7 +115,8 @@ def load_member(cfg: ExperimentConfig, m: Matrices, task: Task) -> Member:
         raise PipelineError(f"model {m.name!r} ({m.path}): its fold files are missing or changed since its "
                             "matrices were made: retrain it")
     mc = cfg.model(m.name)
-    kind, params, n = registry.kind(mc.kind), model_params(mc), len(m.manifest["classes"])
+    kind, n = registry.kind(mc.kind), len(m.manifest["classes"])
+    params = with_pretrained(cfg, model_params(mc))   # pretrained:<name> -> the pretrain stage's folder
     folds = []
     for k in range(m.manifest["n_splits"]):
         try:

@@ -273,3 +273,23 @@ def test_synonyms_mlm_without_a_masked_lm_is_one_line(exp):
     exp.write_config(cfg)
     with pytest.raises(PipelineError, match=r"augment.synonyms=mlm needs a masked LM"):
         load_config(exp.config)
+
+
+def test_a_member_on_the_pretrained_backbone_is_served_as_predicted(exp, tiny_bert):
+    """embed_lr on pretrained:mlm: the serving loader finds the pretrain stage's folder and
+    predicts the ensemble's test matrix."""
+    from pipeline import serve
+    from pipeline.views import table_of
+
+    emb = {"name": "emb", "kind": "embed_lr", "view": "lower", "params": {"backbone": "pretrained:mlm", "max_length": 32}}
+    configure(exp, tiny_bert, models=[emb], max_steps=2)
+    for stage in ("preprocess", "folds", "pretrain", "train", "ensemble"):
+        assert exp.run(stage) == 0, stage
+    cfg = load_config(exp.config)
+    ens = serve.load_ensemble(cfg)
+    _, test, _ = load_prepared(cfg)
+    a, b = test.views["raw"]
+    combined, _ = serve.predict(ens, table_of("t", test.ids, a, b, ens.views))
+    summary = read_json(exp.models / "ensembles" / "summary.json")
+    expected = np.load(exp.models / "ensembles" / summary["submitted"] / "test.npy")
+    assert np.abs(combined - expected).max() <= 1e-5
