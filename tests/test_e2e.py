@@ -65,20 +65,12 @@ def test_unseen_test_label_and_missing_file(exp):
 def test_demo_config_runs_a_pseudo_label_round_shown_in_the_report(tmp_path):
     """configs/default.yaml as shipped (its MiniLM swapped for a tiny random BERT, fewer rows and
     trees): run_all.sh trains, runs one pseudo-label round and the report shows it."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
+    from conftest import tiny_bert
     from pipeline.demo import write_demo
 
     write_demo(tmp_path / "demo", n_train=120, n_test=40)
-    bert = tmp_path / "bert"
     words = sorted({w for t in pd.read_csv(tmp_path / "demo" / "train.csv")["text_a"] for w in t.lower().split()})
-    tok = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)})
-    tok.save_pretrained(bert)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=64)).save_pretrained(bert)
+    bert = tiny_bert(tmp_path / "bert", words)
     overrides = [f"data.dir={tmp_path / 'demo'}", f"paths.work={tmp_path / 'work'}",
                  f"paths.models={tmp_path / 'models'}", f"paths.submissions={tmp_path / 'subs'}",
                  f"paths.reports={tmp_path / 'reports'}", f"models.minilm.params.backbone={bert}",
