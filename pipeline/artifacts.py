@@ -16,9 +16,11 @@ data is read), manifests as JSON, weights through safe_load_safetensors.
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -169,6 +171,25 @@ def load_fold(directory: Path, fingerprint: str) -> Optional[tuple[np.ndarray, n
     if drift:
         log.warning("%s was made under other versions of %s; reused (--force retrains)", directory, ", ".join(drift))
     return val_pred, test_pred, record
+
+
+def adopt_fold(plain: Path, dst: Path, fingerprint: str, seed: int) -> bool:
+    """Move a plain model's finished fold (fold<k>/, trained with `seed` alone, so made with
+    `fingerprint`) into `dst` (fold<k>/seed<s>/ of the bag that model became): its files are
+    copied and the record lands last (the commit marker), then the copied checkpoint files leave
+    fold<k>/, whose predictions and record the bag's mean replaces. False when there is no such fold."""
+    found = load_fold(plain, fingerprint)
+    if found is None:
+        return False
+    record = found[2]
+    dst = Path(dst)
+    with committed() as c:
+        for name in record["files"]:
+            c.write_with(dst / name, functools.partial(shutil.copyfile, plain / name))
+        c.write_json(dst / "fold.json", {**record, "seed": seed, "adopted_from": plain.name})
+    for name in set(record["files"]) - set(FOLD_FILES):
+        (plain / name).unlink(missing_ok=True)
+    return True
 
 
 # ----------------------------------------------------------------------------- per model

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from . import artifacts, cli, executor, faults
-from .artifacts import fold_dir, load_fold, save_fold, seed_dir, write_model
+from .artifacts import adopt_fold, fold_dir, load_fold, save_fold, seed_dir, write_model
 from .augment import augment_split
 from .config import ExperimentConfig, ModelConfig, model_params
 from .data import Split, Table, whole
@@ -271,10 +271,14 @@ def plan_model(run: Run, m: ModelConfig, force: bool) -> Optional[list[Job]]:
 def _bag_jobs(run: Run, m: ModelConfig, k: int, force: bool, seconds: float) -> list[Job]:
     """Fold k's jobs of a seed bag: one per seed whose fold<k>/seed<s>/ is not finished."""
     jobs = []
+    fold = fold_dir(models_dir(run.cfg, run.round) / m.name, k)
     for s in m.seeds:
         fp = seed_fingerprint(run, m, s)
-        if not force and load_fold(seed_dir(fold_dir(models_dir(run.cfg, run.round) / m.name, k), s), fp) is not None:
+        if not force and load_fold(seed_dir(fold, s), fp) is not None:
             log.info("%s fold %d/%d seed %d: finished earlier, reused", m.name, k + 1, run.n_splits, s)
+        elif not force and adopt_fold(fold, seed_dir(fold, s), fp, s):
+            # the model was plain with `seed: s` before it became a bag: its fold is this seed's
+            log.info("%s fold %d/%d seed %d: the plain model's fold, reused", m.name, k + 1, run.n_splits, s)
         else:
             jobs.append(Job(m, k, fp, seconds / len(m.seeds), seed=s))
     return jobs

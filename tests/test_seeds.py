@@ -109,3 +109,40 @@ def test_bad_seeds_are_one_line(exp, capsys, model, words):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: config: models[0].seeds") or err.startswith("error: config: models.")
     assert words in err and len(err.splitlines()) == 1
+
+
+def test_plain_model_turned_bag_keeps_its_folds_as_its_seed(bag, monkeypatch):
+    """`seed: 3` then `seeds: [3, 5]`: only seed 5 trains; the plain folds become seed3/ (their
+    predictions and checkpoint files, verified by their sha256), and fold<k>/ keeps no stale copy."""
+    def save(self, directory):
+        path = directory / "weights.bin"
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"fold {self.seed_}".encode())
+        return [path]
+
+    monkeypatch.setattr(spy_model.SpyModel, "save", save, raising=False)
+    monkeypatch.setattr(spy_model.SpyModel, "fit", _remember_seed(spy_model.SpyModel.fit))
+    spy_config(bag, seed=3)
+    assert bag.run("train") == 0
+    model = bag.models / "spy"
+    plain = [np.load(model / f"fold{k}" / "val_pred.npy") for k in range(3)]
+    assert calls() == [(k, 3 + k) for k in range(3)]
+    spy_config(bag, seeds=[3, 5])
+    assert bag.run("train") == 0
+    assert calls() == [(k, 5 + k) for k in range(3)]
+    for k in range(3):
+        fold = model / f"fold{k}"
+        np.testing.assert_array_equal(np.load(fold / "seed3" / "val_pred.npy"), plain[k])
+        assert (fold / "seed3" / "weights.bin").read_bytes() == f"fold {3 + k}".encode()
+        assert yaml.safe_load((fold / "seed3" / "fold.json").read_text())["seed"] == 3
+        assert not (fold / "weights.bin").exists()
+    assert bag.run("train") == 0 and calls() == []
+    (model / "fold1" / "seed3" / "weights.bin").write_bytes(b"damaged")
+    assert bag.run("train") == 0 and calls() == [(1, 4)]  # a damaged adopted seed is retrained
+
+
+def _remember_seed(fit):
+    def wrapped(self, train, valid, ctx):
+        self.seed_ = ctx.seed
+        return fit(self, train, valid, ctx)
+    return wrapped
