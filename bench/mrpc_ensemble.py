@@ -50,6 +50,33 @@ def model_rows(models_dir: Path, summary: dict) -> list[dict]:
     return rows
 
 
+def seed_rows(cfg, models_dir: Path) -> list[dict]:
+    """One row per seed of each seed-bag model: that seed's folds alone (fold<k>/seed<s>/), as
+    if the model had been trained with `seed: s`, so the bag's gain over its seeds shows."""
+    import numpy as np
+
+    from pipeline.io import read_npy
+    from pipeline.store import load_folds, load_prepared
+    from pipeline.tasks import get as get_task
+
+    train, test, _ = load_prepared(cfg)
+    folds, _ = load_folds(cfg, train)
+    task, rows = get_task(cfg.task), []
+    for m in cfg.models:
+        manifest_path = models_dir / m.name / "manifest.json"
+        seeds = json.loads(manifest_path.read_text()).get("seeds") if manifest_path.is_file() else None
+        for s in seeds or []:
+            dirs = [models_dir / m.name / f"fold{k}" / f"seed{s}" for k in range(int(folds.max()) + 1)]
+            val = [read_npy(d / "val_pred.npy") for d in dirs]
+            oof = np.zeros((len(train), val[0].shape[1]), np.float32)
+            for k, v in enumerate(val):
+                oof[folds == k] = v
+            test_pred = np.mean([read_npy(d / "test_pred.npy") for d in dirs], axis=0)
+            rows.append({"name": f"{m.name} seed {s} alone", "kind": m.kind,
+                         **_scores(task.scores(train.y, oof), None if test.y is None else task.scores(test.y, test_pred))})
+    return rows
+
+
 def method_rows(summary: dict) -> list[dict]:
     return [{"name": f"[{m}] t={s.get('threshold')}" if s.get("threshold") is not None else f"[{m}]",
              **_scores(s.get("oof_scores_thresholded") or s["oof_scores"], s.get("test"))}
@@ -107,7 +134,7 @@ def main() -> None:
     cfg = load_config(ROOT / args.config, overrides)
     models_dir = ROOT / models_root(cfg)  # an absolute models path stays as it is
     summary = json.loads((models_dir / "ensembles" / "summary.json").read_text())
-    result = {"config": args.config, "stage_seconds": stage_seconds, "models": model_rows(models_dir, summary),
+    result = {"config": args.config, "stage_seconds": stage_seconds, "models": model_rows(models_dir, summary) + seed_rows(cfg, models_dir),
               "methods": method_rows(summary), "hf": hf_baseline()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"{args.name}.json", result)
