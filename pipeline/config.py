@@ -438,13 +438,19 @@ def to_dict(obj: Any) -> Any:
 
 
 def model_identity(m: ModelConfig) -> dict:
-    """What a model is, for its fingerprint and manifest: its config less where it runs. `seeds`
-    and `augment` enter only when set, so the fingerprints of models without them are unchanged."""
+    """What a model is, for its fingerprint and manifest: its config less where it runs, and its
+    kind's save format. `seeds`, `augment` and a save format of 1 enter only when set, so the
+    fingerprints of models without them are unchanged."""
     out = {k: v for k, v in to_dict(m).items() if k != "resources"}
     if out["seeds"] is None:
         del out["seeds"]
     if not m.augment.active:
         del out["augment"]
+    from .models import registry
+
+    kind = registry.KINDS.get(m.kind)
+    if kind is not None and kind.save_format > 1:  # folds saved in an older format are another model
+        out["save_format"] = kind.save_format
     return out
 
 

@@ -98,3 +98,30 @@ def test_nan_predictions_write_nothing(spy, capsys):
     assert "non-finite predictions" in capsys.readouterr().err
     assert not (spy.models / "spy" / "fold0" / "fold.json").exists()
     assert not (spy.models / "spy" / "oof.npy").exists()
+
+
+def test_folds_saved_in_an_older_format_retrain(spy, monkeypatch, capsys):
+    """A kind whose save() changed (save_format bumped) does not reuse folds saved the old way: the
+    ensemble refuses the old matrices as stale and the train stage retrains every fold. A format of
+    1 leaves the fingerprint as it was."""
+    assert spy.run("train") == 0 and spy.run("ensemble") == 0
+    spy_model.CALLS.clear()
+    assert spy.run("train") == 0 and spy_model.CALLS == []
+    monkeypatch.setitem(registry.KINDS, "spy", registry.Kind(spy_model.SpyParams, "spy_model:SpyModel", save_format=2))
+    capsys.readouterr()
+    assert spy.run("ensemble") == 2
+    assert "save_format" in capsys.readouterr().err
+    assert spy.run("train") == 0
+    assert [c["fold"] for c in spy_model.CALLS] == [0, 1, 2]
+    manifest = yaml.safe_load((spy.models / "spy" / "manifest.json").read_text())
+    assert manifest["config"]["save_format"] == 2
+    assert spy.run("ensemble") == 0
+
+
+def test_classical_kinds_fingerprint_their_save_format(exp):
+    """The classical kinds write predictor.json (format 2); transformers keep format 1 (no key)."""
+    cfg = load_config(exp.config)
+    from pipeline.config import model_identity
+
+    for m in cfg.models:
+        assert ("save_format" in model_identity(m)) == (m.kind != "transformer")

@@ -15,6 +15,9 @@ from . import params as P
 class Kind:
     params: type
     builder: str  # "module:Class", imported when a model is built
+    # the version of what the kind's save() writes; bumped when a file is added or changed, so
+    # folds saved the old way get another fingerprint and retrain (1: the fingerprint leaves it out)
+    save_format: int = 1
 
     def model_class(self) -> type:
         module, cls = self.builder.split(":")
@@ -31,10 +34,11 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "tfidf_lr": Kind(P.TfidfLRParams, ".classical:TfidfLR"),
-    "tfidf_lgbm": Kind(P.TfidfLGBMParams, ".classical:TfidfLGBM"),
-    "pair_lgbm": Kind(P.PairLGBMParams, ".classical:PairLGBM"),
-    "embed_lr": Kind(P.EmbedLRParams, ".embed:EmbedLR"),
+    # save_format 2: predictor.json (and pair_lgbm's tfidf.json), which serving loads
+    "tfidf_lr": Kind(P.TfidfLRParams, ".classical:TfidfLR", save_format=2),
+    "tfidf_lgbm": Kind(P.TfidfLGBMParams, ".classical:TfidfLGBM", save_format=2),
+    "pair_lgbm": Kind(P.PairLGBMParams, ".classical:PairLGBM", save_format=2),
+    "embed_lr": Kind(P.EmbedLRParams, ".embed:EmbedLR", save_format=2),
     "transformer": Kind(P.TransformerParams, ".transformer:TransformerModel"),
 }
 
