@@ -119,9 +119,13 @@ def test_folds_saved_in_an_older_format_retrain(spy, monkeypatch, capsys):
 
 
 def test_classical_kinds_fingerprint_their_save_format(exp):
-    """The classical kinds write predictor.json (format 2); transformers keep format 1 (no key)."""
-    cfg = load_config(exp.config)
+    """The classical kinds write predictor.json (format 2); transformers keep format 1 (no key),
+    checked for every registered kind (the test config names only classical ones)."""
+    import dataclasses
+
     from pipeline.config import model_identity
 
-    for m in cfg.models:
-        assert ("save_format" in model_identity(m)) == (m.kind != "transformer")
+    model = load_config(exp.config).models[0]
+    for kind in registry.KINDS:
+        identity = model_identity(dataclasses.replace(model, kind=kind))
+        assert ("save_format" in identity) == (kind != "transformer"), kind
