@@ -358,22 +358,6 @@ def mixed_versions(models: list[Matrices]) -> list[str]:
     return sorted(lib for lib, vs in seen.items() if len(vs) > 1)
 
 
-def safe_load_safetensors(path: Path, device: str = "cpu") -> dict:
-    """Tensors of a .safetensors file (no code runs on load); a damaged or foreign file is one
-    PipelineError naming it. Returns {name: torch.Tensor}."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"file not found: {path}")
-    try:
-        return load_file(str(path), device=device)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PipelineError(f"{path}: not a valid safetensors file ({first})") from None
-
-
 def list_models(directory: Path) -> list[Path]:
     """Model folders directly under `directory` (those holding a manifest), sorted by name."""
     directory = Path(directory)

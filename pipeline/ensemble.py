@@ -26,7 +26,7 @@ from .errors import PipelineError
 from .io import Commit, committed
 from .readers import read_table
 from .store import COMBINER, checked_models, combiner_path, input_files, models_dir, submission_path
-from .tables import format_table
+from .formatting import format_table
 from .tasks import get as get_task
 
 log = logging.getLogger("pipeline.ensemble")

@@ -60,3 +60,10 @@ def _walk(value: Any, out: list[str], used: list[int], limit: int) -> None:
     else:
         s = value[: limit + 1] if isinstance(value, str) else value
         put(repr(s)[: limit + 1])
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when it has none), cut to
+    `limit` characters: library tracebacks become one line of a PipelineError."""
+    lines = str(e).strip().splitlines()
+    return (lines[0].rstrip(" :") if lines else type(e).__name__)[:limit]

@@ -24,7 +24,7 @@ from .io import sha256_strings
 from .metrics import oof_correlation, HIGHER_IS_BETTER
 from .data import labels_from_json
 from .tasks import get as get_task
-from .tables import format_table
+from .formatting import format_table
 
 
 MISSING = "-"  # a value the manifest does not hold (older manifests, hand-edited ones)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import faults
-from .errors import PipelineError
+from .errors import PipelineError, first_line
 
 # ----------------------------------------------------------------------------- hashing
 
@@ -337,3 +337,18 @@ def _npy_header(f, path: Path) -> tuple[tuple[int, ...], np.dtype]:
         raise PipelineError(f"{path}: refused: it holds pickled Python objects (dtype {dtype}); "
                             "only numeric matrices are loaded")
     return shape, dtype
+
+
+def safe_load_safetensors(path: Path, device: str = "cpu") -> dict:
+    """Tensors of a .safetensors file (no code runs on load); a damaged or foreign file is one
+    PipelineError naming it. Returns {name: torch.Tensor}."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"file not found: {path}")
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise PipelineError(f"{path}: not a valid safetensors file ({first_line(e)})") from None

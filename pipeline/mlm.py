@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForMaskedLM
 
-from .artifacts import safe_load_safetensors
+from .io import safe_load_safetensors
 from .errors import PipelineError
 from .models.transformer import _load_error, load_tokenizer, quiet_loading, resolve_backbone, seeded
 

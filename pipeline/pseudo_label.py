@@ -30,7 +30,7 @@ from .errors import PipelineError
 from .io import committed
 from .rounds import overview_table, rounds_overview, student_names, teacher_names
 from .store import checked_models, round_paths
-from .tables import format_table
+from .formatting import format_table
 from .tasks import CLASSIFICATION, Task
 from .driver import ExtraRows, Run, open_run, train_models
 

@@ -27,7 +27,7 @@ from .metrics import oof_correlation
 from .plots import plot_matrix, save_figure, subplots
 from .rounds import ensemble_label, overview_table, rounds_overview, student_names
 from .store import checked_ensemble_file, checked_models, checked_summary, models_dir, reports_dir, round_paths
-from .tables import format_table
+from .formatting import format_table
 from .tasks import Task, get as get_task
 
 log = logging.getLogger("pipeline.report")

@@ -10,7 +10,7 @@ from .artifacts import Matrices
 from .config import ExperimentConfig
 from .ensembling import fit_submitted
 from .store import checked_models, load_round
-from .tables import format_table
+from .formatting import format_table
 from .tasks import get as get_task
 
 

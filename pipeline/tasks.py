@@ -277,7 +277,7 @@ class Task:
         return {"confusion": conf.tolist()}
 
     def diagnostics_section(self, diag: dict, method: str, columns: list[str]) -> str:
-        from .tables import format_table
+        from .formatting import format_table
 
         rows = [[f"true {c}", *diag["confusion"][i]] for i, c in enumerate(columns)]
         return (f"## Ensemble: {method}\n\nConfusion matrix of the ensemble's honest OOF probabilities "
@@ -443,7 +443,7 @@ class RegressionTask(_OneGroup, Task):
                 "prediction_range": [float(p.min()), float(p.max())]}
 
     def diagnostics_section(self, diag, method, columns):
-        from .tables import format_table
+        from .formatting import format_table
 
         rows = [["residual mean (pred - true)", diag["residual_mean"]], ["residual std", diag["residual_std"]],
                 ["target range", " .. ".join(f"{v:.4g}" for v in diag["target_range"])],
@@ -591,7 +591,7 @@ class MultilabelTask(_OneGroup, Task):
                                "roc_auc": M.auc(y[:, j], pred[:, j])} for j, c in enumerate(columns)}}
 
     def diagnostics_section(self, diag, method, columns):
-        from .tables import format_table
+        from .formatting import format_table
 
         rows = []
         for c, s in diag["labels"].items():

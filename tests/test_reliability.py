@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, Exp, base_config, tiny_pairs
-from pipeline.artifacts import mixed_versions, safe_load_safetensors
+from pipeline.artifacts import mixed_versions
+from pipeline.io import safe_load_safetensors
 from pipeline.errors import PipelineError
 from pipeline.faults import ENOSPC_AT
 from pipeline.io import read_json, read_npy, sha256_file, write_json

@@ -30,8 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from ..artifacts import safe_load_safetensors
-from ..config import pretrained_name
+from ..io import safe_load_safetensors
+from ..names import pretrained_name
 from ..data import Split
 from ..errors import PipelineError
 from ..io import read_json, write_json, write_with
