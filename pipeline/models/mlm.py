@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForMaskedLM
 
-from .io import safe_load_safetensors
-from .errors import PipelineError
-from .models.transformer import _load_error, load_tokenizer, quiet_loading, resolve_backbone, seeded
+from ..errors import PipelineError
+from ..fileio import safe_load_safetensors
+from .backbone import load_error, load_tokenizer, quiet_loading, resolve_backbone, seeded
 
 MLM_HEAD = "mlm_head.safetensors"   # the trained MLM head of a pretrain output, beside model.safetensors
 IGNORE = -100                       # label of a token that is not predicted
@@ -42,7 +42,7 @@ def masked_lm(source: str, seed: int = 0) -> tuple[object, torch.nn.Module]:
             model, info = AutoModelForMaskedLM.from_pretrained(path, local_files_only=local_only, dtype=torch.float32,
                                                                output_loading_info=True)
     except (OSError, ValueError, KeyError) as e:
-        raise _load_error(source, "weights as a masked language model", path, local_only, e) from None
+        raise load_error(source, "weights as a masked language model", path, local_only, e) from None
     saved_head = Path(path) / MLM_HEAD
     if saved_head.is_file():
         model.load_state_dict(safe_load_safetensors(saved_head), strict=False)
