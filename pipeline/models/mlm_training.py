@@ -8,7 +8,12 @@ masks an uninterrupted run draws. A checkpoint (MLM weights, AdamW and schedule 
 state, the step) is committed to <out>/resume/ every `save_every` steps and at each epoch's end; a
 rerun with the same fingerprint resumes from it. The finished folder holds model.safetensors and
 config.json of the plain encoder (AutoModel loads it), the tokenizer files, mlm_head.safetensors,
-config.yaml and pretrain.json (written last; its fingerprint says what the weights were made from).
+config.yaml and the record (written last, under the name the caller gives; its fingerprint says
+what the weights were made from).
+
+`p` everywhere is the pretrain section of a config (config.PretrainConfig): backbone, seed, epochs,
+batch_size, max_length, lr, ... This module reads its fields and calls p.identity(); it does not
+import config, so the models package stays below it.
 """
 from __future__ import annotations
 
@@ -26,14 +31,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, get_linear_schedule_with_warmup
 
-from . import faults
-from .config import PretrainConfig
-from .io import committed, read_json
+from .. import faults
+from ..fileio import committed, read_json
+from .backbone import (autocast, default_device, kept_rng, num_threads, quiet_loading, resolve_backbone,
+                       resolve_precision, seeded)
 from .mlm import MLM_HEAD, Corpus, encode_corpus, masked_batch, masked_lm, mlm_loss, random_token_ids, save_head
-from .models.tokens import train_steps
-from .models.transformer import (autocast, default_device, kept_rng, num_threads, quiet_loading, resolve_backbone,
-                                 resolve_precision, seeded)
-from .store import PRETRAIN_RECORD
+from .tokens import train_steps
 
 log = logging.getLogger("pipeline.pretrain")
 RESUME = "resume"   # <out>/resume/: the latest checkpoint of an unfinished run
@@ -47,14 +50,14 @@ class Progress:
     loss: float = math.nan
 
 
-def total_steps(p: PretrainConfig, n_texts: int) -> tuple[int, int]:
+def total_steps(p, n_texts: int) -> tuple[int, int]:
     """(steps per epoch, steps in all): epochs over the texts, capped by max_steps."""
     per_epoch = max(1, math.ceil(n_texts / p.batch_size))
     total = p.epochs * per_epoch
     return per_epoch, min(total, p.max_steps) if p.max_steps else total
 
 
-def build_optimizer(model: torch.nn.Module, p: PretrainConfig, total: int):
+def build_optimizer(model: torch.nn.Module, p, total: int):
     """AdamW (no decay on biases and norm weights) + warmup then linear decay to 0."""
     params = [q for q in model.parameters() if q.requires_grad]
     groups = [{"params": [q for q in params if q.ndim >= 2], "weight_decay": p.weight_decay},
@@ -68,10 +71,11 @@ def drop_checkpoint(out: Path) -> None:
     shutil.rmtree(Path(out) / RESUME, ignore_errors=True)
 
 
-def run(p: PretrainConfig, texts: list[str], out: Path, fingerprint: str, config_yaml: str,
+def run(p, texts: list[str], out: Path, fingerprint: str, config_yaml: str, *, record_name: str,
         progress: bool = False) -> dict:
-    """Pretrain p.backbone on `texts` into `out` (resuming from out/resume/ when it holds a
-    checkpoint of this fingerprint); returns the record written as pretrain.json."""
+    """Pretrain p.backbone (p: the pretrain section of a config, config.PretrainConfig) on `texts`
+    into `out` (resuming from out/resume/ when it holds a checkpoint of this fingerprint); returns the
+    record, written last as out/<record_name>."""
     with num_threads(p.num_threads), kept_rng():
         torch.manual_seed(p.seed)
         tokenizer, model = masked_lm(p.backbone, p.seed)
@@ -91,10 +95,11 @@ def run(p: PretrainConfig, texts: list[str], out: Path, fingerprint: str, config
                   dynamic_ncols=True, mininterval=1.0) as bar:
             state = train(p, model, tokenizer, corpus, random_ids, opt, sched, state, per_epoch, total, save,
                           precision, device, bar)
-        return finish(p, model, tokenizer, texts, corpus, Path(out), fingerprint, config_yaml, state, precision)
+        return finish(p, model, tokenizer, texts, corpus, Path(out), fingerprint, config_yaml, state, precision,
+                      record_name)
 
 
-def train(p: PretrainConfig, model, tokenizer, corpus: Corpus, random_ids: np.ndarray, opt, sched, state: Progress,
+def train(p, model, tokenizer, corpus: Corpus, random_ids: np.ndarray, opt, sched, state: Progress,
           per_epoch: int, total: int, save, precision: str, device: torch.device, bar) -> Progress:
     """Optimiser steps state.step..total (or until the time budget is spent); checkpoints through
     `save(state)` every p.save_every steps and at each epoch's end."""
@@ -174,7 +179,7 @@ def resume(directory: Path, fingerprint: str, model, opt, sched) -> Progress:
 # ----------------------------------------------------------------------------- the output
 
 
-def encoder_of(p: PretrainConfig, model) -> torch.nn.Module:
+def encoder_of(p, model) -> torch.nn.Module:
     """The base checkpoint's AutoModel (pooler included) carrying the MLM model's trained encoder."""
     path, local_only = resolve_backbone(p.backbone)
     with seeded(p.seed), quiet_loading():
@@ -185,10 +190,10 @@ def encoder_of(p: PretrainConfig, model) -> torch.nn.Module:
     return encoder
 
 
-def finish(p: PretrainConfig, model, tokenizer, texts: list[str], corpus: Corpus, out: Path, fingerprint: str,
-           config_yaml: str, state: Progress, precision: str) -> dict:
-    """Write the backbone folder (record last) and drop the resume checkpoint."""
-    old = read_json(out / PRETRAIN_RECORD) if (out / PRETRAIN_RECORD).is_file() else {}
+def finish(p, model, tokenizer, texts: list[str], corpus: Corpus, out: Path, fingerprint: str,
+           config_yaml: str, state: Progress, precision: str, record_name: str) -> dict:
+    """Write the backbone folder (the record, out/<record_name>, last) and drop the resume checkpoint."""
+    old = read_json(out / record_name) if (out / record_name).is_file() else {}
     encoder = encoder_of(p, model.cpu())
     sentences = state.step * p.batch_size
     record = {"format": "pipeline-pretrain/1", "fingerprint": fingerprint, "base_backbone": p.backbone,
@@ -206,7 +211,7 @@ def finish(p: PretrainConfig, model, tokenizer, texts: list[str], corpus: Corpus
             c.write_bytes(out / name, (Path(tmp) / name).read_bytes())
         c.write_text(out / "config.yaml", config_yaml)
         record["files"] = {n: c.sha256(out / n) for n in names + ["config.yaml"]}
-        c.write_json(out / PRETRAIN_RECORD, record)
+        c.write_json(out / record_name, record)
     for name in set(old.get("files", {})) - set(record["files"]):  # a file of an earlier base backbone
         (out / name).unlink(missing_ok=True)
     drop_checkpoint(out)
