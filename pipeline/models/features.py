@@ -12,8 +12,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from .errors import PipelineError
-from .models.params import TfidfParams
+from ..errors import PipelineError
+from .params import TfidfParams
 
 WORD = re.compile(r"\w+", re.UNICODE)
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
