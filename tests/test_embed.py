@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.data import Split
-from pipeline.models import embed
+from pipeline.models import encoder as sentence_encoder
 from pipeline.models.classical import PairLGBM
-from pipeline.models.embed import EmbedLR, load_encoder, split_embeddings
+from pipeline.models.embed import EmbedLR
+from pipeline.models.encoder import load_encoder, split_embeddings
 from pipeline.models.params import EmbedLRParams, PairLGBMParams
 from test_transformer import bert_dir, context, folds, make_table  # noqa: F401  (bert_dir: fixture)
 
@@ -24,8 +25,8 @@ def test_embed_lr_fits_pairs_and_singles(bert_dir):
 def test_embeddings_are_unit_length_and_ignore_padding(bert_dir):
     tokenizer, encoder = load_encoder({}, str(bert_dir))
     short, long = "good movie.", "the film was very really quite not too bad and the plot was fine."
-    alone = embed.embed_texts(tokenizer, encoder, [short], 32, 8)
-    padded = embed.embed_texts(tokenizer, encoder, [long, short], 32, 8)  # short row padded to the long one
+    alone = sentence_encoder.embed_texts(tokenizer, encoder, [short], 32, 8)
+    padded = sentence_encoder.embed_texts(tokenizer, encoder, [long, short], 32, 8)  # short row padded to the long one
     assert np.allclose(np.linalg.norm(padded, axis=1), 1, atol=1e-5)
     assert np.allclose(alone[0], padded[1], atol=1e-5)
 
@@ -45,8 +46,8 @@ def test_pair_design_is_order_invariant(bert_dir):
 
 def test_each_table_is_embedded_once_across_folds(bert_dir, monkeypatch):
     calls = []
-    real = embed.embed_texts
-    monkeypatch.setattr(embed, "embed_texts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = sentence_encoder.embed_texts
+    monkeypatch.setattr(sentence_encoder, "embed_texts", lambda *a, **k: calls.append(1) or real(*a, **k))
     table, cache = make_table("t", True), {}
     for k in (0, 1):
         train, valid = folds(table, k)
@@ -74,6 +75,6 @@ def test_pair_lgbm_embed_adds_the_cosine_column(bert_dir):
     x_plain, x = plain._design(valid, fit=False), model._design(valid, fit=False)
     np.testing.assert_array_equal(x[:, :-1], x_plain)
     tokenizer, encoder = load_encoder({}, str(bert_dir))
-    a, b = (embed.embed_texts(tokenizer, encoder, t, 128, 64) for t in valid.texts("raw"))
+    a, b = (sentence_encoder.embed_texts(tokenizer, encoder, t, 128, 64) for t in valid.texts("raw"))
     np.testing.assert_allclose(x[:, -1], (a * b).sum(1), atol=1e-6)
     assert np.ptp(x[:, -1]) > 1e-3  # a real per-row cosine, not a constant

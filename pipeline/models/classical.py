@@ -11,20 +11,23 @@ from typing import Optional
 
 import numpy as np
 import scipy.sparse as sp
+
 from .. import tasks
 from ..combiners import with_coefficients
 from ..data import Split
 from ..errors import PipelineError
-from ..features import TfidfBlock, pair_row, tfidf_cosines, tfidf_design
-from ..io import read_json, read_npy, write_json, write_npy, write_text
+from ..fileio import read_json, read_npy, write_json, write_npy, write_text
 from .base import FitContext
+from .encoder import pair_cosine, split_embeddings
+from .features import TfidfBlock, pair_row, tfidf_cosines, tfidf_design
 from .params import PairLGBMParams, TfidfLGBMParams, TfidfLRParams
 
 PREDICTOR = "predictor.json"   # what `load` needs beside the weights: the task, class order, constant labels
 
 
-class _Classical:
-    """Shared plumbing: design matrix from a Split, fit, predict, save."""
+class Classical:
+    """Shared plumbing of the classical kinds (and of embed_lr, models/embed.py): design matrix from a
+    Split, fit, predict, save. A subclass gives `kind`, `_design` and `_files`."""
 
     kind = "classical"  # the registry's name of the subclass, for error lines
 
@@ -33,7 +36,7 @@ class _Classical:
         self.info_: dict = {}
         self.label_ = f"{self.kind} (view {view!r})"
 
-    def fit(self, train: Split, valid: Split, ctx: FitContext) -> "_Classical":
+    def fit(self, train: Split, valid: Split, ctx: FitContext) -> "Classical":
         self.cache_ = ctx.cache
         self.task_ = ctx.task or tasks.CLASSIFICATION
         # "lr fold 1/3 (tfidf_lr, view 'lower')": what a one-line error about this fit starts with
@@ -66,7 +69,7 @@ class _Classical:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, directory: Path, params, n_classes: int, view: str, task) -> "_Classical":
+    def load(cls, directory: Path, params, n_classes: int, view: str, task) -> "Classical":
         """A fitted model from save()'s files, predicting as the one that wrote them."""
         d = Path(directory)
         info = read_json(d / PREDICTOR)
@@ -146,7 +149,7 @@ class SavedBooster:
         return np.vstack([1.0 - p, p]).T if p.ndim == 1 else p
 
 
-class TfidfLR(_Classical):
+class TfidfLR(Classical):
     params: TfidfLRParams
     kind = "tfidf_lr"
 
@@ -163,7 +166,7 @@ class TfidfLR(_Classical):
         self._load_tfidf(d)
 
 
-class _Booster(_Classical):
+class _Booster(Classical):
     def _estimator(self, seed: int):
         return self.task_.booster(self.params, seed)
 
@@ -231,8 +234,6 @@ class PairLGBM(_Booster):
             self.block_ = self._new_block().fit(a + b)
         parts = [self._hand_features(split), tfidf_cosines(self.block_, a, b)]
         if self.params.embed:
-            from .embed import pair_cosine, split_embeddings
-
             parts.append(pair_cosine(*split_embeddings(self.cache_, self.params.embed, split, self.view)))
         return np.hstack(parts)
 

@@ -1,93 +1,21 @@
-"""Frozen sentence embeddings as features for classical models.
+"""embed_lr: logistic regression on frozen sentence embeddings (see encoder.py).
 
-A pretrained encoder, mean-pooled over the attention mask and L2-normalised: how sentence-
-transformer checkpoints such as the embedded all-MiniLM-L6-v2 are meant to be used. Nothing is
-learned from labels, so each table's embeddings are computed once per process (in the cache the
-driver hands to every fold and model) and no fold sees another fold's labels through them.
-
-embed_lr: logistic regression on [u * v, |u - v|, cos(u, v)] for pairs (u, v the two sides'
-embeddings; order-invariant), on u alone for single texts.
+The design is [u * v, |u - v|, cos(u, v)] for pairs (u, v the two sides' embeddings;
+order-invariant), u alone for single texts.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from ..data import Split, Table
-from .classical import _Classical
-from .params import EmbedLRParams, TransformerParams
+from ..data import Split
+from .classical import Classical
+from .encoder import pair_cosine, split_embeddings
+from .params import EmbedLRParams
 
 
-def load_encoder(cache: dict, backbone: str):
-    """(tokenizer, eval-mode AutoModel) for `backbone`, loaded once per process.
-
-    from_pretrained draws weights the checkpoint lacks (a sentence encoder's unused pooler) from
-    torch's global RNG: the draw is kept from the process, so loading moves no later seeded run."""
-    key = ("encoder", backbone)
-    if key not in cache:
-        from .transformer import kept_rng, load_config, load_pretrained, load_tokenizer, resolve_backbone
-
-        source, local_only = resolve_backbone(backbone)
-        config = load_config(source, local_only, backbone, TransformerParams(backbone=backbone))
-        tokenizer = load_tokenizer(source, local_only, backbone)
-        with kept_rng():
-            encoder = load_pretrained(source, local_only, backbone, config).eval()
-        cache[key] = (tokenizer, encoder)
-    return cache[key]
-
-
-def embed_texts(tokenizer, encoder, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
-    """(n, hidden) float32 unit-length mean-pooled embeddings; batches sorted by length."""
-    import torch
-
-    from .tokens import collate, encode_texts, predict_batches
-
-    enc = encode_texts(tokenizer, texts, None, max_length, "head")
-    pad = tokenizer.pad_token_id or 0
-    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode():
-        for rows in predict_batches(enc.lengths, batch_size):
-            batch = collate(enc, rows, pad, torch.device("cpu"), max_length)
-            batch.pop("token_type_ids", None)  # single texts: all zeros anyway
-            hidden = encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out[rows] = torch.nn.functional.normalize(pooled.float(), dim=-1).numpy()
-    return out
-
-
-def table_embeddings(cache: dict, backbone: str, table: Table, view: str, max_length: int,
-                     batch_size: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """Each side of every row of `table`: ((n, H), (n, H) or None), computed once per process."""
-    key = ("embeddings", backbone, max_length, view, table.name, id(table))
-    hit = cache.get(key)
-    if hit is not None and hit[0] is table:  # the entry holds the table, so its id is not reused
-        return hit[1]
-    tokenizer, encoder = load_encoder(cache, backbone)
-    a, b = table.views[view]
-    sides = tuple(None if t is None else embed_texts(tokenizer, encoder, t, max_length, batch_size) for t in (a, b))
-    cache[key] = (table, sides)
-    return sides
-
-
-def split_embeddings(cache: dict, backbone: str, split: Split, view: str, max_length: int = 128,
-                     batch_size: int = 64) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """The split's rows, in its order: ((n, H), (n, H) or None)."""
-    parts = [(table_embeddings(cache, backbone, table, view, max_length, batch_size), rows)
-             for table, rows in split.parts]
-    a = np.concatenate([sides[0][rows] for sides, rows in parts])
-    b = None if parts[0][0][1] is None else np.concatenate([sides[1][rows] for sides, rows in parts])
-    return a, b
-
-
-def pair_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, 1) cosine of unit-length row pairs."""
-    return (a * b).sum(axis=1, keepdims=True)
-
-
-class EmbedLR(_Classical):
+class EmbedLR(Classical):
     params: EmbedLRParams
 
     def _design(self, split: Split, fit: bool) -> np.ndarray:
