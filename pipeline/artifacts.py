@@ -11,7 +11,7 @@ Per model, under models/<exp>/<model>/:
   fold<k>/seed<s>/  a seed bag's (models[].seeds) per-seed outputs, laid out like fold<k>/; then
                   fold<k>/ holds the means over the seeds and a record listing them
 
-Nothing here runs code on load: matrices through io.read_npy (object arrays refused before any
+Nothing here runs code on load: matrices through fileio.read_npy (object arrays refused before any
 data is read), manifests as JSON, weights through safe_load_safetensors.
 """
 from __future__ import annotations
@@ -29,16 +29,21 @@ import numpy as np
 
 from .config import config_hash
 from .errors import PipelineError, excerpt
-from .io import committed, read_json, read_npy, sha256_file
+from .fileio import committed, read_json, read_npy, sha256_file
 from .tasks import CLASSIFICATION
 
 log = logging.getLogger("pipeline.artifacts")
 MATRICES = ("oof.npy", "test.npy", "test_folds.npy")
+MANIFEST = "manifest.json"   # written last: the commit marker of a model's matrices
 FOLD_FILES = ("val_pred.npy", "test_pred.npy")
 # What load_model needs from a manifest, with the type each must have. A manifest from before the
 # prepared-data hashes were recorded fails here, so `train` reassembles it from its saved folds.
 MANIFEST_KEYS = {"model": str, "files": dict, "n_train": int, "n_test": int, "n_classes": int, "n_splits": int,
                  "classes": list, "prepared_train_sha256": str, "prepared_test_sha256": str}
+
+
+def manifest_path(model_dir: Path) -> Path:
+    return Path(model_dir) / MANIFEST
 
 
 def versions() -> dict[str, str]:
@@ -209,7 +214,7 @@ def write_model(model_dir: Path, oof: np.ndarray, test_folds: np.ndarray, manife
                     "fold_versions": _fold_versions(model_dir, len(test_folds)),
                     "fold_records": {f"fold{k}/fold.json": sha256_file(fold_dir(model_dir, k) / "fold.json")
                                      for k in range(len(test_folds))}}
-        c.write_json(model_dir / "manifest.json", manifest)
+        c.write_json(model_dir / MANIFEST, manifest)
     return manifest
 
 
@@ -223,7 +228,7 @@ def folds_intact(model_dir: Path, manifest: dict, fp: str) -> bool:
     for name, digest in records.items():
         path = Path(model_dir) / name
         if not path.is_file() or sha256_file(path) != digest:
-            log.warning("%s is missing or does not match its sha256 in %s", path, Path(model_dir) / "manifest.json")
+            log.warning("%s is missing or does not match its sha256 in %s", path, Path(model_dir) / MANIFEST)
             return False
         if load_fold(path.parent, fp) is None:
             return False
@@ -256,7 +261,7 @@ class Matrices:
 def load_model(model_dir: Path) -> Matrices:
     """Load and verify one model's matrices against its manifest (hashes, dtype, shapes, finiteness)."""
     model_dir = Path(model_dir)
-    mpath = model_dir / "manifest.json"
+    mpath = model_dir / MANIFEST
     if not mpath.is_file():
         raise PipelineError(f"{mpath} not found: train the model first")
     manifest = _checked_manifest(read_json(mpath), mpath)
@@ -311,7 +316,7 @@ def check_agree(models: list[Matrices], folds_path: Path, folds_info: dict,
     ref = {"folds_csv_sha256": folds_info["folds_csv_sha256"], "train_ids_sha256": folds_info["ids_sha256"],
            "labels_sha256": folds_info["labels_sha256"]}
     for m in models:
-        mpath = m.path / "manifest.json"
+        mpath = m.path / MANIFEST
         for key, value in ref.items():
             if m.manifest.get(key) != value:
                 raise PipelineError(f"{mpath} and {folds_path} disagree on {key}: "
@@ -363,4 +368,4 @@ def list_models(directory: Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise PipelineError(f"{directory} is not a directory")
-    return sorted(p for p in directory.iterdir() if (p / "manifest.json").is_file())
+    return sorted(p for p in directory.iterdir() if (p / MANIFEST).is_file())

@@ -10,7 +10,7 @@ rows, the config and the seed (the model's seed + fold): reruns make the same ro
 Ops, per copy and per text (EDA, Wei & Zou 2019, on whitespace words), in this order: synonym
 (WordNet), random_insert (a synonym of a random word of the text, or the word itself without
 WordNet), random_swap, random_delete; then synonym by a masked LM where WordNet is not installed
-(synonyms: mlm) and the mlm op (contextual substitution, pipeline/mlm.py, imported only when used). `swap`: for pairs, one more copy of every row as (b, a).
+(synonyms: mlm) and the mlm op (contextual substitution, pipeline/models/mlm.py, imported only when used). `swap`: for pairs, one more copy of every row as (b, a).
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def transform(texts: list[str], cfg: AugmentConfig, rng: np.random.Generator) ->
     # mlm op replaces its own share
     for rate in (cfg.synonym if cfg.synonyms == "mlm" else 0.0, cfg.mlm):
         if rate:
-            from .mlm import substitute  # the masked LM's code loads only for models that use it
+            from .models.mlm import substitute  # the masked LM's code loads only for models that use it
 
             out = substitute(out, cfg.mlm_backbone, rate, int(rng.integers(2**31)))
     return out

@@ -9,12 +9,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-import yaml
-
-from . import store
-from .config import ExperimentConfig, load_config, to_dict
+from . import layout
+from .config import ExperimentConfig, load_config
 from .errors import PipelineError
-from .io import Commit, write_text
 
 DEFAULT_CONFIG = "configs/default.yaml"
 # The running stage's resources (the experiment lock), released when `run` returns.
@@ -42,22 +39,11 @@ def load(args: argparse.Namespace) -> ExperimentConfig:
     the stage ends, when run by `run`)."""
     split_config_arg(args)
     cfg = load_config(args.config, args.overrides)
-    store.check_outputs_spare_inputs(cfg, Path(args.config) if args.config else None)
+    layout.check_outputs_spare_inputs(cfg, Path(args.config) if args.config else None)
     stack = _STAGE.get()
     if stack is not None:
-        stack.enter_context(store.experiment_lock(cfg))
+        stack.enter_context(layout.experiment_lock(cfg))
     return cfg
-
-
-def resolved_yaml(cfg: ExperimentConfig) -> str:
-    """The resolved config as saved beside every output it produced (config.yaml)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def save_resolved(cfg: ExperimentConfig, directory: Path, commit: Optional[Commit] = None) -> Path:
-    """directory/config.yaml, written at once or staged in `commit`."""
-    path = Path(directory) / "config.yaml"
-    return commit.write_text(path, resolved_yaml(cfg)) if commit else write_text(path, resolved_yaml(cfg))
 
 
 def run(main: Callable[[Optional[list[str]]], int | None], argv: Optional[list[str]] = None) -> None:

@@ -18,11 +18,19 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
 
+import yaml
+
+from . import backends
+from .data import Column
 from .errors import InvalidValue, PipelineError, excerpt
+from .models import registry
+from .models.params import TransformerParams
+from .names import BACKBONE_KEYS, METHODS, PRETRAINED, check_model_name, check_name, pretrained_name
+from .tasks import get as get_task
+from .views import wordnet_available
 from .yamlio import load_yaml, load_yaml_value, read_config_text
 
 
-Column = Union[str, int]  # a column name, or with data.header=false a 0-based position
 
 
 @dataclass
@@ -198,12 +206,15 @@ class PseudoConfig:
 
 @dataclass
 class ExecutionConfig:
-    backend: Literal["local", "ray"] = "local"
+    backend: str = "local"          # one of backends.BACKENDS
     address: Optional[str] = None   # None: RAY_ADDRESS, else a local Ray instance; "auto" or "ray://host:port"
     max_retries: int = 2            # per job whose worker process or node died (a job that raises is not retried)
 
     def __post_init__(self):
         require(self, "max_retries", lambda v: v >= 0, "0 or more")
+        if self.backend not in backends.BACKENDS:
+            raise PipelineError(f"config: execution.backend must be one of "
+                                f"{', '.join(repr(b) for b in backends.BACKENDS)}, got {excerpt(self.backend)}")
 
 
 @dataclass
@@ -298,8 +309,6 @@ class ExperimentConfig:
     def __post_init__(self):
         require(self, "seed", lambda v: 0 <= v <= MAX_SEED, SEED_RANGE)
         if self.metric is None:  # the task's default metric
-            from .tasks import get as get_task
-
             self.metric = get_task(self.task).default_metric
 
     def model(self, name: str) -> ModelConfig:
@@ -446,8 +455,6 @@ def model_identity(m: ModelConfig) -> dict:
         del out["seeds"]
     if not m.augment.active:
         del out["augment"]
-    from .models import registry
-
     kind = registry.KINDS.get(m.kind)
     if kind is not None and kind.save_format > 1:  # folds saved in an older format are another model
         out["save_format"] = kind.save_format
@@ -521,14 +528,10 @@ def config_source(cfg: ExperimentConfig) -> str:
 
 
 def _validate(cfg: ExperimentConfig) -> None:
-    from . import store  # the names become paths; store knows which are allowed
-    from .models import registry  # the registry knows each kind's params class
-    from .tasks import get as get_task
-
-    store.check_name("experiment", cfg.experiment)
+    check_name("experiment", cfg.experiment)
     get_task(cfg.task).check_config(cfg)
     for i, m in enumerate(cfg.models):
-        store.check_model_name(f"models[{i}].name", m.name)
+        check_model_name(f"models[{i}].name", m.name)
     names = [m.name for m in cfg.models]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -548,9 +551,9 @@ def _validate(cfg: ExperimentConfig) -> None:
             if n not in names:
                 raise PipelineError(f"config: {label} names unknown model {n!r} (models: {names})")
     for mth in cfg.ensemble.methods:
-        if mth not in store.METHODS:
+        if mth not in METHODS:
             raise PipelineError(f"config: ensemble.methods has unknown method {excerpt(mth)} "
-                                f"(known: {', '.join(store.METHODS)})")
+                                f"(known: {', '.join(METHODS)})")
     if cfg.ensemble.submit != "auto" and cfg.ensemble.submit not in cfg.ensemble.methods:
         raise PipelineError(f"config: ensemble.submit={cfg.ensemble.submit!r} is not in ensemble.methods")
 
@@ -560,8 +563,6 @@ def _resolve_synonyms(cfg: ExperimentConfig, m: ModelConfig) -> None:
     substitution by augment.mlm_backbone, by default this config's pretrained backbone) where there
     is a masked LM, else none; resolved here so the saved config and the fingerprint say which ran.
     An explicit wordnet without the corpus, or mlm without a masked LM, is one line."""
-    from .views import wordnet_available
-
     a = m.augment
     if not a.synonym or a.synonyms == "none":
         return
@@ -579,15 +580,6 @@ def _resolve_synonyms(cfg: ExperimentConfig, m: ModelConfig) -> None:
     a.synonyms = "mlm" if a.mlm_backbone else "none"
 
 
-PRETRAINED = "pretrained:"   # a backbone named pretrained:<name> is the pretrain stage's output
-BACKBONE_KEYS = ("backbone", "embed")  # params naming a backbone (transformer, embed_lr; pair_lgbm)
-
-
-def pretrained_name(backbone: Any) -> Optional[str]:
-    """<name> of a backbone `pretrained:<name>`, else None."""
-    return backbone[len(PRETRAINED):] if isinstance(backbone, str) and backbone.startswith(PRETRAINED) else None
-
-
 def pretrained_refs(m: ModelConfig) -> list[tuple[str, str]]:
     """[(key, <name>)] of the pretrained backbones a model names: params keys, and
     `augment.mlm_backbone` for the masked LM its augmentation substitutes words with."""
@@ -600,9 +592,6 @@ def pretrained_refs(m: ModelConfig) -> list[tuple[str, str]]:
 def _validate_pretrain(cfg: ExperimentConfig) -> None:
     """pretrained:<name> must name this config's pretrain; pretrain.backbone defaults to the first
     transformer model's own (not pretrained) backbone, else the transformer default."""
-    from . import store
-    from .models.params import TransformerParams
-
     p = cfg.pretrain
     for m in cfg.models:
         for key, name in pretrained_refs(m):
@@ -612,7 +601,7 @@ def _validate_pretrain(cfg: ExperimentConfig) -> None:
                 raise PipelineError(f"config: models.{m.name}.{where}=pretrained:{name} but the config has {have}")
     if p is None:
         return
-    store.check_name("pretrain.name", p.name)
+    check_name("pretrain.name", p.name)
     if p.backbone is None:
         own = [m.params["backbone"] for m in cfg.models if m.kind == "transformer" and not pretrained_refs(m)]
         p.backbone = own[0] if own else TransformerParams().backbone
@@ -624,6 +613,9 @@ def _validate_pretrain(cfg: ExperimentConfig) -> None:
 
 def model_params(m: ModelConfig) -> Any:
     """The typed params object of a model config."""
-    from .models import registry
-
     return build(registry.params_class(m.kind, m.name), m.params, f"models.{m.name}.params")
+
+
+def config_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as saved beside every output it produced (config.yaml)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

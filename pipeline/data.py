@@ -4,18 +4,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import pandas as pd
 
-from .config import Column, DataConfig
 from .errors import PipelineError
 from .readers import read_table
 
 log = logging.getLogger("pipeline.data")
 
 VIEWS = ("raw", "lower", "lemma")
+Column = Union[str, int]  # a column name, or with data.header=false a 0-based position
+# The data section of a config (config.DataConfig): config builds on this module, not the reverse.
+DataConfig = Any
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The one K-fold driver, for every model kind: plans the (model, fold, seed) jobs of a stage, hands
-them to an executor (pipeline/executor.py), writes each job as it finishes and assembles each model.
+them to the configured executor (backends.py) with the job function, writes each job as it finishes and assembles each model.
 
 For each model and fold k: fit on the other folds (plus fold k's pseudo rows and the model's
 augmented rows, if any), predict the held-out fold and the test set, save them at once (resume
@@ -19,16 +19,20 @@ from typing import Optional
 
 import numpy as np
 
-from . import artifacts, cli, executor, faults
-from .artifacts import adopt_fold, fold_dir, load_fold, save_fold, seed_dir, write_model
+from . import artifacts, backends, faults
+from .artifacts import adopt_fold, fold_dir, load_fold, manifest_path, save_fold, seed_dir, write_model
 from .augment import augment_split
-from .config import ExperimentConfig, ModelConfig, model_params
+from .backbones import check_pretrained, with_pretrained
+from .config import ExperimentConfig, ModelConfig, config_yaml, model_params
 from .data import Split, Table, whole
 from .errors import PipelineError
-from .io import read_json, sha256_strings, write_bytes
+from .fold_assignment import load_folds
+from .fileio import read_json, sha256_strings, write_bytes
+from .layout import models_dir
 from .models import registry
 from .models.base import FitContext
-from .store import check_pretrained, identity, load_folds, load_prepared, models_dir, with_pretrained
+from .prepared import load_prepared
+from .provenance import identity
 from .tasks import Task, get as get_task
 from .views import recorded_views
 
@@ -72,7 +76,7 @@ def open_run(cfg: ExperimentConfig) -> Run:
 
 def fingerprint(run: Run, m: ModelConfig) -> str:
     """Changes whenever anything that shapes this model's predictions changes (a pretrained
-    backbone's settings and texts included: store.identity)."""
+    backbone's settings and texts included: provenance.identity)."""
     model = identity(run.cfg, m, run.train, run.test)
     return artifacts.fingerprint(artifacts.fingerprint_parts(model, run.classes, run.cfg.metric, run.prepared_meta,
                                                              run.folds_info, run.round, run.extra_sha256))
@@ -234,18 +238,14 @@ def commit_bag(run: Run, m: ModelConfig, k: int) -> None:
     _log_fold(f"{m.name} (mean of {len(m.seeds)} seeds)", k, run.n_splits, record, run.task.table(run.cfg.metric))
 
 
-# Expected seconds per fold by kind, for ordering jobs longest first before any fold was timed.
-KIND_SECONDS = {"transformer": 600.0, "tfidf_lgbm": 30.0, "pair_lgbm": 10.0, "embed_lr": 5.0, "tfidf_lr": 3.0}
-
-
 def expected_seconds(model_dir: Path, m: ModelConfig) -> float:
     """A fold's expected time: the mean of this model's earlier fold timings where a manifest
-    holds them, else by kind."""
+    holds them, else the kind's (registry.Kind.expected_seconds)."""
     try:
-        seconds = read_json(model_dir / "manifest.json")["timings"]["fold_seconds"]
+        seconds = read_json(manifest_path(model_dir))["timings"]["fold_seconds"]
         return float(np.mean(seconds))
     except (PipelineError, KeyError, TypeError, ValueError):
-        return KIND_SECONDS.get(m.kind, 60.0)
+        return registry.kind(m.kind).expected_seconds
 
 
 def plan_model(run: Run, m: ModelConfig, force: bool) -> Optional[list[Job]]:
@@ -289,7 +289,7 @@ def train_models(run: Run, models: list[ModelConfig], force: bool = False) -> di
     configured executor; each fold is written as it finishes and each model assembled (matrices
     and manifest) as soon as its last fold is in. Returns {model: manifest}."""
     plans = {m.name: plan_model(run, m, force) for m in models}
-    out = {m.name: read_json(models_dir(run.cfg, run.round) / m.name / "manifest.json")
+    out = {m.name: read_json(manifest_path(models_dir(run.cfg, run.round) / m.name))
            for m in models if plans[m.name] is None}
     left = {(job.model.name, job.fold): 0 for jobs in plans.values() for job in jobs or []}
     for job in (job for jobs in plans.values() for job in jobs or []):
@@ -313,7 +313,8 @@ def train_models(run: Run, models: list[ModelConfig], force: bool = False) -> di
 
     jobs = [job for m in models for job in plans[m.name] or []]
     if jobs:
-        executor.make(run.cfg.execution).run(run, jobs, done)
+        executor = backends.executor_class(run.cfg.execution.backend)(run.cfg.execution)
+        executor.run(run, jobs, run_job, job_dir, done)
     return {m.name: out[m.name] for m in models}
 
 
@@ -353,7 +354,7 @@ def assemble(run: Run, m: ModelConfig) -> dict:
     if not (count == 1).all():
         raise AssertionError(f"{m.name}: OOF rows predicted {sorted(set(count.tolist()))} times, expected once")
     manifest = build_manifest(run, m, fp, oof, records)
-    manifest = write_model(model_dir, oof, test_folds, manifest, cli.resolved_yaml(run.cfg))
+    manifest = write_model(model_dir, oof, test_folds, manifest, config_yaml(run.cfg))
     _log_model(m.name, manifest, run.task.table(run.cfg.metric))
     return manifest
 
@@ -382,7 +383,7 @@ def build_manifest(run: Run, m: ModelConfig, fp: str, oof: np.ndarray, records: 
 def _up_to_date(model_dir: Path, fp: str) -> bool:
     """The model's matrices verify against its manifest, were made with this fingerprint, and every
     file of every fold (records, matrices, checkpoints) is still there with its sha256."""
-    if not (model_dir / "manifest.json").is_file():
+    if not manifest_path(model_dir).is_file():
         return False
     try:
         manifest = artifacts.load_model(model_dir).manifest

@@ -1,99 +1,38 @@
 """Executors: who runs the driver's (model, fold, seed) jobs (seed: one of a model's seed bag).
 
-`local` runs them one after another in the driver's process, in plan order (the default).
-`ray` runs each as a Ray task with the model's resources, longest expected first, on a local Ray
-instance or a running cluster. Either way the driver writes every fold (`on_done`) with the same
-atomic writers into the same layout: a Ray job saves the model's files in a temporary folder on
-its node and returns them as bytes, so the nodes need no shared file system.
+The driver hands an executor its work: the run (plain data), the jobs, the job function (a
+module-level function, so a backend can send it to another process by reference), where each
+job's files go, and `on_done`, which writes a finished job with the same atomic writers whichever
+backend ran it. Backends are a table (backends.py): `local` here, `ray` in ray_backend.py.
+
+`local` runs the jobs one after another in the driver's process, in plan order (the default).
 """
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
-import shutil
 import socket
-import sys
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
-from .config import ExecutionConfig, ModelConfig, model_params
-from .errors import PipelineError
+from .config import ExecutionConfig
 
-if TYPE_CHECKING:
-    from .driver import Job, JobResult, Run
-
-log = logging.getLogger("pipeline.executor")
-OnDone = Callable[["Job", "JobResult"], None]
-GIB = 1 << 30
-
-
-def make(cfg: ExecutionConfig) -> "LocalExecutor | RayExecutor":
-    return RayExecutor(cfg) if cfg.backend == "ray" else LocalExecutor()
+# job_fn(run, job, out_dir, threads=None) -> JobResult; job_dir(run, job) -> Path; on_done(job, result)
+JobFn = Callable[..., Any]
+JobDir = Callable[[Any, Any], Path]
+OnDone = Callable[[Any, Any], None]
 
 
 class LocalExecutor:
     """Jobs in plan order in this process; the model saves its files in the fold folder itself."""
 
-    def run(self, run: "Run", jobs: list["Job"], on_done: OnDone) -> None:
-        from .driver import job_dir, run_job
+    def __init__(self, cfg: Optional[ExecutionConfig] = None):
+        self.cfg = cfg
 
+    def run(self, run, jobs: list, job_fn: JobFn, job_dir: JobDir, on_done: OnDone) -> None:
         for job in jobs:
-            result = run_job(run, job, job_dir(run, job))
+            result = job_fn(run, job, job_dir(run, job))
             result.record.update(node=socket.gethostname(), resources=None)
             on_done(job, result)
-
-
-# ----------------------------------------------------------------------------- ray
-
-
-@dataclass(frozen=True)
-class Resources:
-    """One job's request: CPUs, GPUs, memory in GiB (None: no reservation)."""
-    num_cpus: float
-    num_gpus: float
-    memory_gb: Optional[float]
-
-    def options(self) -> dict:
-        opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
-        if self.memory_gb:
-            opts["memory"] = int(self.memory_gb * GIB)
-        return opts
-
-    def fits(self, node: dict) -> bool:
-        have = node.get("Resources", {})
-        return (have.get("CPU", 0) >= self.num_cpus and have.get("GPU", 0) >= self.num_gpus
-                and have.get("memory", 0) >= (self.memory_gb or 0) * GIB)
-
-
-def resources_of(m: ModelConfig, cluster_has_gpus: bool) -> Resources:
-    """The model's `resources`, with the kind's defaults (see default_cpus); a transformer takes 1
-    GPU where the cluster has GPUs; classical models never ask for one."""
-    r = m.resources
-    gpu_job = m.kind == "transformer" and cluster_has_gpus
-    gpus = r.num_gpus if r.num_gpus is not None else (1.0 if gpu_job else 0.0)
-    cpus = r.num_cpus if r.num_cpus is not None else default_cpus(m, gpu_job)
-    return Resources(cpus, gpus, r.memory_gb)
-
-
-def default_cpus(m: ModelConfig, gpu_job: bool) -> float:
-    """The threads the model would use in a local run, so that by default a job computes the same
-    numbers on a cluster (thread counts change floating-point sums): LightGBM's `n_jobs`, a torch
-    model's `num_threads`, else torch's default thread count here; 1 for a job on a GPU and for
-    single-threaded kinds."""
-    params = model_params(m)
-    if getattr(params, "n_jobs", None):
-        return float(params.n_jobs)
-    if getattr(params, "num_threads", None):
-        return float(params.num_threads)
-    if uses_torch(params) and not gpu_job:
-        import torch
-
-        return float(torch.get_num_threads())
-    return 1.0
 
 
 def uses_torch(params) -> bool:
@@ -101,204 +40,14 @@ def uses_torch(params) -> bool:
     return bool(getattr(params, "backbone", None) or getattr(params, "embed", None))
 
 
-def loopback_only() -> None:
-    """Keep every Ray process this machine starts on 127.0.0.1 (set before ray is imported)."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-
-def _ray():
-    loopback_only()
-    try:
-        import ray
-    except ImportError:
-        raise PipelineError("execution.backend=ray needs the ray package (pip install -r requirements.txt)") from None
-    return ray
-
-
-def worker_env() -> dict[str, str]:
-    """What a worker needs from this process: the package on its path (a local cluster; a remote
-    one needs the project installed on its nodes) and the test fault points, if any."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("PIPELINE_TEST_")}
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    return env
-
-
-class RayExecutor:
-    def __init__(self, cfg: ExecutionConfig):
-        self.cfg = cfg
-
-    def run(self, run: "Run", jobs: list["Job"], on_done: OnDone) -> None:
-        ray = _ray()
-        with self._connected(ray):
-            nodes = [n for n in ray.nodes() if n.get("Alive")]
-            gpus = any(n.get("Resources", {}).get("GPU", 0) > 0 for n in nodes)
-            wanted = {job: resources_of(job.model, gpus) for job in jobs}
-            check_fits(wanted, nodes)
-            payload = ray.put(strip_cache(run))  # the tables go to the object store once
-            order = sorted(jobs, key=lambda j: -j.expected_seconds)
-            _Scheduler(ray, self.cfg.max_retries, payload, wanted, on_done).run(order, capacity(nodes, wanted))
-
-    @contextlib.contextmanager
-    def _connected(self, ray) -> Iterator[None]:
-        """Join the configured cluster (execution.address, else RAY_ADDRESS), or start a local
-        instance on loopback; an instance this call started is shut down after."""
-        address = self.cfg.address or os.environ.get("RAY_ADDRESS")
-        env = {"env_vars": worker_env()}
-        started = not ray.is_initialized()
-        if started:
-            try:
-                if address:
-                    ray.init(address=address, runtime_env=env, logging_level=logging.ERROR, log_to_driver=False)
-                else:
-                    ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False,
-                             runtime_env=env, logging_level=logging.ERROR, log_to_driver=False)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise PipelineError(f"execution: cannot reach Ray at {address or 'a new local instance'}: "
-                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
-        try:
-            yield
-        finally:
-            if started:
-                ray.shutdown()
-
-
-def strip_cache(run: "Run") -> "Run":
-    """The run as plain data: a job never relies on the driver's in-process cache."""
-    import dataclasses
-
-    return dataclasses.replace(run, cache={})
-
-
-def check_fits(wanted: dict["Job", Resources], nodes: list[dict]) -> None:
-    """One line before anything starts when some job's request fits no node of the cluster."""
-    for job, res in wanted.items():
-        if not any(res.fits(n) for n in nodes):
-            have = "; ".join(f"{n.get('NodeManagerAddress', '?')}: {_brief(n)}" for n in nodes) or "no nodes"
-            raise PipelineError(f"models.{job.model.name}.resources ({res.num_cpus:g} CPU, {res.num_gpus:g} GPU"
-                                + (f", {res.memory_gb:g} GiB" if res.memory_gb else "")
-                                + f") fit no node of the cluster ({have})")
-
-
-def _brief(node: dict) -> str:
-    r = node.get("Resources", {})
-    return f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU, {r.get('memory', 0) / GIB:.1f} GiB"
-
-
-def capacity(nodes: list[dict], wanted: dict["Job", Resources]) -> int:
-    """How many jobs to keep in flight: as many as the cluster's CPUs hold of the smallest request
-    (more would only queue inside Ray, where a failure could no longer stop them from starting)."""
-    cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in nodes)
-    smallest = min((r.num_cpus for r in wanted.values() if r.num_cpus > 0), default=1.0)
-    return max(1, int(cpus // smallest))
-
-
-def _remote_job(run: "Run", job: "Job", res: Resources) -> "JobResult":
-    """On a worker: fit the job in a temporary folder with `res.num_cpus` threads, return the
-    saved files as bytes and name the node in the record."""
-    import ray
-
-    from .driver import run_job
-
-    start = time.perf_counter()
-    node = ray.get_runtime_context().get_node_id()
-    threads = max(1, int(res.num_cpus))
-    tmp = Path(tempfile.mkdtemp(prefix=f"pipeline-{job.model.name}-{job.part.replace(' ', '')}-"))
-    try:
-        try:
-            with _torch_threads(threads if uses_torch(model_params(job.model)) else None):
-                result = run_job(run, job, tmp, threads)
-        except PipelineError as e:
-            raise PipelineError(f"model {job.model.name!r} {job.part} failed on node {node}: {e}") from None
-        except Exception as e:  # any error in the model's code: named, with where it ran
-            raise PipelineError(f"model {job.model.name!r} {job.part} failed on node {node}: "
-                                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
-        result.files = {p.name: p.read_bytes() for p in sorted(tmp.iterdir()) if p.is_file()}
-        result.record.update(node=node, resources={"num_cpus": res.num_cpus, "num_gpus": res.num_gpus,
-                                                   "memory_gb": res.memory_gb, "threads": threads,
-                                                   "gpu_ids": [str(g) for g in ray.get_gpu_ids()]},
-                             dispatch={"job_seconds": round(time.perf_counter() - start, 4)})
-        return result
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 @contextlib.contextmanager
-def _torch_threads(n: Optional[int]) -> Iterator[None]:
+def torch_threads(n: Optional[int]) -> Iterator[None]:
     """torch's threads = n for the job (frozen embeddings too), restored after; torch is imported
     only for the jobs that use it."""
     if n is None:
         yield
         return
-    from .models.transformer import num_threads
+    from .models.backbone import num_threads
 
     with num_threads(n):
         yield
-
-
-class _Scheduler:
-    """Submits jobs in order while fewer than `capacity` are in flight, hands each finished one to
-    on_done at once (so a killed driver keeps every fold finished so far), stops submitting at the
-    first failure and reports it once the jobs in flight are done, and cancels them on Ctrl-C."""
-
-    def __init__(self, ray, max_retries: int, payload, wanted: dict["Job", Resources], on_done: OnDone):
-        self.ray, self.payload, self.wanted, self.on_done = ray, payload, wanted, on_done
-        self.remote = ray.remote(max_retries=max_retries, retry_exceptions=False)(_remote_job)
-        self.max_retries = max_retries
-        self.sent: dict = {}  # ref -> when it was submitted
-
-    def run(self, order: list["Job"], capacity: int) -> None:
-        queue, flight, failure = list(order), {}, None
-        bar = _progress(len(order))
-        try:
-            while queue or flight:
-                while queue and failure is None and len(flight) < capacity:
-                    job = queue.pop(0)
-                    ref = self.remote.options(**self.wanted[job].options()).remote(self.payload, job, self.wanted[job])
-                    flight[ref], self.sent[ref] = job, time.perf_counter()
-                if not flight:
-                    break
-                done, _ = self.ray.wait(list(flight), num_returns=1)
-                job = flight.pop(done[0])
-                error = self._finish(job, done[0])
-                failure = failure or error
-                bar.update(1)
-        except KeyboardInterrupt:
-            for ref in flight:
-                self.ray.cancel(ref, force=True)
-            raise
-        finally:
-            bar.close()
-        if failure is not None:
-            raise PipelineError(failure)
-
-    def _finish(self, job: "Job", ref) -> Optional[str]:
-        """Write a finished job; return the error line of a failed one."""
-        from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
-
-        try:
-            result = self.ray.get(ref)
-        except RayTaskError as e:
-            cause = e.cause if isinstance(e.cause, PipelineError) else None
-            return str(cause) if cause else f"model {job.model.name!r} {job.part} failed: {_first_line(e)}"
-        except (WorkerCrashedError, TaskCancelledError) as e:
-            return (f"model {job.model.name!r} {job.part}: its worker died {self.max_retries + 1} times "
-                    f"({type(e).__name__}); finished folds are kept, rerun to resume")
-        except self.ray.exceptions.RayError as e:
-            return f"model {job.model.name!r} {job.part}: {type(e).__name__}: {_first_line(e)}"
-        # The round trip less the job's own time is Ray's overhead: scheduling and data transfer.
-        result.record["dispatch"]["round_trip_seconds"] = round(time.perf_counter() - self.sent.pop(ref), 4)
-        self.on_done(job, result)
-        return None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _progress(total: int):
-    """A bar over all jobs with an ETA, on stderr when it is a terminal (logs stay on stdout)."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="jobs", unit="job", disable=not sys.stderr.isatty(), file=sys.stderr)

@@ -10,7 +10,7 @@ Off unless one of these environment variables is set; then each point costs one 
 
 Points: `job:<model>/fold<k>` (`job:<model>/fold<k>/seed<s>` in a seed bag) at the start of every
 job, wherever it runs (the variables reach Ray workers through the job's runtime environment); every atomic write
-(io.atomic_path, io.Commit) calls `point("write:<path>")` once the data is in the temporary file
+(fileio.atomic_path, fileio.Commit) calls `point("write:<path>")` once the data is in the temporary file
 and before it is renamed over <path>. <path> is the path as the caller gave it, so a
 test matches with a glob such as `write:*/lr/fold1/val_pred.npy` (`*` also matches `/`). Killing
 there is a kill inside a fold (model files, fold matrices), while writing a matrix or a manifest,

@@ -6,10 +6,7 @@ float targets. Multilabel: (n, L) label probabilities against (n, L) 0/1 labels.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .artifacts import Matrices
 
 from typing import Optional
 
@@ -210,8 +207,8 @@ def label_thresholds(metric: str, y: np.ndarray, proba: np.ndarray) -> list[floa
     return [one(j) for j in range(y.shape[1])]
 
 
-def oof_correlation(models: list[Matrices]) -> np.ndarray:
-    """(M, M) Pearson correlation of the models' OOF probability of the last class (binary) or
+def oof_correlation(models: list) -> np.ndarray:
+    """(M, M) Pearson correlation of the models' (artifacts.Matrices: `.oof` (n, C) each) OOF probability of the last class (binary) or
     of their flattened OOF matrices (multiclass); NaN for a model whose predictions are constant."""
     cols = [m.oof[:, -1] if m.oof.shape[1] == 2 else m.oof.ravel() for m in models]
     if len(cols) == 1:

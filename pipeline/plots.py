@@ -1,11 +1,11 @@
-"""Figures drawn by Agg without pyplot, written through a stage's commit (io.committed)."""
+"""Figures drawn by Agg without pyplot, written through a stage's commit (fileio.committed)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from .io import Commit
+from .fileio import Commit
 
 
 def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (5, 3.5)):

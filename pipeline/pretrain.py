@@ -12,9 +12,10 @@ import logging
 import sys
 from typing import Optional
 
-from . import cli, pretraining
-from .errors import PipelineError
-from .store import load_prepared, pretrain_current, pretrain_fingerprint, pretrain_texts, pretrained_dir
+from . import cli
+from .backbones import pretrain
+from .layout import pretrained_dir
+from .prepared import load_prepared
 
 log = logging.getLogger("pipeline.pretrain")
 
@@ -28,20 +29,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("pretrain: the config has no pretrain section; nothing to do")
         return 0
     train, test, _ = load_prepared(cfg)
-    texts = pretrain_texts(cfg, train, test)
-    if not texts:
-        raise PipelineError(f"pretrain: no text in view {cfg.pretrain.view!r} of the prepared train and test files")
-    fingerprint = pretrain_fingerprint(cfg, train, test)
-    out = pretrained_dir(cfg, cfg.pretrain.name)
-    if not args.force and pretrain_current(out, fingerprint):
-        log.info("pretrain %s: up to date in %s, skipped (--force pretrains again)", cfg.pretrain.name, out)
-        return 0
-    if args.force:
-        pretraining.drop_checkpoint(out)
-    record = pretraining.run(cfg.pretrain, texts, out, fingerprint, cli.resolved_yaml(cfg),
-                             progress=sys.stderr.isatty())
-    log.info("pretrain %s: %d steps in %.1fs (%.1f sentences/s), final loss %.4f -> %s", cfg.pretrain.name,
-             record["steps"], record["train_seconds"], record["sentences_per_s"], record["final_loss"], out)
+    record = pretrain(cfg, train, test, force=args.force, progress=sys.stderr.isatty())
+    if record is not None:
+        log.info("pretrain %s: %d steps in %.1fs (%.1f sentences/s), final loss %.4f -> %s", cfg.pretrain.name,
+                 record["steps"], record["train_seconds"], record["sentences_per_s"], record["final_loss"],
+                 pretrained_dir(cfg, cfg.pretrain.name))
     return 0
 
 

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional
 import pandas as pd
 
 from .errors import PipelineError
-from .io import read_bytes
+from .fileio import read_bytes
 
 log = logging.getLogger("pipeline.readers")
 

@@ -13,17 +13,17 @@ classification (n,) int64 class indices; regression (n,) float64; multilabel (n,
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from . import metrics as M
 from .combiners import (BCEBlender, BestSingle, Blender, HillClimber, LabelRankAverager, LabelStacker, LabelVoter,
                         MedianVoter, MSEBlender, RankAverager, RidgeStacker, Stacker, ValueRankAverager, Voter)
+from .data import class_order, encode_labels
 from .errors import PipelineError
-
-if TYPE_CHECKING:
-    from .config import ExperimentConfig
+from .formatting import format_table
+from .plots import plot_matrix, plot_residuals, plot_scatter
 
 FLOAT_CLASSES_LIMIT = 20   # more distinct non-integer numeric labels than this: not classes
 
@@ -54,7 +54,7 @@ class Task:
 
     # -- config
 
-    def check_config(self, cfg: "ExperimentConfig") -> None:
+    def check_config(self, cfg: Any) -> None:
         """Config errors that depend on the task: the metric, the label columns, the fold strategy."""
         if cfg.metric not in self.metrics:
             raise PipelineError(f"config: metric={cfg.metric!r} is not a {self.name} metric "
@@ -64,7 +64,7 @@ class Task:
                                 "has no class probabilities to weight pseudo rows by)")
         self.check_layout(cfg)
 
-    def check_layout(self, cfg: "ExperimentConfig") -> None:
+    def check_layout(self, cfg: Any) -> None:
         """One label column (data.label, data.test_label); any fold strategy."""
         for key in ("label", "test_label"):
             if isinstance(getattr(cfg.data, key), list):
@@ -80,8 +80,6 @@ class Task:
         """Output column names from the train labels: the sorted class names (numerically when
         every label is an integer). A numeric column with many distinct non-integer values is
         refused: it is a regression target read as classes."""
-        from .data import class_order
-
         classes = class_order(labels)
         fractional = [c for c in classes if _fractional(c)]
         if len(fractional) > FLOAT_CLASSES_LIMIT and all(_number(c) is not None for c in classes):
@@ -92,8 +90,6 @@ class Task:
         return classes
 
     def encode(self, labels: list, columns: list[str], path: str, label_key: Any) -> np.ndarray:
-        from .data import encode_labels
-
         return encode_labels(labels, columns, path)
 
     def check_labels(self, y: np.ndarray, metric: str, path: str) -> None:
@@ -277,8 +273,6 @@ class Task:
         return {"confusion": conf.tolist()}
 
     def diagnostics_section(self, diag: dict, method: str, columns: list[str]) -> str:
-        from .formatting import format_table
-
         rows = [[f"true {c}", *diag["confusion"][i]] for i, c in enumerate(columns)]
         return (f"## Ensemble: {method}\n\nConfusion matrix of the ensemble's honest OOF probabilities "
                 "(ensembles/" + method + "/oof.npy) at argmax against the train labels; the submission may use "
@@ -287,8 +281,6 @@ class Task:
                 + "\n\n![confusion matrix](confusion.png)")
 
     def draw_diagnostics(self, commit, out, diag: dict, method: str, columns: list[str], y, pred) -> list:
-        from .plots import plot_matrix
-
         return [plot_matrix(commit, out / "confusion.png", np.array(diag["confusion"]), columns, columns,
                             f"{method}: OOF confusion", "d", "Blues", xlabel="predicted", ylabel="true")]
 
@@ -443,8 +435,6 @@ class RegressionTask(_OneGroup, Task):
                 "prediction_range": [float(p.min()), float(p.max())]}
 
     def diagnostics_section(self, diag, method, columns):
-        from .formatting import format_table
-
         rows = [["residual mean (pred - true)", diag["residual_mean"]], ["residual std", diag["residual_std"]],
                 ["target range", " .. ".join(f"{v:.4g}" for v in diag["target_range"])],
                 ["prediction range", " .. ".join(f"{v:.4g}" for v in diag["prediction_range"])]]
@@ -453,8 +443,6 @@ class RegressionTask(_OneGroup, Task):
                 + "\n\n![predicted vs true](scatter.png)\n\n![residuals](residuals.png)")
 
     def draw_diagnostics(self, commit, out, diag, method, columns, y, pred):
-        from .plots import plot_residuals, plot_scatter
-
         return [plot_scatter(commit, out / "scatter.png", y, pred[:, 0], f"{method}: OOF predicted vs true"),
                 plot_residuals(commit, out / "residuals.png", y, pred[:, 0], f"{method}: OOF residuals")]
 
@@ -591,8 +579,6 @@ class MultilabelTask(_OneGroup, Task):
                                "roc_auc": M.auc(y[:, j], pred[:, j])} for j, c in enumerate(columns)}}
 
     def diagnostics_section(self, diag, method, columns):
-        from .formatting import format_table
-
         rows = []
         for c, s in diag["labels"].items():
             f1 = 2 * s["tp"] / max(s["positives"] + s["predicted"], 1)
@@ -603,8 +589,6 @@ class MultilabelTask(_OneGroup, Task):
                                markdown=True) + "\n\n![per-label scores](labels.png)")
 
     def draw_diagnostics(self, commit, out, diag, method, columns, y, pred):
-        from .plots import plot_matrix
-
         values = np.array([[s["roc_auc"], 2 * s["tp"] / max(s["positives"] + s["predicted"], 1)]
                            for s in diag["labels"].values()])
         return [plot_matrix(commit, out / "labels.png", values, ["roc_auc", "f1"], columns,

@@ -10,7 +10,7 @@ from . import cli
 from .config import ExperimentConfig, ModelConfig
 from .driver import open_run, train_models
 from .errors import PipelineError
-from .store import models_dir
+from .layout import models_dir
 
 
 

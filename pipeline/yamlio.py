@@ -19,7 +19,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import PipelineError, excerpt
-from .io import read_bytes
+from .fileio import read_bytes
 
 MAX_NODES = 100_000   # values in the tree with every alias expanded; a large config has a few hundred
 MAX_DEPTH = 100       # nesting: PyYAML's composer recurses and its scanner is quadratic in the flow

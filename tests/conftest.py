@@ -106,6 +106,14 @@ def base_config(tmp: Path, **extra) -> dict:
     return cfg
 
 
+def stage_main(stage: str):
+    """The `main` of stage script pipeline.<stage>, to run it in-process through cli.run as
+    `python -m pipeline.<stage>` would (a stage script is run, never imported for its code)."""
+    import importlib
+
+    return importlib.import_module(f"pipeline.{stage}").main
+
+
 @dataclass
 class Exp:
     tmp: Path
@@ -113,9 +121,7 @@ class Exp:
 
     def run(self, stage: str, *args: str) -> int:
         """Run a stage in-process like its script would; returns the exit code."""
-        import importlib
-
-        main = importlib.import_module(f"pipeline.{stage}").main
+        main = stage_main(stage)
         try:
             cli.run(main, [str(self.config), *args])
         except SystemExit as e:

@@ -12,7 +12,8 @@ from pipeline.augment import augment_split, eda
 from pipeline.config import AugmentConfig, load_config
 from pipeline.data import Split, Table, whole
 from pipeline.models import registry
-from pipeline.store import load_folds, load_prepared
+from pipeline.fold_assignment import load_folds
+from pipeline.prepared import load_prepared
 from pipeline.views import make_lemmatizer, normalise, table_views
 
 AUG = {"copies": 2, "random_swap": 0.2, "random_delete": 0.1, "random_insert": 0.1, "swap": True}
@@ -85,7 +86,7 @@ def test_mlm_op_calls_the_substitute_function(spy, monkeypatch):
         seen.append((len(texts), backbone, rate, seed))
         return [t + " zz" for t in texts]
 
-    monkeypatch.setitem(sys.modules, "pipeline.mlm", types.SimpleNamespace(substitute=substitute))
+    monkeypatch.setitem(sys.modules, "pipeline.models.mlm", types.SimpleNamespace(substitute=substitute))
     spy_config(spy, {"copies": 1, "mlm": 0.15, "mlm_backbone": "tiny-mlm"})
     assert spy.run("train") == 0
     c = spy_model.CALLS[0]

@@ -4,7 +4,7 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
-from pipeline.store import data_dir
+from pipeline.layout import data_dir
 
 
 def test_defaults_file_then_overrides(exp):

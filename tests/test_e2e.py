@@ -20,7 +20,7 @@ def test_run_all_on_tiny_config_then_inspect(exp):
     assert r.returncode == 0, r.stderr[-2000:]
     sub = pd.read_csv(exp.tmp / "subs" / "tiny.csv", dtype=str)
     assert len(sub) == 30 and sub["id"].is_unique
-    r = sh(sys.executable, "-m", "pipeline.inspect", str(exp.models),
+    r = sh(sys.executable, "-m", "pipeline.inspect_models", str(exp.models),
            "--labels", str(exp.tmp / "work" / "tiny" / "prepared" / "train.jsonl"))
     assert r.returncode == 0, r.stderr
     assert "OOF correlation" in r.stdout and "plgbm" in r.stdout and "fold2" in r.stdout
@@ -66,7 +66,7 @@ def test_demo_config_runs_a_pseudo_label_round_shown_in_the_report(tmp_path):
     """configs/default.yaml as shipped (its MiniLM swapped for a tiny random BERT, fewer rows and
     trees): run_all.sh trains, runs one pseudo-label round and the report shows it."""
     from conftest import tiny_bert
-    from pipeline.demo import write_demo
+    from pipeline.synthetic import write_demo
 
     write_demo(tmp_path / "demo", n_train=120, n_test=40)
     words = sorted({w for t in pd.read_csv(tmp_path / "demo" / "train.csv")["text_a"] for w in t.lower().split()})

@@ -7,8 +7,8 @@ import pytest
 
 from pipeline.config import ExperimentConfig
 from pipeline.combiners import Blender, Stacker, Voter
-from pipeline.ensembling import choose_submit, honest_oof
-from pipeline.io import read_json, sha256_file, write_json
+from pipeline.combination import choose_submit, honest_oof
+from pipeline.fileio import read_json, sha256_file, write_json
 from pipeline.metrics import decide
 
 from conftest import tiny_pairs

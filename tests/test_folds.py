@@ -5,8 +5,9 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
-from pipeline.splits import pair_groups
-from pipeline.store import load_folds, load_prepared
+from pipeline.fold_assignment import pair_groups
+from pipeline.fold_assignment import load_folds
+from pipeline.prepared import load_prepared
 
 
 def test_every_row_in_exactly_one_fold(prepared):

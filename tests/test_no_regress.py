@@ -1,5 +1,6 @@
 """Nothing regresses: the classification path gives the matrices and submissions the code gave
-before task types existed.
+before task types existed, and the regression and multilabel paths what they gave before the
+package was layered.
 
 GOLDEN holds the sha256 of every matrix and submission of a tiny binary and a tiny 3-class
 experiment, recorded with the pre-task code (commit 8fdf6c9) on the project's machine and checked
@@ -37,6 +38,32 @@ def build(tmp: Path, classes: int) -> Exp:
     cfg["models"].append({"name": "tlgbm", "kind": "tfidf_lgbm", "view": "lemma",
                           "params": {"n_estimators": 15, "n_jobs": 1, "min_df": 1}})
     cfg["ensemble"] = {"methods": ["stack", "blend", "vote", "best"], "submit": "auto"}
+    e = Exp(tmp, tmp / "tiny.yaml")
+    e.write_config(cfg)
+    return e
+
+
+def build_task(tmp: Path, task: str) -> Exp:
+    """A tiny regression (pair scores, ridge + pair LightGBM) or multilabel (single texts, three
+    0/1 labels, per-label LR + LightGBM) experiment with every ensemble method."""
+    (tmp / "in").mkdir(parents=True)
+    train, test = tiny_pairs(90, 0), tiny_pairs(30, 1, labelled=False)
+    cfg = base_config(tmp)
+    methods = ["stack", "blend", "vote", "best", "select", "rank"]
+    if task == "regression":
+        train["label"] = [round((i * 7 % 11) / 2.0 + train["label"][i], 1) for i in range(len(train))]
+        cfg.update(task="regression", metric="pearson")
+    else:
+        for j, c in enumerate(["g", "b", "n"]):
+            train[c] = [(i + j) % 2 if j < 2 else (i // 2) % 2 for i in range(len(train))]
+        train, test = train.drop(columns=["label", "text_b"]), test.drop(columns=["text_b"])
+        cfg.update(task="multilabel", metric="roc_auc")
+        cfg["data"].update(label=["g", "b", "n"], text_b=None)
+        cfg["models"] = [cfg["models"][0], {"name": "tlgbm", "kind": "tfidf_lgbm", "view": "lemma",
+                                            "params": {"n_estimators": 15, "n_jobs": 1, "min_df": 1}}]
+    train.to_csv(tmp / "in" / "train.csv", index=False)
+    test.to_csv(tmp / "in" / "test.csv", index=False)
+    cfg["ensemble"] = {"methods": methods, "submit": "auto"}
     e = Exp(tmp, tmp / "tiny.yaml")
     e.write_config(cfg)
     return e
@@ -152,10 +179,107 @@ GOLDEN: dict[int, dict[str, str]] = {
 }
 
 
+# The same for the other task types, recorded with the code before the package was layered
+# (commit 2e3f4eb), on the project's machine (Intel Xeon with AMX).
+GOLDEN_TASKS: dict[str, dict[str, str]] = {'multilabel': {'models/tiny/ensembles/best/oof.npy': 'abcb2687b3ebb342',
+                'models/tiny/ensembles/best/test.npy': 'd553b14f766c4ab9',
+                'models/tiny/ensembles/blend/oof.npy': '99f408871ab22bda',
+                'models/tiny/ensembles/blend/test.npy': 'd32ab0fe03b07b4e',
+                'models/tiny/ensembles/rank/oof.npy': '4dbff6e8094a175f',
+                'models/tiny/ensembles/rank/test.npy': '6124ac8272622249',
+                'models/tiny/ensembles/select/oof.npy': 'abcb2687b3ebb342',
+                'models/tiny/ensembles/select/test.npy': 'd553b14f766c4ab9',
+                'models/tiny/ensembles/stack/oof.npy': '21e6c54ef4604a75',
+                'models/tiny/ensembles/stack/test.npy': '30bafbafcf9b5a40',
+                'models/tiny/ensembles/vote/oof.npy': '1c8fe5e91e41ec1f',
+                'models/tiny/ensembles/vote/test.npy': '36951efedadc85c4',
+                'models/tiny/lr/fold0/lr_coef.npy': 'af8821c4c147586b',
+                'models/tiny/lr/fold0/lr_intercept.npy': 'a46073ca7afa66a3',
+                'models/tiny/lr/fold0/test_pred.npy': 'c6ebb649e7f0bf81',
+                'models/tiny/lr/fold0/val_pred.npy': '8c07c110de321c1a',
+                'models/tiny/lr/fold1/lr_coef.npy': '044ae936ff52afcb',
+                'models/tiny/lr/fold1/lr_intercept.npy': '8961a2ab26b9bc44',
+                'models/tiny/lr/fold1/test_pred.npy': '187ff7e55193a888',
+                'models/tiny/lr/fold1/val_pred.npy': 'c9e58d91b0a2a80a',
+                'models/tiny/lr/fold2/lr_coef.npy': '84e02ef1a8b68fb4',
+                'models/tiny/lr/fold2/lr_intercept.npy': '0b8cd0c827e73fda',
+                'models/tiny/lr/fold2/test_pred.npy': '66b552e4494e45d8',
+                'models/tiny/lr/fold2/val_pred.npy': '6e2d747081992683',
+                'models/tiny/lr/oof.npy': '0c4e9af073286e3b',
+                'models/tiny/lr/test.npy': 'de54197fc8f50736',
+                'models/tiny/lr/test_folds.npy': '1d2fd5d861816c9b',
+                'models/tiny/tlgbm/fold0/test_pred.npy': '7bce45afc8affa77',
+                'models/tiny/tlgbm/fold0/val_pred.npy': '8e2f7b33fe9274a8',
+                'models/tiny/tlgbm/fold1/test_pred.npy': '862e723de8e0fb58',
+                'models/tiny/tlgbm/fold1/val_pred.npy': '6959d556e6fe50a8',
+                'models/tiny/tlgbm/fold2/test_pred.npy': 'be3ef335afbb3d5c',
+                'models/tiny/tlgbm/fold2/val_pred.npy': '875d7cc1daf7d591',
+                'models/tiny/tlgbm/oof.npy': 'abcb2687b3ebb342',
+                'models/tiny/tlgbm/test.npy': 'd553b14f766c4ab9',
+                'models/tiny/tlgbm/test_folds.npy': 'f3fd9120f3750744',
+                'subs/tiny.csv': '1f0c63f12c135708',
+                'subs/tiny_best.csv': 'f006564e03fd68fd',
+                'subs/tiny_blend.csv': 'f006564e03fd68fd',
+                'subs/tiny_rank.csv': '549ece2282540178',
+                'subs/tiny_select.csv': 'f006564e03fd68fd',
+                'subs/tiny_stack.csv': '1f0c63f12c135708',
+                'subs/tiny_vote.csv': '64aef2dc58ad8db0',
+                'work/tiny/folds.csv': '17ab7dd638446957'},
+ 'regression': {'models/tiny/ensembles/best/oof.npy': '8da83942262696c7',
+                'models/tiny/ensembles/best/test.npy': 'cd08a58aeeaf74ce',
+                'models/tiny/ensembles/blend/oof.npy': '0fb4be61ba405c85',
+                'models/tiny/ensembles/blend/test.npy': '73e00a1cae40cdd8',
+                'models/tiny/ensembles/rank/oof.npy': '3abc7dfe2545afa1',
+                'models/tiny/ensembles/rank/test.npy': '50262f57a39da33a',
+                'models/tiny/ensembles/select/oof.npy': '2d16c4ce2d466f20',
+                'models/tiny/ensembles/select/test.npy': 'cd08a58aeeaf74ce',
+                'models/tiny/ensembles/stack/oof.npy': '61f9984cb65aefd3',
+                'models/tiny/ensembles/stack/test.npy': '05a4f29279bb8303',
+                'models/tiny/ensembles/vote/oof.npy': 'e008fcbb87a28303',
+                'models/tiny/ensembles/vote/test.npy': '40b6a0a85692228b',
+                'models/tiny/lr/fold0/lr_coef.npy': 'b022d83d6155e984',
+                'models/tiny/lr/fold0/lr_intercept.npy': '4b8abc1b19baf681',
+                'models/tiny/lr/fold0/test_pred.npy': 'f2d2c311633b5b8b',
+                'models/tiny/lr/fold0/val_pred.npy': 'c5684a6e70781d9c',
+                'models/tiny/lr/fold1/lr_coef.npy': '9145b47fb0b8c6cd',
+                'models/tiny/lr/fold1/lr_intercept.npy': 'c9803ee2c7af0cdd',
+                'models/tiny/lr/fold1/test_pred.npy': '2a68e6cac198564f',
+                'models/tiny/lr/fold1/val_pred.npy': '6388cef06088da54',
+                'models/tiny/lr/fold2/lr_coef.npy': 'd3a11f47832681a6',
+                'models/tiny/lr/fold2/lr_intercept.npy': '0816f897423bd662',
+                'models/tiny/lr/fold2/test_pred.npy': '76b8421de5e7c185',
+                'models/tiny/lr/fold2/val_pred.npy': '9e53fd9dea51f88b',
+                'models/tiny/lr/oof.npy': 'f57c7c52fa8373d8',
+                'models/tiny/lr/test.npy': 'e7b31ada80f15c13',
+                'models/tiny/lr/test_folds.npy': '3c765df6cbf5a460',
+                'models/tiny/plgbm/fold0/test_pred.npy': 'e9b4f59c7ffbe16d',
+                'models/tiny/plgbm/fold0/val_pred.npy': 'a7f6ddb24c3a2d3f',
+                'models/tiny/plgbm/fold1/test_pred.npy': 'd254fde8d2127009',
+                'models/tiny/plgbm/fold1/val_pred.npy': 'f21ab5ad4712feb3',
+                'models/tiny/plgbm/fold2/test_pred.npy': '01b9f18896ff2e47',
+                'models/tiny/plgbm/fold2/val_pred.npy': '55055f4c6aeaf4b2',
+                'models/tiny/plgbm/oof.npy': 'e90b96ce22549ded',
+                'models/tiny/plgbm/test.npy': 'cd08a58aeeaf74ce',
+                'models/tiny/plgbm/test_folds.npy': 'e13ece8f0246676f',
+                'subs/tiny.csv': '8bb366f6d12c591d',
+                'subs/tiny_best.csv': '74c4458c2b382191',
+                'subs/tiny_blend.csv': '95bf8392fd5015de',
+                'subs/tiny_rank.csv': '4fecc57aac861ad6',
+                'subs/tiny_select.csv': '74c4458c2b382191',
+                'subs/tiny_stack.csv': '876ae3e2924ce169',
+                'subs/tiny_vote.csv': '8bb366f6d12c591d',
+                'work/tiny/folds.csv': '35cc8cc278d51a20'}}
+
+
 @pytest.mark.parametrize("classes", [2, 3])
 def test_classification_outputs_unchanged(tmp_path, classes):
     got = hashes(build(tmp_path, classes))
     assert got == GOLDEN[classes]
+
+
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_other_task_outputs_unchanged(tmp_path, task):
+    assert hashes(build_task(tmp_path, task)) == GOLDEN_TASKS[task]
 
 
 if __name__ == "__main__":
@@ -164,3 +288,6 @@ if __name__ == "__main__":
     for c in (2, 3):
         with tempfile.TemporaryDirectory() as d:
             print(c, hashes(build(Path(d), c)))
+    for t in ("regression", "multilabel"):
+        with tempfile.TemporaryDirectory() as d:
+            print(t, hashes(build_task(Path(d), t)))

@@ -15,12 +15,13 @@ import torch
 import yaml
 
 from conftest import ROOT, WORDS, Exp, tiny_pairs, tiny_roberta
-from pipeline import mlm
+from pipeline.models import mlm
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.faults import KILL_AT
-from pipeline.io import read_json
-from pipeline.store import checked_models, identity, load_prepared
+from pipeline.fileio import read_json
+from pipeline.prepared import load_prepared
+from pipeline.provenance import checked_models, identity
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # words of conftest.tiny_pairs cut into WordPiece pieces, so whole-word masking has pieces to join
@@ -278,7 +279,7 @@ def test_synonyms_mlm_without_a_masked_lm_is_one_line(exp):
 def test_a_member_on_the_pretrained_backbone_is_served_as_predicted(exp, tiny_bert):
     """embed_lr on pretrained:mlm: the serving loader finds the pretrain stage's folder and
     predicts the ensemble's test matrix."""
-    from pipeline import serve
+    from pipeline import predictor
     from pipeline.views import table_of
 
     emb = {"name": "emb", "kind": "embed_lr", "view": "lower", "params": {"backbone": "pretrained:mlm", "max_length": 32}}
@@ -286,10 +287,10 @@ def test_a_member_on_the_pretrained_backbone_is_served_as_predicted(exp, tiny_be
     for stage in ("preprocess", "folds", "pretrain", "train", "ensemble"):
         assert exp.run(stage) == 0, stage
     cfg = load_config(exp.config)
-    ens = serve.load_ensemble(cfg)
+    ens = predictor.load_ensemble(cfg)
     _, test, _ = load_prepared(cfg)
     a, b = test.views["raw"]
-    combined, _ = serve.predict(ens, table_of("t", test.ids, a, b, ens.views))
+    combined, _ = predictor.predict(ens, table_of("t", test.ids, a, b, ens.views))
     summary = read_json(exp.models / "ensembles" / "summary.json")
     expected = np.load(exp.models / "ensembles" / summary["submitted"] / "test.npy")
     assert np.abs(combined - expected).max() <= 1e-5

@@ -132,7 +132,7 @@ def test_transformer_fit_and_predict_restore_threads_and_rng(encoder_dir, user_s
 
 
 def test_embeddings_restore_the_rng(encoder_dir, user_state):
-    from pipeline.models.embed import load_encoder, split_embeddings
+    from pipeline.models.encoder import load_encoder, split_embeddings
     from test_transformer import folds, make_table
 
     before = process_state()

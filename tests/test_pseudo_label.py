@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from pipeline.config import PseudoConfig, load_config
-from pipeline.io import read_json, sha256_file
+from pipeline.fileio import read_json, sha256_file
 from pipeline.models import registry
-from pipeline.store import load_folds, load_prepared
-from pipeline.pseudo_label import Rules, class_quotas, resolve_rules, select_fold
+from pipeline.fold_assignment import load_folds
+from pipeline.prepared import load_prepared
+from pipeline.rounds import Rules, class_quotas, resolve_rules, select_fold
 from pipeline.tasks import class_vote as vote
 
 # ----------------------------------------------------------------------------- selection rules

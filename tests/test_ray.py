@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, Exp, base_config, tiny_pairs
-from pipeline.executor import loopback_only
+from pipeline.ray_backend import loopback_only
 from pipeline.faults import KILL_AT, KILL_ONCE_AT, KILL_ONCE_MARKER, RAISE_AT
 from test_kill import comparable as kill_comparable
 

@@ -22,10 +22,10 @@ import pytest
 
 from conftest import ROOT, Exp, base_config, tiny_pairs
 from pipeline.artifacts import mixed_versions
-from pipeline.io import safe_load_safetensors
+from pipeline.fileio import safe_load_safetensors
 from pipeline.errors import PipelineError
 from pipeline.faults import ENOSPC_AT
-from pipeline.io import read_json, read_npy, sha256_file, write_json
+from pipeline.fileio import read_json, read_npy, sha256_file, write_json
 
 STAGES = ("preprocess", "folds", "train", "ensemble")
 
@@ -466,7 +466,7 @@ def test_read_only_output_directory(done, capsys, monkeypatch):
     def read_only(*a, **kw):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr("pipeline.io.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("pipeline.fileio.tempfile.mkstemp", read_only)
     line = refused(done, capsys, "ensemble")
     assert "cannot write" in line and "ensembles/stack/oof.npy: Read-only file system" in line
     assert_unchanged(before, done.tmp)
@@ -476,7 +476,7 @@ def test_os_error_outside_the_writers_is_one_line(exp, capsys, monkeypatch):
     def denied(*a, **kw):
         raise PermissionError(13, "Permission denied", "/somewhere/lemmas")
 
-    monkeypatch.setattr("pipeline.preprocess.make_lemmatizer", denied)
+    monkeypatch.setattr("pipeline.prepared.make_lemmatizer", denied)
     assert refused(exp, capsys, "preprocess") == "error: [Errno 13] Permission denied: '/somewhere/lemmas'"
 
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, Exp, base_config, tiny_pairs
-from pipeline import store
+from pipeline import layout, names
 from pipeline.config import load_config
 from pipeline.faults import ENOSPC_AT
 from test_reliability import assert_unchanged, done, make_exp, one_line, refused, snapshot, template  # noqa: F401
@@ -148,7 +148,7 @@ def test_random_names_never_write_outside_the_roots(tmp_path):
         assert files_outside(roots, top) == [], (cfg["experiment"], cfg["models"][0]["name"])
         for d in ("models", "work"):
             for p in (sandbox / d).glob("*"):
-                assert store.NAME.fullmatch(p.name), p
+                assert names.NAME.fullmatch(p.name), p
     assert sorted(os.listdir(ROOT)) == cwd_before
 
 
@@ -314,8 +314,8 @@ def test_a_second_process_on_the_experiment_is_refused_naming_the_holder(exp, ca
     cfg = load_config(exp.config)
     child = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, sys.argv[1])\n"
-        "from pipeline.config import load_config\nfrom pipeline import store\n"
-        "with store.experiment_lock(load_config(sys.argv[2])):\n"
+        "from pipeline.config import load_config\nfrom pipeline import layout\n"
+        "with layout.experiment_lock(load_config(sys.argv[2])):\n"
         "    print('held', flush=True); time.sleep(60)"), str(ROOT), str(exp.config)],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -328,7 +328,7 @@ def test_a_second_process_on_the_experiment_is_refused_naming_the_holder(exp, ca
         child.kill()
         child.wait()
     assert exp.run("preprocess") == 0  # the lock died with its holder
-    assert store.work_dir(cfg).is_dir()
+    assert layout.work_dir(cfg).is_dir()
 
 
 @pytest.mark.parametrize("change", ["ensemble settings", "a model retrained"])

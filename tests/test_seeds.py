@@ -7,7 +7,8 @@ import yaml
 import spy_model
 from pipeline.config import load_config, model_identity
 from pipeline.models import registry
-from pipeline.store import load_folds, load_prepared
+from pipeline.fold_assignment import load_folds
+from pipeline.prepared import load_prepared
 
 
 def spy_config(exp, **model):

@@ -12,9 +12,9 @@ from pipeline import tasks
 from pipeline.artifacts import Matrices
 from pipeline.combiners import HillClimber, LabelRankAverager, RankAverager, ValueRankAverager
 from pipeline.config import ExperimentConfig, load_config
-from pipeline.ensembling import combine, honest_oof
+from pipeline.combination import combine, honest_oof
 from pipeline.errors import PipelineError
-from pipeline.io import read_json
+from pipeline.fileio import read_json
 
 CLS = tasks.get("classification")
 

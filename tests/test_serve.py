@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, WORDS, Exp, base_config, tiny_bert, tiny_pairs
+from conftest import ROOT, WORDS, Exp, base_config, stage_main, tiny_bert, tiny_pairs
 from test_tasks import VOCAB, experiment, multilabel_texts, regression_pairs
 
 BERT_TOL = 1e-5   # fp32 transformer members on CPU (README "Serving")
@@ -191,10 +191,10 @@ def test_concurrent_requests_are_micro_batched(served):
 
 def refusal(capsys, e: Exp, *overrides: str) -> str:
     """The one line `python -m pipeline.serve` exits 2 with (run in-process: it fails before listening)."""
-    from pipeline import cli, serve
+    from pipeline import cli
 
     with pytest.raises(SystemExit) as exit_:
-        cli.run(serve.main, [str(e.config), *overrides, "--port", str(free_port())])
+        cli.run(stage_main("serve"), [str(e.config), *overrides, "--port", str(free_port())])
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
@@ -254,7 +254,8 @@ def test_multilabel_served_in_process_with_label_thresholds(tmp_path):
     the app in-process."""
     from fastapi.testclient import TestClient
 
-    from pipeline import serve
+    from pipeline.http_app import create_app
+    from pipeline.predictor import load_ensemble
     from pipeline.config import load_config
 
     labels = ["finance", "sport", "politics"]
@@ -267,9 +268,9 @@ def test_multilabel_served_in_process_with_label_thresholds(tmp_path):
                    ensemble={"methods": ["stack", "vote"], "submit": "stack"})
     for stage in ("preprocess", "folds", "train", "ensemble"):
         assert e.run(stage) == 0, stage
-    ens = serve.load_ensemble(load_config(e.config))
+    ens = load_ensemble(load_config(e.config))
     rows = [{"id": r["id"], "text_a": r["text"]} for r in test.to_dict("records")]
-    with TestClient(serve.create_app(ens)) as client:
+    with TestClient(create_app(ens)) as client:
         r = client.post("/predict", json={"rows": rows})
     assert r.status_code == 200, r.text
     got = np.array([[row["probabilities"][c] for c in labels] for row in r.json()["rows"]])

@@ -11,13 +11,14 @@ from sklearn.linear_model import LogisticRegression
 import spy_model
 from pipeline.config import load_config
 from pipeline.data import Split, whole
-from pipeline.io import read_json, sha256_file
+from pipeline.fileio import read_json, sha256_file
 from pipeline.models import registry
 from pipeline.models.base import FitContext
 from pipeline.models.classical import PairLGBM, TfidfLR
 from pipeline.models.params import PairLGBMParams, TfidfLRParams
-from pipeline.pseudo_label import CSV_COLUMNS
-from pipeline.store import load_folds, load_prepared
+from pipeline.pseudo_labels import CSV_COLUMNS
+from pipeline.fold_assignment import load_folds
+from pipeline.prepared import load_prepared
 from pipeline.tasks import PerLabel
 
 PSEUDO = {"enabled": True, "rounds": 1, "min_confidence": 0.5, "max_fraction": 1.0, "keep_class_balance": False}

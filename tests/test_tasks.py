@@ -18,9 +18,9 @@ from conftest import Exp, base_config, tiny_bert
 from pipeline import metrics as M
 from pipeline import tasks
 from pipeline.config import load_config
-from pipeline.ensembling import honest_oof
+from pipeline.combination import honest_oof
 from pipeline.errors import PipelineError
-from pipeline.io import read_json
+from pipeline.fileio import read_json
 
 FIN, SPORT, POL = ["stock", "market", "bank", "profit"], ["team", "game", "win", "goal"], ["vote", "court", "council", "law"]
 FILLER = ["city", "plan", "day", "report", "people", "new", "said", "year"]
@@ -129,9 +129,9 @@ def test_regression_end_to_end(tmp_path, bert_dir):
     assert (report / "scatter.png").is_file() and (report / "residuals.png").is_file()
     assert not (report / "confusion.png").exists()
     assert "oof rmse" in (report / "report.md").read_text()
-    from pipeline import inspect
+    from conftest import stage_main
 
-    assert inspect.main([str(e.models), "--labels", str(tmp_path / "work" / "tiny" / "prepared" / "train.jsonl"),
+    assert stage_main("inspect_models")([str(e.models), "--labels", str(tmp_path / "work" / "tiny" / "prepared" / "train.jsonl"),
                          "--metric", "rmse"]) == 0
 
 
@@ -433,7 +433,7 @@ def chinese_pairs(n: int, seed: int) -> pd.DataFrame:
 
 
 def test_chinese_text_is_segmented_and_recorded(tmp_path):
-    from pipeline.store import load_prepared
+    from pipeline.prepared import load_prepared
 
     pair = {"name": "plgbm", "kind": "pair_lgbm", "view": "raw", "params": {"n_estimators": 20, "n_jobs": 1}}
     e = experiment(tmp_path, chinese_pairs(60, 0), chinese_pairs(12, 1).drop(columns=["label"]),
@@ -453,7 +453,7 @@ def test_chinese_text_is_segmented_and_recorded(tmp_path):
 
 
 def test_english_text_is_not_segmented(tmp_path):
-    from pipeline.preprocess import han_share, make_segmenter
+    from pipeline.views import han_share, make_segmenter
 
     assert make_segmenter("auto", ["the market rose", "shares fell 3%"])[0] == "none"
     assert han_share(ZH) > 0.9 and make_segmenter("auto", ZH)[0] == "jieba"
@@ -465,7 +465,7 @@ def test_english_text_is_not_segmented(tmp_path):
 
 
 def test_regression_teachers_agree_within_tolerance_and_spread():
-    from pipeline.pseudo_label import Rules, select_fold
+    from pipeline.rounds import Rules, select_fold
 
     train_y = np.array([0.0, 2.0] * 10)                    # std 1
     probas = np.array([[1.0, 1.0], [1.05, 2.0], [1.02, 1.02]])[:, :, None]   # (3 teachers, 2 rows, 1)

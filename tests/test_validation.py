@@ -1,7 +1,7 @@
 """Out-of-range values and hostile input give one clear line, never a traceback.
 
 Model params (every kind's ranges), texts with no word characters, YAML configs (repeated keys,
-alias bombs, bad encodings, syntax errors) and `pipeline.inspect` on mismatched inputs. Each
+alias bombs, bad encodings, syntax errors) and `pipeline.inspect_models` on mismatched inputs. Each
 refusal is checked the way a user meets it where that is cheap: exit code 2, one stderr line that
 starts with `error: ` and names the key or file, and nothing written.
 """
@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, Exp, base_config, tiny_pairs
+from conftest import ROOT, Exp, base_config, stage_main, tiny_pairs
 from pipeline import cli
-from pipeline import inspect as inspect_stage
 from pipeline.errors import InvalidValue, PipelineError
-from pipeline.io import read_json, sha256_file, write_json
+from pipeline.fileio import read_json, sha256_file, write_json
 from pipeline.models import params as P
 from pipeline.models.heads import HEADS
 from pipeline.yamlio import MAX_NODES, load_yaml, load_yaml_value, read_config_text
@@ -381,7 +380,7 @@ def models(trained, tmp_path) -> Path:
 
 def run_inspect(*args: str) -> int:
     try:
-        cli.run(inspect_stage.main, [str(a) for a in args])
+        cli.run(stage_main("inspect_models"), [str(a) for a in args])
     except SystemExit as e:
         return int(e.code or 0)
     return 0
