@@ -337,8 +337,13 @@ class RegressionTask(_OneGroup, Task):
         return out
 
     def check_labels(self, y: np.ndarray, metric: str, path: str) -> None:
+        """qwk: integer targets spanning at most M.QWK_MAX_RATINGS ratings; any metric: not constant."""
         if metric == "qwk" and not M.is_integral(y):
             raise PipelineError(f"{path}: metric qwk needs integer targets, the label column holds non-integers "
+                                "(use rmse, mae, pearson or spearman)")
+        if metric == "qwk" and not M.is_ratings(y):
+            raise PipelineError(f"{path}: metric qwk needs at most {M.QWK_MAX_RATINGS} ratings from the lowest "
+                                f"target to the highest, the targets span {y.min():.0f}..{y.max():.0f} "
                                 "(use rmse, mae, pearson or spearman)")
         if len(y) and np.ptp(y) == 0:
             raise PipelineError(f"{path}: every label is {y[0]}: nothing to learn")

@@ -4,11 +4,16 @@ training, a float32 overflow or a huge allocation. Byte bounds are overridden by
 variables here, so the tests stay small."""
 from __future__ import annotations
 
+import tracemalloc
+
+import numpy as np
 import pytest
 
 from conftest import base_config, tiny_pairs
+from pipeline import metrics as M
 from pipeline.config import AugmentConfig
 from pipeline.errors import PipelineError
+from pipeline.tasks import TASKS
 
 
 def one_line_error(fn, *args, **kw) -> str:
@@ -36,6 +41,50 @@ def train_labels(exp, labels: list[str], **cfg) -> None:
     config = base_config(exp.tmp, **cfg)
     config["models"] = config["models"][:1]
     exp.write_config(config)
+
+
+# ----------------------------------------------------------------------------- qwk
+
+
+def test_qwk_rating_range_refused_before_training(exp, capsys):
+    train_labels(exp, [str(i * 11_111) for i in range(91)], task="regression", metric="qwk")  # 0..999,990
+    line = refused(exp, capsys)
+    assert "train.csv" in line and f"at most {M.QWK_MAX_RATINGS} ratings" in line and "0..999990" in line
+
+
+def test_qwk_range_at_the_bound_passes():
+    y = np.array([0.0, M.QWK_MAX_RATINGS - 1.0, 3.0])
+    TASKS["regression"].check_labels(y, "qwk", "t.csv")
+    with pytest.raises(PipelineError, match=f"at most {M.QWK_MAX_RATINGS} ratings"):
+        TASKS["regression"].check_labels(np.r_[y, M.QWK_MAX_RATINGS], "qwk", "t.csv")
+
+
+def confusion_qwk(a: np.ndarray, b: np.ndarray) -> float:
+    """QWK from the full confusion matrix over every rating from the lowest to the highest."""
+    lo, k = min(a.min(), b.min()), int(max(a.max(), b.max()) - min(a.min(), b.min()) + 1)
+    conf = np.zeros((k, k))
+    np.add.at(conf, (a - lo, b - lo), 1)
+    expected = np.outer(conf.sum(1), conf.sum(0)) / conf.sum()
+    w = (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2
+    return 1.0 if (w * expected).sum() == 0 else 1 - (w * conf).sum() / (w * expected).sum()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_qwk_equals_the_confusion_matrix_formula(seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(-3, 9, 50), rng.integers(0, 12, 50)  # ratings with gaps and unequal ranges
+    assert np.isclose(M.qwk(a, b), confusion_qwk(a, b))
+    assert M.qwk(a, a) == 1.0 and M.qwk(np.full(4, 2), np.full(4, 2)) == 1.0
+
+
+def test_qwk_of_a_huge_rating_range_allocates_nothing_big():
+    a = np.array([0, 1_000_000, 500_000, 3] * 1000)
+    tracemalloc.start()
+    value = M.qwk(a, a[::-1].copy())
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.isfinite(value) and peak < 10 * a.nbytes  # the confusion matrix would be 8 TB
+    assert "qwk" not in M.regression_scores(a.astype(float), a[:, None].astype(float))
 
 
 # ----------------------------------------------------------------------------- augmentation copies
