@@ -12,8 +12,9 @@ import pytest
 from conftest import base_config, tiny_pairs
 from pipeline import metrics as M
 from pipeline.config import AugmentConfig
+from pipeline.data import class_order
 from pipeline.errors import PipelineError
-from pipeline.tasks import TASKS
+from pipeline.tasks import MAX_TARGET, TASKS
 
 
 def one_line_error(fn, *args, **kw) -> str:
@@ -41,6 +42,29 @@ def train_labels(exp, labels: list[str], **cfg) -> None:
     config = base_config(exp.tmp, **cfg)
     config["models"] = config["models"][:1]
     exp.write_config(config)
+
+
+# ----------------------------------------------------------------------------- regression targets
+
+
+def test_huge_regression_target_refused_at_preprocess(exp, capsys):
+    labels = [str(i % 7) for i in range(60)]
+    labels[41] = "1e307"  # finite as float64, overflows float32 in training
+    train_labels(exp, labels, task="regression", metric="rmse")
+    line = refused(exp, capsys)
+    assert "train.csv row 42" in line and "'1e307'" in line and f"{MAX_TARGET:g}" in line
+
+
+@pytest.mark.parametrize("value", ["1e31", "-2e30", "1e400", "-1e999"])
+def test_target_beyond_the_bound(value):
+    msg = one_line_error(TASKS["regression"].encode, ["1", value], ["y"], "t.csv", "y")
+    assert "t.csv row 2" in msg and "bound" in msg
+
+
+def test_target_at_the_bound_accepted():
+    y = TASKS["regression"].encode(["1e30", "-1e30", "0"], ["y"], "t.csv", "y")
+    assert y.tolist() == [1e30, -1e30, 0.0]
+    assert TASKS["regression"].invalid_rows(np.array([1.0, 2e30, np.nan]), 1).tolist() == [1, 2]
 
 
 # ----------------------------------------------------------------------------- qwk
@@ -99,3 +123,29 @@ def test_augment_copies_bound():
 def test_augment_copies_bound_at_config_time(exp, capsys):
     line = refused(exp, capsys, "models.lr.augment.copies=100000", "models.lr.augment.random_swap=0.1")
     assert "augment.copies=100000 must be between 0 and 20" in line
+
+
+# ----------------------------------------------------------------------------- plain numbers
+
+
+@pytest.mark.parametrize("value", ["1_000", "٣", "１", " 1", "0x10", "nan", "inf", "-inf", "1e", "--1", "1,5", "½"])
+def test_regression_label_must_be_a_plain_ascii_number(value):
+    msg = one_line_error(TASKS["regression"].encode, ["1", value], ["y"], "t.csv", "y")
+    assert "t.csv row 2" in msg and repr(value) in msg
+
+
+def test_plain_numbers_accepted():
+    values = ["-1.5e3", ".5", "1.", "+2", "3E-2", "0"]
+    assert TASKS["regression"].encode(values, ["y"], "t.csv", "y").tolist() == [-1500.0, 0.5, 1.0, 2.0, 0.03, 0.0]
+
+
+def test_non_ascii_digit_labels_refused_through_the_file(exp, capsys):
+    train_labels(exp, [str(i % 5) for i in range(59)] + ["٣"], task="regression", metric="rmse")
+    line = refused(exp, capsys)
+    assert "train.csv row 60: label '٣'" in line
+
+
+def test_class_order_by_plain_integers_only():
+    assert class_order(["10", "2", "1"]) == ["1", "2", "10"]
+    assert class_order(["٣", "3", "10"]) == sorted(["٣", "3", "10"])   # not numbers: by name
+    assert class_order(["01", "1", "2"]) == ["01", "1", "2"]             # a tie sorts by name, every run
