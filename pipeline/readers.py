@@ -7,6 +7,13 @@ PipelineError line naming the file (and the row, line or byte where there is one
     bytes --(.gz .bz2 .xz .zip)--> decompressed bytes --(name under the suffix)--> format
     parquet: bytes -> arrow table -> text cells
     others:  bytes --(data.encoding)--> text --> CSV/TSV (pandas) or JSON (json) -> text cells
+
+Rows: every record of the file becomes exactly one row, in order, or the read is refused; `_finish`
+checks the table against the count of records each format reports on its own (for CSV/TSV an
+independent pass of the csv module). A blank line of a CSV/TSV is a row of empty fields (so
+data.on_empty_text decides about its text, and a blank line of a one-column file is an empty
+text); only the newline that ends the last line makes no row, and blank lines before a header row
+belong to no row. A line of JSON lines is one object: a blank line there is refused, naming it.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import json
 import logging
 import lzma
 import math
+import re
 import warnings
 import zipfile
 import zlib
@@ -47,13 +55,14 @@ MAGIC = ((b"\x1f\x8b", "gzip data: name the file *.gz"), (b"BZh", "bzip2 data: n
 
 def read_table(path: Path, fmt: str = "auto", *, header: bool = True, sep: Optional[str] = None,
                encoding: str = "utf-8") -> pd.DataFrame:
-    """Every cell as str (None where missing), column names stripped; no type guessing.
+    """Every cell as str (None where missing), column names stripped; no type guessing; one row
+    per record of the file, in order (see the module docstring).
 
     header=False: CSV/TSV have no header row and their columns are the ints 0..n-1 (JSON keys and
     parquet names stay names). Refused with one line naming the file: a missing, empty or
     undecodable file (UTF-16 named as such), a broken or ambiguous archive, header only,
-    repeated column names, a row with more fields than the header, unparseable quoting or JSON,
-    a file pyarrow cannot read as parquet. A short row's missing trailing fields are None (so the
+    repeated column names, a row with more fields than the header, unparseable quoting or JSON, a
+    blank line of JSON lines, a file pyarrow cannot read as parquet. A short row's missing trailing fields are None (so the
     column mapping reports them). NUL characters are removed with a warning: they are never
     meaningful text and break the C parser. Fields may be any length.
     """
@@ -62,12 +71,12 @@ def read_table(path: Path, fmt: str = "auto", *, header: bool = True, sep: Optio
     name, data = _decompress(data, path)
     fmt = detect_format(Path(name), fmt)
     if fmt == "parquet":
-        df = _read_parquet(data, path)
+        df, records = _read_parquet(data, path)
     else:
         compressed = path.suffix.lower() in COMPRESSIONS
         text = _drop_nuls(_decode(data, path, encoding, compressed), path)
-        df = _parse_text(text, fmt, path, header, _separator(sep, fmt, path))
-    return _finish(df, path, header and fmt in ("csv", "tsv"))
+        df, records = _parse_text(text, fmt, path, header, _separator(sep, fmt, path))
+    return _finish(df, path, header and fmt in ("csv", "tsv"), records)
 
 
 def detect_format(path: Path, fmt: str = "auto") -> str:
@@ -196,7 +205,8 @@ def _separator(sep: Optional[str], fmt: str, path: Path) -> str:
     return sep
 
 
-def _parse_text(text: str, fmt: str, path: Path, header: bool, sep: str) -> pd.DataFrame:
+def _parse_text(text: str, fmt: str, path: Path, header: bool, sep: str) -> tuple[pd.DataFrame, int]:
+    """(table, the number of rows the file holds by the format's own count)."""
     if fmt in ("json", "jsonl"):
         # `[` can only start a JSON array, never a line of JSON lines that we would accept.
         return _read_json_array(text, path) if text.lstrip().startswith("[") else _read_jsonl(text, path)
@@ -204,9 +214,6 @@ def _parse_text(text: str, fmt: str, path: Path, header: bool, sep: str) -> pd.D
         return _read_delimited(text, fmt, path, header, sep)
     except (pd.errors.ParserError, ValueError, csv.Error) as e:
         raise PipelineError(f"{path}: cannot parse as {fmt}: {str(e).strip().splitlines()[-1]}") from None
-    except pd.errors.ParserWarning:
-        raise PipelineError(f"{path}: cannot parse as {fmt}: a row has more fields than the header "
-                            f"({len(_header(text, fmt, sep))} columns)") from None
 
 
 # ----------------------------------------------------------------------------- CSV / TSV
@@ -227,23 +234,55 @@ def _field_size_limit(limit: int) -> Iterator[None]:
         csv.field_size_limit(old)
 
 
+def _records(text: str, fmt: str, sep: str) -> Iterator[list[str]]:
+    """The csv module's records of `text`: one per row of the file, [] for a blank line."""
+    # newline="": a lone \r ends a record as it does for pandas, and \r\n inside quotes stays text.
+    return csv.reader(io.StringIO(text, newline=""), delimiter=sep, quoting=_quoting(fmt))
+
+
 def _header(text: str, fmt: str, sep: str) -> list[str]:
     """The first record's fields as written (pandas would rename a repeated `x` to `x.1`)."""
     with _field_size_limit(FIELD_SIZE_LIMIT):
-        return [c.strip() for c in next(csv.reader(io.StringIO(text), delimiter=sep, quoting=_quoting(fmt)), [])]
+        return [c.strip() for c in next(_records(text, fmt, sep), [])]
 
 
-def _read_delimited(text: str, fmt: str, path: Path, header: bool, sep: str) -> pd.DataFrame:
-    if header:
-        _refuse_repeated(_header(text, fmt, sep), path, "in the header")
+def _count_records(text: str, fmt: str, sep: str) -> tuple[int, int]:
+    """(records of `text` by the csv module, fields of the first non-blank one): the count the
+    table must match whatever pandas does with blank lines, and the width of a header-less file."""
+    n, width = 0, 0
     with _field_size_limit(FIELD_SIZE_LIMIT):
-        # index_col=False: a row with one field too many must not silently turn column 1 into an
-        # index and shift every column left; pandas warns instead, and the caller makes the warning
-        # an error. Without a header pandas refuses such a row itself.
-        with _warnings_as_errors(pd.errors.ParserWarning):
-            return pd.read_csv(io.StringIO(text), sep=sep, quoting=_quoting(fmt), header=0 if header else None,
-                               dtype=str, keep_default_na=False, index_col=False,
-                               engine="python" if fmt == "tsv" else "c")
+        for record in _records(text, fmt, sep):
+            n += 1
+            if not width and any(f.strip() for f in record):
+                width = len(record)
+    return n, width
+
+
+# Blank and whitespace-only lines before the header row: they precede every row, so none is a row.
+_LEADING_BLANK_LINES = re.compile(r"(?:[ \t]*(?:\r\n|\r|\n))*")
+
+
+def _read_delimited(text: str, fmt: str, path: Path, header: bool, sep: str) -> tuple[pd.DataFrame, int]:
+    """(table, records): every record a row, a blank line a row of empty fields (skip_blank_lines
+    off; with it on, a blank line of a one-column file vanished and shifted every later id)."""
+    if header:
+        text = text[_LEADING_BLANK_LINES.match(text).end():]
+        _refuse_repeated(_header(text, fmt, sep), path, "in the header")
+    records, width = _count_records(text, fmt, sep)
+    # index_col=False: a row with one field too many must not silently turn column 1 into an index
+    # and shift every column left; pandas warns instead, and the warning is made an error. Without
+    # a header the names come from the first non-blank record (pandas would refuse a file that
+    # starts with a blank line), and pandas refuses a longer row itself.
+    try:
+        with _field_size_limit(FIELD_SIZE_LIMIT), _warnings_as_errors(pd.errors.ParserWarning):
+            df = pd.read_csv(io.StringIO(text), sep=sep, quoting=_quoting(fmt), header=0 if header else None,
+                             names=None if header else list(range(max(width, 1))), dtype=str,
+                             keep_default_na=False, index_col=False, skip_blank_lines=False,
+                             engine="python" if fmt == "tsv" else "c")
+    except pd.errors.ParserWarning:
+        raise PipelineError(f"{path}: cannot parse as {fmt}: a row has more fields than the header "
+                            f"({len(_header(text, fmt, sep))} columns)") from None
+    return df, records - (1 if header else 0)
 
 
 @contextlib.contextmanager
@@ -270,12 +309,18 @@ def _loads(text: str) -> Any:
     return json.loads(text, parse_int=_Number, parse_float=_Number, parse_constant=_Number)
 
 
-def _read_jsonl(text: str, path: Path) -> pd.DataFrame:
-    rows = []
+def _read_jsonl(text: str, path: Path) -> tuple[pd.DataFrame, int]:
+    """(table, lines): every line one JSON object, so one row; a blank line is refused by its
+    number, since it cannot be a row and skipping it would hide a line that went missing."""
     # split("\n"), not splitlines(): U+2028 and friends are legal inside a JSON string.
-    for i, line in enumerate(text.split("\n"), 1):
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no row
+    rows = []
+    for i, line in enumerate(lines, 1):
         if not line.strip():
-            continue
+            raise PipelineError(f"{path} line {i}: blank line (in JSON lines each line is one row; remove it, "
+                                "or write {} for a row with no values)")
         try:
             obj = _loads(line)
         except json.JSONDecodeError as e:
@@ -283,10 +328,11 @@ def _read_jsonl(text: str, path: Path) -> pd.DataFrame:
         if not isinstance(obj, dict):
             raise PipelineError(f"{path} line {i}: expected a JSON object, got {_json_kind(obj)}")
         rows.append(_json_row(obj))
-    return pd.DataFrame(rows, dtype=object)
+    return pd.DataFrame(rows, dtype=object), len(lines)
 
 
-def _read_json_array(text: str, path: Path) -> pd.DataFrame:
+def _read_json_array(text: str, path: Path) -> tuple[pd.DataFrame, int]:
+    """(table, items) of a JSON array of objects: one row per item."""
     try:
         items = _loads(text)
     except json.JSONDecodeError as e:
@@ -295,7 +341,7 @@ def _read_json_array(text: str, path: Path) -> pd.DataFrame:
         if not isinstance(obj, dict):
             raise PipelineError(f"{path} row {i + 1}: expected an array of JSON objects, item {i + 1} "
                                 f"is {_json_kind(obj)}")
-    return pd.DataFrame([_json_row(obj) for obj in items], dtype=object)
+    return pd.DataFrame([_json_row(obj) for obj in items], dtype=object), len(items)
 
 
 def _json_kind(v: Any) -> str:
@@ -328,8 +374,8 @@ def _json_text(v: Any) -> str:
 # ----------------------------------------------------------------------------- parquet
 
 
-def _read_parquet(data: bytes, path: Path) -> pd.DataFrame:
-    """Columns converted to text the way JSON values are (ints without .0, true/false)."""
+def _read_parquet(data: bytes, path: Path) -> tuple[pd.DataFrame, int]:
+    """(table, the file's row count). Columns converted to text the way JSON values are (ints without .0, true/false)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -341,7 +387,7 @@ def _read_parquet(data: bytes, path: Path) -> pd.DataFrame:
         raise PipelineError(f"{path}: not a readable parquet file ({str(e).strip().splitlines()[0]})") from None
     _refuse_repeated([n.strip() for n in table.column_names], path, "in the parquet schema")
     columns = {name: _arrow_texts(table.column(name).to_pylist(), path, name) for name in table.column_names}
-    return pd.DataFrame(columns, dtype=object) if columns else pd.DataFrame()
+    return (pd.DataFrame(columns, dtype=object) if columns else pd.DataFrame()), table.num_rows
 
 
 def _arrow_texts(values: list, path: Path, column: str) -> list[Optional[str]]:
@@ -372,7 +418,12 @@ def _arrow_cell(v: Any, path: Path, column: str, row: int) -> Optional[str]:
 # ----------------------------------------------------------------------------- common
 
 
-def _finish(df: pd.DataFrame, path: Path, has_header: bool) -> pd.DataFrame:
+def _finish(df: pd.DataFrame, path: Path, has_header: bool, records: int) -> pd.DataFrame:
+    """The parsed table, checked: one row per record of the file (`records`, counted by the
+    format on its own), names unique once stripped, at least one row; missing cells None."""
+    if len(df) != records:  # the one check that no reader drops, splits or merges a row unseen
+        raise PipelineError(f"{path}: read {len(df)} rows but the file holds {records} records; refusing a "
+                            "table that would misalign ids and rows")
     # Positions (header=False) stay ints; names are stripped, which may make two of them equal.
     df.columns = [c.strip() if isinstance(c, str) else c for c in df.columns]
     _refuse_repeated(list(df.columns), path, "(after stripping spaces)")
