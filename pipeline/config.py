@@ -108,7 +108,8 @@ class AugmentConfig:
     swap: bool = False              # pairs: one more copy of every training row as (b, a)
 
     def __post_init__(self):
-        require(self, "copies", lambda v: v >= 0, "0 or more")
+        # each copy adds every training row once more, in memory, per fold: 20 is already a lot
+        require(self, "copies", lambda v: 0 <= v <= 20, "between 0 and 20")
         for key in ("random_swap", "random_delete", "random_insert", "synonym", "mlm"):
             require(self, key, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
         if self.copies and not any((self.random_swap, self.random_delete, self.random_insert, self.synonym, self.mlm)):

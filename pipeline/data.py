@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -240,12 +241,14 @@ def _check_ids(ids: list[str], path: Path, col: Column, hint: str = "") -> None:
 
 
 def class_order(labels: list[str]) -> list[str]:
-    """Sorted class names; numerically when every label is an integer ("2" before "10")."""
+    """Sorted class names; numerically when every label is a plain ASCII integer ("2" before "10").
+
+    int() would also take "٣" and "1_000", and two names equal as numbers ("1", "01") would come
+    out in the set's order, which changes from run to run: ties sort by the name."""
     uniq = set(labels)
-    try:
-        return sorted(uniq, key=int)
-    except ValueError:
-        return sorted(uniq)
+    if all(re.fullmatch(r"[+-]?[0-9]+", c) for c in uniq):
+        return sorted(uniq, key=lambda c: (int(c), c))
+    return sorted(uniq)
 
 
 def encode_labels(labels: list[str], classes: list[str], path: str) -> np.ndarray:

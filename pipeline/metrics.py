@@ -17,6 +17,9 @@ from sklearn.metrics import accuracy_score, f1_score, log_loss, matthews_corrcoe
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "macro_f1": True, "logloss": False, "mcc": True,
                     "roc_auc": True, "pearson": True, "spearman": True, "rmse": False, "mae": False, "qwk": True}
 GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)   # candidate thresholds of a probability
+# qwk: the most ratings from the lowest target to the highest. Cut-point search tries every
+# cut-point many times over, and a "rating" scale wider than this is a regression target.
+QWK_MAX_RATINGS = 1000
 
 
 def signed(metric: str, value: float) -> float:
@@ -104,16 +107,20 @@ def binary_threshold(metric: str, y: np.ndarray, p: np.ndarray, slow) -> float:
 
 
 def qwk(a: np.ndarray, b: np.ndarray) -> float:
-    """Quadratic weighted kappa of two (n,) integer ratings (sklearn's cohen_kappa_score with
-    weights='quadratic', computed from one confusion matrix so that cut-point search is fast)."""
-    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-    lo = min(a.min(), b.min())
-    k = int(max(a.max(), b.max()) - lo + 1)
-    conf = np.bincount((a - lo) * k + (b - lo), minlength=k * k).reshape(k, k).astype(np.float64)
-    expected = np.outer(conf.sum(1), conf.sum(0)) / conf.sum()
-    w = (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2
-    denom = (w * expected).sum()
-    return 1.0 if denom == 0 else float(1 - (w * conf).sum() / denom)
+    """Quadratic weighted kappa of two (n,) integer ratings over every rating from the lowest to
+    the highest (sklearn's cohen_kappa_score with weights='quadratic' where each of them occurs),
+    in O(n) time and memory for any range: with weights (i - j)**2 the observed disagreement is
+    the mean of (a - b)**2 and the chance one (the confusion matrix's rows and columns independent)
+    is var(a) + var(b) + (mean a - mean b)**2, so no k x k matrix is built (0..1e6 asked for 7 TiB)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    observed = float(np.mean((a - b) ** 2))
+    expected = float(np.var(a) + np.var(b) + (np.mean(a) - np.mean(b)) ** 2)
+    return 1.0 if expected == 0 else 1.0 - observed / expected
+
+
+def is_ratings(y: np.ndarray) -> bool:
+    """Integer targets spanning at most QWK_MAX_RATINGS ratings: what qwk and its cut-points take."""
+    return is_integral(y) and float(np.max(y)) - float(np.min(y)) < QWK_MAX_RATINGS
 
 
 def cut(values: np.ndarray, cuts: Optional[list[float]], lo: int, hi: int) -> np.ndarray:
@@ -137,12 +144,12 @@ def _corr(f, y: np.ndarray, p: np.ndarray) -> float:
 
 def regression_scores(y: np.ndarray, pred: np.ndarray, cuts: Optional[list[float]] = None) -> dict[str, float]:
     """rmse, mae, pearson, spearman of (n, 1) predictions against (n,) targets; qwk too when the
-    targets are integers (predictions cut at `cuts`, else rounded, into the targets' range)."""
+    targets are ratings (is_ratings; predictions cut at `cuts`, else rounded, into their range)."""
     p = np.asarray(pred, np.float64).reshape(len(y), -1)[:, 0]
     y = np.asarray(y, np.float64)
     out = {"rmse": float(np.sqrt(np.mean((p - y) ** 2))), "mae": float(np.mean(np.abs(p - y))),
            "pearson": _corr(pearsonr, y, p), "spearman": _corr(spearmanr, y, p)}
-    if is_integral(y):
+    if is_ratings(y):
         out["qwk"] = qwk(y, cut(p, cuts, int(y.min()), int(y.max())))
     return out
 

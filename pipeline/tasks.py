@@ -13,6 +13,7 @@ classification (n,) int64 class indices; regression (n,) float64; multilabel (n,
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -26,6 +27,13 @@ from .formatting import format_table
 from .plots import plot_matrix, plot_residuals, plot_scatter
 
 FLOAT_CLASSES_LIMIT = 20   # more distinct non-integer numeric labels than this: not classes
+# Regression targets: |y| at most this. Values, predictions and their errors must fit the float32
+# matrices with room to spare (float32 overflows past 3.4e38); no real target comes near.
+MAX_TARGET = 1e30
+# A label that is a number, as a CSV user writes one: ASCII digits, optional sign, point and
+# exponent. Python's float() also takes "1_000", "٣" (an Arabic-Indic digit) and " 1 ", which no
+# one means as a target; nan and inf are no targets either.
+PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def _as_list(col: Any) -> list:
@@ -319,18 +327,28 @@ class RegressionTask(_OneGroup, Task):
         return [label_key if isinstance(label_key, str) else "label"]
 
     def encode(self, labels: list, columns: list[str], path: str, label_key: Any) -> np.ndarray:
+        """(n,) float64 targets: plain ASCII numbers (PLAIN_NUMBER) within +-MAX_TARGET, else one
+        line naming the row, the value and the rule."""
         out = np.empty(len(labels), dtype=np.float64)
         for i, v in enumerate(labels):
-            x = _number(v)
-            if x is None:
-                raise PipelineError(f"{path} row {i + 1}: label {v!r} in column {label_key!r} is not a number "
-                                    "(task: regression)")
+            if not (isinstance(v, str) and PLAIN_NUMBER.fullmatch(v)):
+                raise PipelineError(f"{path} row {i + 1}: label {_short(v)} in column {label_key!r} is not a number "
+                                    "(task: regression takes plain decimal numbers such as 3, -1.5 or 2e3)")
+            x = float(v)
+            if not abs(x) <= MAX_TARGET:  # 1e400 reads as inf
+                raise PipelineError(f"{path} row {i + 1}: label {_short(v)} in column {label_key!r} is beyond the "
+                                    f"bound of +-{MAX_TARGET:g} for regression targets (rescale the column)")
             out[i] = x
         return out
 
     def check_labels(self, y: np.ndarray, metric: str, path: str) -> None:
+        """qwk: integer targets spanning at most M.QWK_MAX_RATINGS ratings; any metric: not constant."""
         if metric == "qwk" and not M.is_integral(y):
             raise PipelineError(f"{path}: metric qwk needs integer targets, the label column holds non-integers "
+                                "(use rmse, mae, pearson or spearman)")
+        if metric == "qwk" and not M.is_ratings(y):
+            raise PipelineError(f"{path}: metric qwk needs at most {M.QWK_MAX_RATINGS} ratings from the lowest "
+                                f"target to the highest, the targets span {y.min():.0f}..{y.max():.0f} "
                                 "(use rmse, mae, pearson or spearman)")
         if len(y) and np.ptp(y) == 0:
             raise PipelineError(f"{path}: every label is {y[0]}: nothing to learn")
@@ -338,7 +356,8 @@ class RegressionTask(_OneGroup, Task):
     def invalid_rows(self, y, n_outputs):
         if y.ndim != 1:
             return np.arange(len(y))
-        return np.flatnonzero(~np.isfinite(y.astype(np.float64)))
+        y = y.astype(np.float64)
+        return np.flatnonzero(~np.isfinite(y) | (np.abs(y) > MAX_TARGET))
 
     def label_strings(self, y: np.ndarray) -> list[str]:
         return [repr(float(v)) for v in y]
@@ -612,12 +631,17 @@ def get(name: Optional[str]) -> Task:
 
 
 def _number(v: Any) -> Optional[float]:
-    """A finite float of a label string, or None."""
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
+    """The finite float a label string writes as a plain ASCII number (PLAIN_NUMBER), else None."""
+    if not isinstance(v, str) or not PLAIN_NUMBER.fullmatch(v):
         return None
+    x = float(v)
     return x if np.isfinite(x) else None
+
+
+def _short(v: Any) -> str:
+    """repr of a label cut to about 40 characters, for one-line errors."""
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _fractional(v: str) -> bool:
