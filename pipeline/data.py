@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import PipelineError
-from .readers import read_table
+from .readers import clean_text, read_table
 
 log = logging.getLogger("pipeline.data")
 
@@ -215,17 +215,25 @@ def _label_column(df: pd.DataFrame, col: Column, path: Path, key: str) -> list[s
     return labels
 
 
+def text_value(v) -> str:
+    """One text as the pipeline keeps it, wherever it came from (a file's cell, a served request):
+    NUL characters dropped (readers.clean_text), and "" for a missing, blank or whitespace-only
+    one, which data.on_empty_text then allows or refuses."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    text = clean_text(str(v))
+    return text if text.strip() else ""
+
+
 def _texts(values: list, col: Column, path: Path, on_empty: str) -> tuple[list[str], int]:
     out, n_empty = [], 0
     for i, v in enumerate(values):
-        if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
+        if text_value(v) == "":
             if on_empty == "error":
                 raise PipelineError(f"{path} row {i + 1}: empty text in column {col!r} "
                                     "(set data.on_empty_text=empty to treat it as an empty string)")
             n_empty += 1
-            out.append("")
-        else:
-            out.append(str(v))
+        out.append(text_value(v))
     return out, n_empty
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Union
 
 from .artifacts import versions
 from .config import config_hash
+from .data import text_value
 from .errors import first_line
 from .predictor import Ensemble, answer, predict
 from .views import table_of
@@ -89,7 +90,7 @@ def check_row(i: int, row, ens: Ensemble) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise BadRequest(422, f"rows.{i}.{key}: not valid Unicode (an unpaired surrogate escape)") from None
-        if key != "id" and ens.cfg.data.on_empty_text == "error" and not value.strip():
+        if key != "id" and ens.cfg.data.on_empty_text == "error" and text_value(value) == "":
             raise BadRequest(422, f"rows.{i}.{key}: empty text (data.on_empty_text=error)")
 
 
@@ -102,9 +103,24 @@ async def read_limited(request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
+            await _drain(request, DRAIN_BYTES)
             raise BadRequest(413, f"the body is longer than serve.max_body_bytes={limit}")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# A client still sending when the answer goes out sees its connection reset instead of the 413:
+# the rest of a too long (chunked) body is read and dropped, up to this much, before answering.
+DRAIN_BYTES = 256 << 20
+
+
+async def _drain(request, most: int) -> None:
+    """Read and drop what is left of the body, at most `most` bytes (then the answer goes anyway)."""
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > most:
+            return
 
 
 # ----------------------------------------------------------------------------- micro-batching
@@ -213,8 +229,9 @@ def run_batch(ens: Ensemble) -> Callable[[list[Pending]], list]:
 def _answers(ens: Ensemble, requests: list[Pending]) -> list[list[dict]]:
     """One model pass over every row of the batch, split back per request."""
     rows = [r for req in requests for r in req.rows]
-    table = table_of("request", [str(r.id) for r in rows], [r.text_a for r in rows],
-                     [r.text_b for r in rows] if ens.is_pair else None, ens.views, segmented=ens.segmented)
+    table = table_of("request", [str(r.id) for r in rows], [text_value(r.text_a) for r in rows],
+                     [text_value(r.text_b) for r in rows] if ens.is_pair else None, ens.views,
+                     segmented=ens.segmented)
     combined, mats = predict(ens, table)
     out, start = [], 0
     for req in requests:

@@ -164,6 +164,9 @@ def test_served_predictions_equal_the_ensembles_test_matrix_and_submission(serve
     (b'{"rows": [{"id": "a", "text_a": "\xff\xfe", "text_b": "x"}]}', 400, "UTF-8"),
     (b'{"rows": [', 400, "JSON"),
     ('{"rows": [{"id": "a", "text_a": "\\ud800", "text_b": "x"}]}', 422, "rows.0.text_a"),
+    # one rule with the file readers: NUL characters dropped, then an empty text (on_empty_text=error)
+    ('{"rows": [{"id": "a", "text_a": "\\u0000", "text_b": "x"}]}', 422, "rows.0.text_a"),
+    ({"rows": [{"id": "a", "text_a": "x", "text_b": " \t "}]}, 422, "rows.0.text_b"),
     (json.dumps({"rows": [{"id": "a", "text_a": "word " * 2000, "text_b": "x"}]}), 413, "max_body_bytes"),
 ])
 def test_bad_requests_are_4xx_and_the_server_keeps_answering(served, body, status, names):
@@ -173,6 +176,22 @@ def test_bad_requests_are_4xx_and_the_server_keeps_answering(served, body, statu
     assert names in r.json()["error"]
     good = server.post({"rows": request_rows(e)[:2]})
     assert good.status_code == 200 and len(good.json()["rows"]) == 2
+
+
+def test_a_long_chunked_body_gets_413_not_a_reset(served):
+    """A chunked body (no content-length) far past serve.max_body_bytes: the answer is a 413, not a
+    connection reset while the client is still sending."""
+    e, server = served
+
+    def body():
+        yield b'{"rows": [{"id": "a", "text_a": "'
+        for _ in range(160):
+            yield b"w" * 65536      # 10 MiB in all
+        yield b'", "text_b": "x"}]}'
+
+    r = httpx.post(server.url + "/predict", content=body(), headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]
+    assert server.post({"rows": request_rows(e)[:1]}).status_code == 200
 
 
 def test_concurrent_requests_are_micro_batched(served):
