@@ -39,7 +39,7 @@ def load(args: argparse.Namespace) -> ExperimentConfig:
     the stage ends, when run by `run`)."""
     split_config_arg(args)
     cfg = load_config(args.config, args.overrides)
-    layout.check_outputs_spare_inputs(cfg, Path(args.config) if args.config else None)
+    layout.check_layout(cfg, Path(args.config) if args.config else None)
     stack = _STAGE.get()
     if stack is not None:
         stack.enter_context(layout.experiment_lock(cfg))

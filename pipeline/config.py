@@ -11,6 +11,7 @@ import math
 import json
 import os
 import re
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,14 +21,14 @@ from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 
-from . import backends
+from . import backends, views
 from .data import Column
 from .errors import InvalidValue, PipelineError, excerpt
 from .models import registry
 from .models.params import TransformerParams
-from .names import BACKBONE_KEYS, METHODS, PRETRAINED, check_model_name, check_name, pretrained_name
+from .names import (BACKBONE_KEYS, METHODS, PRETRAINED, check_experiment_name, check_model_name, check_name,
+                    pretrained_name)
 from .tasks import get as get_task
-from .views import wordnet_available
 from .yamlio import load_yaml, load_yaml_value, read_config_text
 
 
@@ -519,17 +520,20 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
         _set_path(tree, keys, value, text)
     cfg = build(ExperimentConfig, tree)
     _validate(cfg)
-    cfg.source = str(path) if path is not None else None  # not a field: never hashed or saved
+    cfg.source = str(path) if path is not None else None  # not fields: never hashed or saved
+    cfg.overrides = list(overrides)
     return cfg
 
 
 def config_source(cfg: ExperimentConfig) -> str:
-    """The config file a config was loaded from, for the commands that error messages suggest."""
-    return getattr(cfg, "source", None) or "<config.yaml>"
+    """The config file a config was loaded from and the overrides it was loaded with, as the
+    commands that error messages suggest must repeat them (shell-quoted)."""
+    parts = [getattr(cfg, "source", None) or "<config.yaml>"] + list(getattr(cfg, "overrides", []))
+    return " ".join(shlex.quote(p) if p != "<config.yaml>" else p for p in parts)
 
 
 def _validate(cfg: ExperimentConfig) -> None:
-    check_name("experiment", cfg.experiment)
+    check_experiment_name("experiment", cfg.experiment)
     get_task(cfg.task).check_config(cfg)
     for i, m in enumerate(cfg.models):
         check_model_name(f"models[{i}].name", m.name)
@@ -555,6 +559,10 @@ def _validate(cfg: ExperimentConfig) -> None:
         if mth not in METHODS:
             raise PipelineError(f"config: ensemble.methods has unknown method {excerpt(mth)} "
                                 f"(known: {', '.join(METHODS)})")
+    r, p = cfg.ensemble.round, cfg.pseudo
+    if r > 0 and (not p.enabled or r > p.rounds):
+        made = "no rounds (pseudo.enabled=false)" if not p.enabled else f"rounds 1..{p.rounds} (pseudo.rounds)"
+        raise PipelineError(f"config: ensemble.round={r} but pseudo-labelling makes {made}")
     if cfg.ensemble.submit != "auto" and cfg.ensemble.submit not in cfg.ensemble.methods:
         raise PipelineError(f"config: ensemble.submit={cfg.ensemble.submit!r} is not in ensemble.methods")
 
@@ -567,8 +575,8 @@ def _resolve_synonyms(cfg: ExperimentConfig, m: ModelConfig) -> None:
     a = m.augment
     if not a.synonym or a.synonyms == "none":
         return
-    if a.synonyms == "wordnet" or (a.synonyms == "auto" and wordnet_available()):
-        if not wordnet_available():
+    if a.synonyms == "wordnet" or (a.synonyms == "auto" and views.wordnet_available()):
+        if not views.wordnet_available():
             raise PipelineError(f"config: models.{m.name}.augment.synonyms=wordnet but nltk's WordNet corpus is "
                                 "not installed (python -m nltk.downloader wordnet, or synonyms: auto)")
         a.synonyms = "wordnet"

@@ -31,6 +31,7 @@ from .fileio import read_json, sha256_strings, write_bytes
 from .layout import models_dir
 from .models import registry
 from .models.base import FitContext
+from .names import BACKBONE_KEYS, pretrained_name
 from .prepared import load_prepared
 from .provenance import identity
 from .tasks import Task, get as get_task
@@ -257,6 +258,7 @@ def plan_model(run: Run, m: ModelConfig, force: bool) -> Optional[list[Job]]:
         log.info("%s: up to date, skipped (--force retrains)", m.name)
         return None
     check_pretrained(run.cfg, m, run.train, run.test)
+    check_backbones(m)
     jobs = []
     for k in range(run.n_splits):
         if not force and load_fold(fold_dir(model_dir, k), fp) is not None:
@@ -266,6 +268,21 @@ def plan_model(run: Run, m: ModelConfig, force: bool) -> Optional[list[Job]]:
         else:
             jobs += _bag_jobs(run, m, k, force, expected_seconds(model_dir, m))
     return jobs
+
+
+def check_backbones(m: ModelConfig) -> None:
+    """Every backbone the model names by a name or folder (params.backbone, params.embed,
+    augment.mlm_backbone) can load here: checked for every model before any job runs."""
+    names = [m.params.get(k) for k in BACKBONE_KEYS] + [m.augment.mlm_backbone if m.augment.active else None]
+    names = [n for n in names if isinstance(n, str) and pretrained_name(n) is None]
+    if names:
+        from .models.backbone import check_available  # torch loads only for models that use it
+
+        for name in names:
+            try:
+                check_available(name)
+            except PipelineError as e:
+                raise PipelineError(f"model {m.name!r}: {e}") from None
 
 
 def _bag_jobs(run: Run, m: ModelConfig, k: int, force: bool, seconds: float) -> list[Job]:

@@ -28,29 +28,50 @@ from typing import Iterator, Optional
 from .config import ExperimentConfig, config_yaml, expand_env
 from .errors import PipelineError
 from .fileio import Commit, write_text
-from .names import METHODS
+from .names import BACKBONE_KEYS, METHODS, pretrained_name
 
 CONFIG_FILE = "config.yaml"   # the resolved config beside every output it produced
 
 
 # ----------------------------------------------------------------------------- paths
+#
+# Every path a stage writes comes from `under`: its root (paths.*) expanded (${VAR}, ~) and
+# resolved, every component, links included; the same resolved path is checked (check_layout) and
+# written, so a check and a write can never mean two places.
+
+ROOTS = ("work", "models", "submissions", "reports")
+
+
+def root(cfg: ExperimentConfig, key: str) -> Path:
+    """paths.<key>, expanded (${VAR}, then ~) and resolved to an absolute path without links."""
+    return _resolved(Path(expand_env(getattr(cfg.paths, key), f"paths.{key}")))
+
+
+def under(cfg: ExperimentConfig, key: str, *parts: str) -> Path:
+    """<paths.key>/<parts>, resolved; refused when a link below the root leads out of it."""
+    base = root(cfg, key)
+    path = _resolved(base.joinpath(*parts))
+    if not path.is_relative_to(base):
+        raise PipelineError(f"{base.joinpath(*parts)} is a link to {path}, outside paths.{key} ({base}); "
+                            "the pipeline writes only inside its folders: remove the link")
+    return path
 
 
 def work_dir(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.paths.work) / cfg.experiment
+    return under(cfg, "work", cfg.experiment)
 
 
 def prepared_dir(cfg: ExperimentConfig) -> Path:
-    return work_dir(cfg) / "prepared"
+    return under(cfg, "work", cfg.experiment, "prepared")
 
 
 def folds_paths(cfg: ExperimentConfig) -> tuple[Path, Path]:
     """(folds.csv, folds.json)."""
-    return work_dir(cfg) / "folds.csv", work_dir(cfg) / "folds.json"
+    return under(cfg, "work", cfg.experiment, "folds.csv"), under(cfg, "work", cfg.experiment, "folds.json")
 
 
 def pseudo_dir(cfg: ExperimentConfig) -> Path:
-    return work_dir(cfg) / "pseudo"
+    return under(cfg, "work", cfg.experiment, "pseudo")
 
 
 def round_paths(cfg: ExperimentConfig, round_: int) -> tuple[Path, Path]:
@@ -59,43 +80,47 @@ def round_paths(cfg: ExperimentConfig, round_: int) -> tuple[Path, Path]:
 
 
 def pretrained_root(cfg: ExperimentConfig) -> Path:
-    return work_dir(cfg) / "pretrained"
+    return under(cfg, "work", cfg.experiment, "pretrained")
 
 
 def pretrained_dir(cfg: ExperimentConfig, name: str) -> Path:
     """The pretrain stage's backbone folder, what `backbone: pretrained:<name>` loads."""
-    return pretrained_root(cfg) / name
+    return under(cfg, "work", cfg.experiment, "pretrained", name)
 
 
 def experiment_models_dir(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.paths.models) / cfg.experiment
+    return under(cfg, "models", cfg.experiment)
+
+
+def _round_parts(round_: int) -> tuple[str, ...]:
+    return () if round_ == 0 else ("rounds", f"r{round_}")
 
 
 def models_dir(cfg: ExperimentConfig, round_: int = 0) -> Path:
-    base = experiment_models_dir(cfg)
-    return base if round_ == 0 else base / "rounds" / f"r{round_}"
+    return under(cfg, "models", cfg.experiment, *_round_parts(round_))
 
 
 def model_dir(cfg: ExperimentConfig, name: str, round_: int = 0) -> Path:
-    return models_dir(cfg, round_) / name
+    return under(cfg, "models", cfg.experiment, *_round_parts(round_), name)
 
 
 def ensembles_dir(cfg: ExperimentConfig, round_: int = 0) -> Path:
-    return models_dir(cfg, round_) / "ensembles"
+    return under(cfg, "models", cfg.experiment, *_round_parts(round_), "ensembles")
 
 
 def submission_path(cfg: ExperimentConfig, method: Optional[str] = None) -> Path:
-    """submissions/<exp>.csv (the submitted method) or submissions/<exp>_<method>.csv."""
+    """submissions/<exp>.csv (the submitted method) or submissions/<exp>_<method>.csv (experiment
+    names never end in _<method>, names.check_experiment_name, so two experiments never share one)."""
     stem = cfg.experiment if method is None else f"{cfg.experiment}_{method}"
-    return Path(cfg.paths.submissions) / f"{stem}.csv"
+    return under(cfg, "submissions", f"{stem}.csv")
 
 
 def reports_dir(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.paths.reports) / cfg.experiment
+    return under(cfg, "reports", cfg.experiment)
 
 
 def data_dir(cfg: ExperimentConfig) -> Path:
-    return Path(expand_env(cfg.data.dir, "data.dir"))
+    return _resolved(Path(expand_env(cfg.data.dir, "data.dir")))
 
 
 def input_files(cfg: ExperimentConfig) -> dict[str, Path]:
@@ -108,6 +133,24 @@ def input_files(cfg: ExperimentConfig) -> dict[str, Path]:
     return out
 
 
+# ----------------------------------------------------------------------------- outputs vs inputs
+
+
+def stage_outputs(cfg: ExperimentConfig) -> dict[str, Path]:
+    """{what: resolved folder or file} of every stage's own outputs; no two may share a place."""
+    out = {"the prepared data": prepared_dir(cfg), "the folds": folds_paths(cfg)[0],
+           "the folds record": folds_paths(cfg)[1], "the folds' config.yaml": under(cfg, "work", cfg.experiment,
+                                                                                    CONFIG_FILE),
+           "the pseudo labels": pseudo_dir(cfg), "the pretrained backbones": pretrained_root(cfg),
+           "the report": reports_dir(cfg), "the submission": submission_path(cfg)}
+    out.update({f"the {m} submission": submission_path(cfg, m) for m in METHODS})
+    for r in range(cfg.pseudo.rounds + 1 if cfg.pseudo.enabled else 1):
+        where = "" if r == 0 else f" of pseudo-label round {r}"
+        out[f"the ensembles{where}"] = ensembles_dir(cfg, r)
+        out.update({f"model {m.name!r}{where}": model_dir(cfg, m.name, r) for m in cfg.models})
+    return out
+
+
 def owned_dirs(cfg: ExperimentConfig) -> list[Path]:
     """Folders the pipeline writes anything into (and may replace files in)."""
     return [prepared_dir(cfg), pseudo_dir(cfg), pretrained_root(cfg), experiment_models_dir(cfg), reports_dir(cfg)]
@@ -116,13 +159,33 @@ def owned_dirs(cfg: ExperimentConfig) -> list[Path]:
 def owned_files(cfg: ExperimentConfig) -> list[Path]:
     """Single files the pipeline writes outside its owned folders."""
     csv_path, json_path = folds_paths(cfg)
-    return ([csv_path, json_path, work_dir(cfg) / "config.yaml", submission_path(cfg)]
-            + [submission_path(cfg, m) for m in METHODS])
+    return ([csv_path, json_path, under(cfg, "work", cfg.experiment, CONFIG_FILE), submission_path(cfg),
+             lock_file(cfg)] + [submission_path(cfg, m) for m in METHODS])
+
+
+def check_layout(cfg: ExperimentConfig, config_path: Optional[Path]) -> None:
+    """Refuse, before anything is written, a config under which two stages would write into one
+    place, some stage would write over or into the place of a file it reads (an input file, the
+    config file itself), or a stage would read a backbone from what it is about to replace."""
+    check_outputs_apart(cfg)
+    check_outputs_spare_inputs(cfg, config_path)
+    check_backbones_spared(cfg)
+
+
+def check_outputs_apart(cfg: ExperimentConfig) -> None:
+    """No stage output is, or lies inside, another stage's output (paths.* pointing at one folder,
+    a model named after a folder of the layout, a link)."""
+    items = list(stage_outputs(cfg).items())
+    for i, (what, path) in enumerate(items):
+        for other, place in items[i + 1:]:
+            if path == place or path.is_relative_to(place) or place.is_relative_to(path):
+                raise PipelineError(f"config: {what} ({path}) and {other} ({place}) would share a place; "
+                                    "give paths.work, paths.models, paths.reports and paths.submissions "
+                                    "folders of their own")
 
 
 def check_outputs_spare_inputs(cfg: ExperimentConfig, config_path: Optional[Path]) -> None:
-    """Refuse, before anything is written, a config under which some stage would write over or
-    into the place of a file it reads (an input file, the config file itself)."""
+    """No output lands on or around an input file or the config file."""
     inputs = dict(input_files(cfg))
     if config_path is not None:
         inputs["the config file"] = Path(config_path)
@@ -135,6 +198,23 @@ def check_outputs_spare_inputs(cfg: ExperimentConfig, config_path: Optional[Path
             if _inside(path, folder):
                 raise PipelineError(f"config: {key} ({path}) lies inside {folder}, which the pipeline writes; "
                                     "move the file or change paths.*")
+
+
+def check_backbones_spared(cfg: ExperimentConfig) -> None:
+    """A backbone named by its folder is never inside what the stage reading it replaces: the
+    pretrain stage's own outputs for pretrain.backbone, the models' folders for a model's."""
+    reads = []
+    if cfg.pretrain is not None and cfg.pretrain.backbone:
+        reads.append(("pretrain.backbone", cfg.pretrain.backbone, pretrained_root(cfg)))
+    for m in cfg.models:
+        for key in BACKBONE_KEYS:
+            reads.append((f"models.{m.name}.params.{key}", m.params.get(key), experiment_models_dir(cfg)))
+        reads.append((f"models.{m.name}.augment.mlm_backbone", m.augment.mlm_backbone, experiment_models_dir(cfg)))
+    for key, value, written in reads:
+        if isinstance(value, str) and pretrained_name(value) is None and Path(value).expanduser().exists():
+            if _inside(Path(value), written):
+                raise PipelineError(f"config: {key}={value!r} lies inside {written}, which that stage replaces; "
+                                    "copy the backbone elsewhere or use pretrained:<name>")
 
 
 def _resolved(path: Path) -> Path:
@@ -158,21 +238,46 @@ def _inside(path: Path, folder: Path) -> bool:
 # ----------------------------------------------------------------------------- lock
 
 
+def lock_file(cfg: ExperimentConfig) -> Path:
+    """The experiment's lock in the submissions folder, which other experiments share."""
+    return under(cfg, "submissions", f".{cfg.experiment}.lock")
+
+
+def lock_targets(cfg: ExperimentConfig) -> list[Path]:
+    """What the experiment lock holds: the experiment's folder under paths.work, paths.models and
+    paths.reports, and its lock file beside the submissions: every root it writes, whichever
+    paths point there."""
+    found = [work_dir(cfg), experiment_models_dir(cfg), reports_dir(cfg), lock_file(cfg)]
+    return sorted(set(found))   # one order for every process; a place named twice is locked once
+
+
 @contextlib.contextmanager
 def experiment_lock(cfg: ExperimentConfig) -> Iterator[Path]:
-    """Hold a lock on <paths.work>/<exp>/ for the block; a second process on the same experiment
-    is refused with one line naming the holder's pid. The lock is an flock on the folder itself:
-    no file is written for it, and the kernel drops it when its process dies, so a killed run
-    never leaves a stale lock behind."""
-    path = work_dir(cfg)
+    """Hold a lock on every place the experiment writes (lock_targets) for the block; a second
+    process on the same experiment is refused with one line naming the holder's pid. Each lock is
+    an flock, which the kernel drops when its process dies, so a killed run never leaves a stale
+    lock behind."""
+    with contextlib.ExitStack() as stack:
+        for path in lock_targets(cfg):
+            stack.enter_context(_locked(path, cfg.experiment))
+        yield work_dir(cfg)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, experiment: str) -> Iterator[None]:
+    """An flock on the folder `path` (made if missing) or, for a .lock file, on that file."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        if path.suffix == ".lock":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         raise PipelineError(f"cannot lock {path}: {e.strerror or e}") from None
     try:
-        _take(fd, path, cfg.experiment)
-        yield path
+        _take(fd, path, experiment)
+        yield
     finally:
         os.close(fd)  # closing releases the flock
 

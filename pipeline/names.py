@@ -25,6 +25,18 @@ def check_name(key: str, value: object) -> str:
     return value
 
 
+def check_experiment_name(key: str, value: object) -> str:
+    """An experiment name, which may not end in _<method>: submissions/<exp>_<method>.csv of
+    experiment <exp> would be the submission of experiment <exp>_<method>."""
+    name = check_name(key, value)
+    for method in METHODS:
+        if name.endswith(f"_{method}"):
+            raise PipelineError(f"config: {key}={name!r} ends in '_{method}', the name of experiment "
+                                f"{name[:-len(method) - 1]!r}'s {method} submission (submissions/<exp>_<method>.csv); "
+                                "choose another name")
+    return name
+
+
 def check_model_name(key: str, value: object) -> str:
     name = check_name(key, value)
     if name.lower() in RESERVED_MODEL_NAMES:

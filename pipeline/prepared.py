@@ -55,6 +55,7 @@ def write_prepared(cfg: ExperimentConfig) -> dict:
     raw_test = read_raw(cfg.data, "test", base)
     if (raw_train.text_b is None) != (raw_test.text_b is None):
         raise PipelineError("train and test disagree on text_b")
+    warn_shared_rows(raw_train, raw_test)
     task = get_task(cfg.task)
     classes = task.columns(raw_train.labels, cfg.data.label, str(base / cfg.data.train))
     lem_name, lemma = make_lemmatizer(cfg.preprocess.lemmatizer)
@@ -79,6 +80,22 @@ def write_prepared(cfg: ExperimentConfig) -> dict:
                 **source_fingerprint(cfg)}
         c.write_json(out / META, meta)
     return meta
+
+
+def shared_rows(train: RawTable, test: RawTable) -> int:
+    """How many test rows have the texts of some train row (text_a, and text_b for pairs)."""
+    seen = set(zip(train.text_a, train.text_b or [None] * len(train.text_a)))
+    return sum((a, b) in seen for a, b in zip(test.text_a, test.text_b or [None] * len(test.text_a)))
+
+
+def warn_shared_rows(train: RawTable, test: RawTable) -> int:
+    """A warning when test rows repeat train rows: the test file may be the train file, or overlap
+    it (its predictions then say little about unseen rows). Returns the count."""
+    n = shared_rows(train, test)
+    if n:
+        log.warning("%d of %d test rows have the same texts as a train row%s", n, len(test.text_a),
+                    " (is data.test the train file?)" if n == len(test.text_a) else "")
+    return n
 
 
 def table_from_jsonl(name: str, path: Path) -> Table:

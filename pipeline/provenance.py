@@ -10,7 +10,7 @@ from typing import Optional
 
 from .artifacts import (MANIFEST, Matrices, check_agree, fingerprint_parts, load_model, mixed_versions,
                         stale_reason)
-from .backbones import pretrain_fingerprint, pretrain_record
+from .backbones import check_pretrained, pretrain_fingerprint, pretrain_record
 from .config import ExperimentConfig, config_source, model_identity, pretrained_refs
 from .data import Table
 from .errors import PipelineError
@@ -19,7 +19,7 @@ from .fileio import sha256_strings
 from .layout import folds_paths, models_dir
 from .names import BACKBONE_KEYS
 from .prepared import load_prepared
-from .pseudo_labels import pseudo_labels_sha256
+from .pseudo_labels import check_round, pseudo_labels_sha256
 
 log = logging.getLogger("pipeline.store")
 
@@ -45,9 +45,11 @@ def check_current(cfg: ExperimentConfig, models: list[Matrices], meta: dict, fol
                   train: Table, test: Table) -> None:
     """Refuse a model whose matrices were made with other settings than the current config (its
     params, view or kind, the metric, the data, the folds, or its round's pseudo labels), naming
-    what changed and the command that retrains it."""
+    what changed and the command that retrains it; and one whose pretrained backbone on disk is no
+    longer the one the config describes (its folds were fitted on another)."""
     for m in models:
         r = int(m.manifest.get("round", 0))
+        check_pretrained(cfg, cfg.model(m.name), train, test)
         parts = fingerprint_parts(identity(cfg, cfg.model(m.name), train, test), meta["classes"], cfg.metric, meta,
                                   folds_info, r,
                                   pseudo_labels_sha256(cfg, r))
@@ -65,6 +67,8 @@ def load_models(cfg: ExperimentConfig, names: Optional[list[str]] = None, round_
     wanted = names if names is not None else [m.name for m in cfg.models]
     if not wanted:
         raise PipelineError("config: no models to combine (the models list is empty)")
+    for r in range(1, round_ + 1):   # every round up to it made, under the config's pseudo settings
+        check_round(cfg, r)
     found = {n: latest_model_dir(cfg, n, round_) for n in wanted}
     missing = [n for n, d in found.items() if d is None]
     if missing:

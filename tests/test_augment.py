@@ -87,11 +87,13 @@ def test_mlm_op_calls_the_substitute_function(spy, monkeypatch):
         return [t + " zz" for t in texts]
 
     monkeypatch.setitem(sys.modules, "pipeline.models.mlm", types.SimpleNamespace(substitute=substitute))
-    spy_config(spy, {"copies": 1, "mlm": 0.15, "mlm_backbone": "tiny-mlm"})
+    backbone = spy.tmp / "tiny-mlm"   # a folder: backbones are checked before anything trains
+    backbone.mkdir()
+    spy_config(spy, {"copies": 1, "mlm": 0.15, "mlm_backbone": str(backbone)})
     assert spy.run("train") == 0
     c = spy_model.CALLS[0]
     n = len([i for i in c["train_ids"] if "~" not in i])
-    assert [s[:3] for s in seen[:2]] == [(n, "tiny-mlm", 0.15)] * 2  # text_a, then text_b of fold 0
+    assert [s[:3] for s in seen[:2]] == [(n, str(backbone), 0.15)] * 2  # text_a, then text_b of fold 0
     assert all(t.endswith(" zz") for t in c["train_texts"][0][n:])
     assert len({s[3] for s in seen}) == len(seen)  # a seed per call
 

@@ -144,12 +144,31 @@ def test_changed_pretrain_setting_marks_the_model_stale(exp, tiny_bert):
     assert exp.run("pretrain") == 0 and exp.run("train") == 0
     checked_models(load_config(exp.config), None, 0)
     configure(exp, tiny_bert, max_steps=2, lr=5e-4)
-    with pytest.raises(PipelineError, match=r"model 'tr' .*\(pretrained\.backbone: .*\): run .*to retrain"):
+    with pytest.raises(PipelineError, match=r"model 'tr': params.backbone=pretrained:mlm but .* is made with other "
+                                           r"settings or texts: run `python -m pipeline.pretrain"):
         checked_models(load_config(exp.config), None, 0)
     assert exp.run("ensemble") == 2
     assert exp.run("train") == 2  # refused until the pretrain stage ran with the new settings
     assert exp.run("pretrain") == 0 and exp.run("train") == 0
     checked_models(load_config(exp.config), None, 0)
+
+
+def test_a_pretrain_replaced_under_the_readers_is_refused_by_every_reader(exp, tiny_bert, capsys):
+    """After a full run, the pretrain stage run again with other settings (given on its command line
+    only) replaces the backbone: ensemble, report and serving refuse the members fitted on the old one."""
+    from pipeline import predictor
+
+    emb = {"name": "emb", "kind": "embed_lr", "view": "lower", "params": {"backbone": "pretrained:mlm", "max_length": 32}}
+    configure(exp, tiny_bert, models=[emb], max_steps=2)
+    for stage in ("preprocess", "folds", "pretrain", "train", "ensemble", "report"):
+        assert exp.run(stage) == 0, stage
+    assert exp.run("pretrain", "pretrain.max_steps=3") == 0
+    capsys.readouterr()
+    for stage in ("ensemble", "report"):
+        assert exp.run(stage) == 2, stage
+        assert "made with other settings or texts" in capsys.readouterr().err
+    with pytest.raises(PipelineError, match="made with other settings or texts"):
+        predictor.load_ensemble(load_config(exp.config))
 
 
 def run_stage(config: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -252,7 +271,7 @@ def test_synonyms_without_wordnet_come_from_the_pretrained_masked_lm(exp, tiny_b
     assert read_json(exp.models / "lr" / "manifest.json")["config"]["pretrained"] == {
         "augment.mlm_backbone": record["fingerprint"]}
     configure(exp, tiny_bert, models=[lr], max_steps=3)
-    with pytest.raises(PipelineError, match=r"model 'lr' .*pretrained"):
+    with pytest.raises(PipelineError, match=r"model 'lr': params.augment.mlm_backbone=pretrained:mlm but .* other settings"):
         checked_models(load_config(exp.config), None, 0)
 
 

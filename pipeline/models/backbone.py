@@ -34,7 +34,7 @@ def resolve_backbone(name: str) -> tuple[str, bool]:
     """Backbone name -> (what from_pretrained gets, local_files_only).
 
     The embedded package's names -> its folder; an existing directory -> itself (the pretrain
-    stage's output included: the driver turns `pretrained:<name>` into its folder, store.with_pretrained);
+    stage's output included: the driver turns `pretrained:<name>` into its folder, backbones.with_pretrained);
     anything else is a Hugging Face hub name, read from the local cache only unless HF_HUB_OFFLINE is "0".
     """
     if pretrained_name(name) is not None:
@@ -58,6 +58,22 @@ def load_error(name: str, what: str, source: str, local_only: bool, e: BaseExcep
         return PipelineError(f"backbone {name!r}: not a local directory, and its {what} is not in the "
                              "Hugging Face cache (set HF_HUB_OFFLINE=0 to download it)")
     return PipelineError(f"backbone {name!r}: cannot load its {what}: {first_line(e)}")
+
+
+def check_available(name: str) -> None:
+    """Refuse, before anything trains, a backbone that cannot load here: an embedded package that
+    is not installed, or a name that is neither a folder nor in the Hugging Face cache (offline)."""
+    source, local_only = resolve_backbone(name)
+    if Path(source).is_dir() or not local_only:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(source, "config.json")
+    except ValueError:   # not a repository id either (HFValidationError): a folder that does not exist
+        cached = None
+    if not isinstance(cached, str):
+        raise load_error(name, "config", source, local_only, FileNotFoundError(source))
 
 
 def load_tokenizer(source: str, local_only: bool, name: str):
