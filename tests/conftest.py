@@ -106,6 +106,21 @@ def base_config(tmp: Path, **extra) -> dict:
     return cfg
 
 
+def lock_holder(config: Path):
+    """A child process holding the experiment lock of `config` (it has printed 'held' when this
+    returns); kill it to release the lock."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1])\n"
+        "from pipeline.config import load_config\nfrom pipeline import layout\n"
+        "with layout.experiment_lock(load_config(sys.argv[2])):\n"
+        "    print('held', flush=True); time.sleep(60)"), str(ROOT), str(config)],
+        stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
 def stage_main(stage: str):
     """The `main` of stage script pipeline.<stage>, to run it in-process through cli.run as
     `python -m pipeline.<stage>` would (a stage script is run, never imported for its code)."""

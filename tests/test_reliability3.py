@@ -9,15 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, Exp, base_config, tiny_pairs
+from conftest import Exp, base_config, lock_holder, tiny_pairs
 from test_reliability import one_line, refused
 
 STAGES = ("preprocess", "folds", "train", "ensemble", "report")
@@ -201,14 +199,8 @@ def test_a_bad_backbone_is_refused_before_any_model_trains(tmp_path, capsys):
 
 def test_the_lock_covers_every_root_whichever_path_points_there(tmp_path, capsys):
     e = small(tmp_path)
-    child = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1])\n"
-        "from pipeline.config import load_config\nfrom pipeline import layout\n"
-        "with layout.experiment_lock(load_config(sys.argv[2])):\n"
-        "    print('held', flush=True); time.sleep(60)"), str(ROOT), str(e.config)],
-        stdout=subprocess.PIPE, text=True)
+    child = lock_holder(e.config)
     try:
-        assert child.stdout.readline().strip() == "held"
         for other in (["paths.work=" + str(tmp_path / "w2")],
                       ["paths.work=" + str(tmp_path / "w3"), "paths.models=" + str(tmp_path / "m3"),
                        "paths.reports=" + str(tmp_path / "r3")]):

@@ -12,15 +12,13 @@ import os
 import random
 import shutil
 import string
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, Exp, base_config, tiny_pairs
+from conftest import ROOT, Exp, base_config, lock_holder, tiny_pairs
 from pipeline import layout, names
 from pipeline.config import load_config
 from pipeline.faults import ENOSPC_AT
@@ -312,14 +310,8 @@ def test_json_lines_ids_kept_exactly_as_written(tmp_path):
 
 def test_a_second_process_on_the_experiment_is_refused_naming_the_holder(exp, capsys):
     cfg = load_config(exp.config)
-    child = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1])\n"
-        "from pipeline.config import load_config\nfrom pipeline import layout\n"
-        "with layout.experiment_lock(load_config(sys.argv[2])):\n"
-        "    print('held', flush=True); time.sleep(60)"), str(ROOT), str(exp.config)],
-        stdout=subprocess.PIPE, text=True)
+    child = lock_holder(exp.config)
     try:
-        assert child.stdout.readline().strip() == "held"
         before = everything(exp.tmp)
         line = refused(exp, capsys, "preprocess")
         assert f"in use by process {child.pid}" in line
