@@ -74,16 +74,24 @@ def tiny_roberta(d: Path, raw: Path, corpus: list[str], vocab_size: int = 400, *
 
 def tiny_bert(d: Path, vocab: list[str]) -> Path:
     """A 1-layer, 32-wide random BERT (weights from seed 0) with a WordPiece vocabulary of `vocab`, in `d`."""
-    import torch
     from transformers import BertConfig, BertModel, BertTokenizer
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = BertTokenizer(vocab={t: i for i, t in enumerate(specials + vocab)})
-    tok.save_pretrained(d)
+    return save_tiny(d, tok, BertModel, BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=64,
+                                                   max_position_embeddings=64))
+
+
+def save_tiny(d: Path, tokenizer, model_cls, config) -> Path:
+    """`tokenizer` and a random `model_cls(config)` (weights from seed 0, the process's RNG left
+    alone) saved in `d`."""
+    import torch
+
+    tokenizer.save_pretrained(d)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=64)).save_pretrained(d)
+        model_cls(config).save_pretrained(d)
     return d
 
 

@@ -12,24 +12,20 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import WORDS
+from conftest import WORDS, save_tiny
 from pipeline.errors import PipelineError
 from pipeline.models import packaged
 
 
 def tiny_mpnet(d: Path) -> Path:
     """A 1-layer, 32-wide random MPNet with a WordPiece vocabulary of the tests' words, in `d`."""
-    import torch
     from transformers import MPNetConfig, MPNetModel, MPNetTokenizer
 
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     tok = MPNetTokenizer(vocab={t: i for i, t in enumerate(specials + sorted(set(WORDS)))})
-    tok.save_pretrained(d)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        MPNetModel(MPNetConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=66)).save_pretrained(d)
-    return d
+    return save_tiny(d, tok, MPNetModel, MPNetConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=64,
+                                                     max_position_embeddings=66))
 
 
 @pytest.fixture(scope="module")
