@@ -211,9 +211,11 @@ class ExecutionConfig:
     backend: str = "local"          # one of backends.BACKENDS
     address: Optional[str] = None   # None: RAY_ADDRESS, else a local Ray instance; "auto" or "ray://host:port"
     max_retries: int = 2            # per job whose worker process or node died (a job that raises is not retried)
+    gpu_slots: int = 1              # ray: GPU jobs at once per GPU (long-lived workers, each 1/gpu_slots of a GPU)
 
     def __post_init__(self):
         require(self, "max_retries", lambda v: v >= 0, "0 or more")
+        require(self, "gpu_slots", lambda v: 1 <= v <= 16, "between 1 and 16")
         if self.backend not in backends.BACKENDS:
             raise PipelineError(f"config: execution.backend must be one of "
                                 f"{', '.join(repr(b) for b in backends.BACKENDS)}, got {excerpt(self.backend)}")

@@ -1,7 +1,13 @@
-"""The `ray` backend: each job a Ray task with the model's resources, longest expected first, on a
-local Ray instance or a running cluster. A Ray job saves the model's files in a temporary folder on
-its node and returns them as bytes, so the nodes need no shared file system; the driver writes
-them (`on_done`) into the same layout as a local run.
+"""The `ray` backend: every device of a machine or cluster kept busy, longest expected jobs first,
+on a local Ray instance or a running cluster.
+
+CPU jobs (the classical kinds, and every kind where there is no GPU) run as Ray tasks with the
+model's resources. GPU jobs (a kind whose registry accelerator is "gpu", where the cluster has
+GPUs) run on GPU slots: `execution.gpu_slots` long-lived workers per GPU, each holding 1/gpu_slots
+of one GPU for the whole run, so its process, CUDA context and the run's caches (tokenised
+tables, loaded encoders) serve job after job; CPU jobs run beside them. A job saves the model's
+files in a temporary folder on its node and returns them as bytes, so the nodes need no shared
+file system; the driver writes them (`on_done`) into the same layout as a local run.
 """
 from __future__ import annotations
 
@@ -45,12 +51,12 @@ class Resources:
                 and have.get("memory", 0) >= (self.memory_gb or 0) * GIB)
 
 
-def resources_of(m: ModelConfig, cluster_has_gpus: bool) -> Resources:
-    """The model's `resources`, with the kind's defaults (see default_cpus); a transformer takes 1
-    GPU where the cluster has GPUs; classical models never ask for one."""
+def resources_of(m: ModelConfig, cluster_has_gpus: bool, gpu_slots: int = 1) -> Resources:
+    """The model's `resources`, with the kind's defaults (see default_cpus); a GPU kind takes one
+    GPU slot (1/gpu_slots of a GPU) where the cluster has GPUs; CPU kinds never ask for one."""
     r = m.resources
     gpu_job = registry.kind(m.kind).accelerator == "gpu" and cluster_has_gpus
-    gpus = r.num_gpus if r.num_gpus is not None else (1.0 if gpu_job else 0.0)
+    gpus = r.num_gpus if r.num_gpus is not None else (1.0 / gpu_slots if gpu_job else 0.0)
     cpus = r.num_cpus if r.num_cpus is not None else default_cpus(m, gpu_job)
     return Resources(cpus, gpus, r.memory_gb)
 
@@ -104,11 +110,15 @@ class RayExecutor:
         with self._connected(ray):
             nodes = [n for n in ray.nodes() if n.get("Alive")]
             gpus = any(n.get("Resources", {}).get("GPU", 0) > 0 for n in nodes)
-            wanted = {job: resources_of(job.model, gpus) for job in jobs}
+            wanted = {job: resources_of(job.model, gpus, self.cfg.gpu_slots) for job in jobs}
             check_fits(wanted, nodes)
             payload = ray.put(strip_cache(run))  # the tables go to the object store once
             order = sorted(jobs, key=lambda j: -j.expected_seconds)
-            _Scheduler(ray, self.cfg.max_retries, payload, wanted, job_fn, on_done).run(order, capacity(nodes, wanted))
+            on_slots = {job for job in jobs if gpus and slot_job(job.model)}
+            scheduler = _Scheduler(ray, self.cfg.max_retries, payload, wanted, job_fn, on_done)
+            with _slots(ray, nodes, [wanted[j] for j in on_slots], self.cfg, len(on_slots) < len(jobs)) as slots:
+                scheduler.run(order, capacity(nodes, [r for j, r in wanted.items() if j not in on_slots]),
+                              on_slots, slots)
 
     @contextlib.contextmanager
     def _connected(self, ray) -> Iterator[None]:
@@ -154,12 +164,70 @@ def _brief(node: dict) -> str:
     return f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU, {r.get('memory', 0) / GIB:.1f} GiB"
 
 
-def capacity(nodes: list[dict], wanted: dict[Any, Resources]) -> int:
-    """How many jobs to keep in flight: as many as the cluster's CPUs hold of the smallest request
-    (more would only queue inside Ray, where a failure could no longer stop them from starting)."""
+def capacity(nodes: list[dict], wanted: list[Resources]) -> int:
+    """How many CPU tasks to keep in flight: as many as the cluster's CPUs hold of the smallest
+    request (more would only queue inside Ray, where a failure could no longer stop them from
+    starting)."""
     cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in nodes)
-    smallest = min((r.num_cpus for r in wanted.values() if r.num_cpus > 0), default=1.0)
+    smallest = min((r.num_cpus for r in wanted if r.num_cpus > 0), default=1.0)
     return max(1, int(cpus // smallest))
+
+
+# ----------------------------------------------------------------------------- GPU slots
+
+
+def slot_job(m: ModelConfig) -> bool:
+    """A job for a GPU slot: a GPU kind whose resources leave the GPU share to the pipeline."""
+    return registry.kind(m.kind).accelerator == "gpu" and m.resources.num_gpus is None
+
+
+def slot_count(nodes: list[dict], cfg: ExecutionConfig, slot_cpus: float, cpu_jobs_too: bool) -> int:
+    """gpu_slots per GPU of every node, as many as the CPUs hold beside one CPU job (when there
+    are CPU jobs): a slot holds its CPUs for the whole run."""
+    slots = sum(int(n.get("Resources", {}).get("GPU", 0)) for n in nodes) * cfg.gpu_slots
+    cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in nodes) - (1 if cpu_jobs_too else 0)
+    return max(1, min(slots, int(cpus // max(slot_cpus, 1e-9)) if slot_cpus else slots))
+
+
+@contextlib.contextmanager
+def _slots(ray, nodes: list[dict], wanted: list[Resources], cfg: ExecutionConfig, cpu_jobs_too: bool):
+    """The run's GPU slot workers (none without slot jobs), killed when the run ends."""
+    if not wanted:
+        yield []
+        return
+    res = max(wanted, key=lambda r: (r.num_cpus, r.memory_gb or 0))
+    actor = ray.remote(_Slot).options(num_cpus=res.num_cpus, num_gpus=1.0 / cfg.gpu_slots,
+                                      max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries)
+    slots = [actor.remote(f"slot{i}") for i in range(slot_count(nodes, cfg, res.num_cpus, cpu_jobs_too))]
+    try:
+        yield slots
+    finally:
+        for slot in slots:
+            ray.kill(slot)
+
+
+class _Slot:
+    """A GPU slot: a long-lived worker holding its share of one GPU. It keeps the run it was sent
+    (deserialised once) and the run's cache across jobs: tokenised tables and loaded encoders are
+    made once per slot, not once per job."""
+
+    def __init__(self, name: str):
+        self.name, self.jobs, self.runs = name, 0, {}
+
+    def run(self, payload: list, job, res: Resources, job_fn: JobFn):
+        """Run `job` as _remote_job does; payload: [the run's object ref] (a list, so Ray hands
+        the ref itself and the slot deserialises each run once)."""
+        import ray
+
+        key = payload[0].hex()
+        if key not in self.runs:
+            self.runs = {key: ray.get(payload[0])}   # a new run (a pseudo-label round): the old cache goes
+        run = self.runs[key]
+        cached = len(run.cache)
+        result = _remote_job(run, job, res, job_fn)
+        result.record["slot"] = {"name": self.name, "job": self.jobs, "cache_entries_at_start": cached}
+        self.jobs += 1
+        return result
 
 
 def _remote_job(run, job, res: Resources, job_fn: JobFn):
@@ -191,7 +259,7 @@ def _remote_job(run, job, res: Resources, job_fn: JobFn):
 
 
 class _Scheduler:
-    """Submits jobs in order while fewer than `capacity` are in flight, hands each finished one to
+    """Submits jobs in order as they fit (GPU slots, CPU capacity), hands each finished one to
     on_done at once (so a killed driver keeps every fold finished so far), stops submitting at the
     first failure and reports it once the jobs in flight are done, and cancels them on Ctrl-C."""
 
@@ -201,30 +269,56 @@ class _Scheduler:
         self.max_retries = max_retries
         self.sent: dict = {}  # ref -> when it was submitted
 
-    def run(self, order: list, capacity: int) -> None:
+    def run(self, order: list, capacity: int, on_slots: set = frozenset(), slots: list = ()) -> None:
+        """Start jobs in `order` as they fit: a slot job when a GPU slot is free, a CPU job while
+        fewer than `capacity` CPU tasks are in flight; so CPU jobs run while the slots are busy."""
         queue, flight, failure = list(order), {}, None
+        free, busy = list(slots), {}
         bar = _progress(len(order))
         try:
             while queue or flight:
-                while queue and failure is None and len(flight) < capacity:
-                    job = queue.pop(0)
-                    ref = self.remote.options(**self.wanted[job].options()).remote(self.payload, job, self.wanted[job], self.job_fn)
+                while failure is None:
+                    job = self._startable(queue, on_slots, bool(free), len(flight) - len(busy) < capacity)
+                    if job is None:
+                        break
+                    queue.remove(job)
+                    slot = free.pop(0) if job in on_slots else None
+                    ref = self._start(job, slot)
+                    if slot is not None:
+                        busy[ref] = slot
                     flight[ref], self.sent[ref] = job, time.perf_counter()
                 if not flight:
                     break
                 done, _ = self.ray.wait(list(flight), num_returns=1)
                 job = flight.pop(done[0])
+                if done[0] in busy:
+                    free.append(busy.pop(done[0]))
                 error = self._finish(job, done[0])
                 failure = failure or error
                 bar.update(1)
         except KeyboardInterrupt:
             for ref in flight:
-                self.ray.cancel(ref, force=True)
+                if ref not in busy:
+                    self.ray.cancel(ref, force=True)
+            for slot in busy.values():
+                self.ray.kill(slot)
             raise
         finally:
             bar.close()
         if failure is not None:
             raise PipelineError(failure)
+
+    @staticmethod
+    def _startable(queue: list, on_slots: set, slot_free: bool, cpu_free: bool):
+        """The first job in order that can start now, or None."""
+        return next((j for j in queue if (slot_free if j in on_slots else cpu_free)), None)
+
+    def _start(self, job, slot):
+        """Submit `job` to `slot` (a GPU slot worker) or, without one, as a Ray task."""
+        res = self.wanted[job]
+        if slot is not None:
+            return slot.run.remote([self.payload], job, res, self.job_fn)
+        return self.remote.options(**res.options()).remote(self.payload, job, res, self.job_fn)
 
     def _finish(self, job: Any, ref) -> Optional[str]:
         """Write a finished job; return the error line of a failed one."""

@@ -1,6 +1,8 @@
-"""The Ray backend against a real two-node Ray cluster on this machine (loopback only, one CPU a node):
-jobs on both nodes, artifacts byte-identical to the local backend, a killed driver resumed, a killed
-worker retried, a failing job named, an impossible resource request refused before anything runs."""
+"""The Ray backend against a real two-node Ray cluster on this machine (loopback only, one CPU a node;
+the second node declares one GPU, which Ray takes at its word, so GPU slots run their jobs on its
+CPU): jobs on both nodes, artifacts byte-identical to the local backend, a killed driver resumed, a
+killed worker retried, a failing job named, an impossible resource request refused before anything
+runs, GPU jobs on a long-lived slot beside the CPU jobs."""
 from __future__ import annotations
 
 import json
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Exp, base_config, tiny_pairs
+from conftest import ROOT, WORDS, Exp, base_config, tiny_bert, tiny_pairs
 from pipeline.ray_backend import loopback_only
 from pipeline.faults import KILL_AT, KILL_ONCE_AT, KILL_ONCE_MARKER, RAISE_AT
 from test_kill import comparable as kill_comparable
@@ -23,14 +25,15 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 STAGES = ("preprocess", "folds", "train", "ensemble")
 # Manifest and fold-record keys that say when and where, not what.
-VOLATILE = {"seconds", "fit_seconds", "timings", "fold_records", "node", "resources", "dispatch", "settings_sha256"}
+VOLATILE = {"seconds", "fit_seconds", "timings", "fold_records", "node", "resources", "dispatch", "settings_sha256",
+            "slot", "samples_per_s", "train_seconds", "valid_seconds"}
 
 
 @pytest.fixture(scope="module")
 def cluster():
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
                                                       "include_dashboard": False})
-    c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    c.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
     c.wait_for_nodes()
     yield c
     c.shutdown()
@@ -187,3 +190,30 @@ def test_seed_bag_on_ray_equals_local(cluster, tmp_path):
         assert (runs["local"].models / rel).read_bytes() == (runs["ray"].models / rel).read_bytes(), rel
     seed_records = [json.loads(p.read_text()) for p in runs["ray"].models.glob("plgbm/fold*/seed*/fold.json")]
     assert len(seed_records) == 6 and all(r["resources"] for r in seed_records)
+
+
+def test_gpu_jobs_run_on_a_long_lived_slot_beside_the_cpu_jobs(cluster, tmp_path):
+    """A transformer's folds go to the GPU slot (one worker for all three: its cache, holding the
+    tokenised tables, carries over from job to job) while the linear model's folds run as CPU tasks
+    on the other node; every file as the local backend writes it."""
+    bert = tiny_bert(tmp_path / "bert", sorted(set(WORDS)))
+    runs = {}
+    for backend in ("local", "ray"):
+        e = make(tmp_path / backend, backend, cluster.address if backend == "ray" else None)
+        cfg = config(e.tmp, backend, cluster.address if backend == "ray" else None)
+        cfg["models"] = [cfg["models"][0], {"name": "tr", "kind": "transformer", "view": "raw", "params": {
+            "backbone": str(bert), "max_length": 16, "epochs": 1, "batch_size": 16, "patience": 0,
+            "precision": "fp32", "num_threads": 1}}]
+        e.write_config(cfg)
+        for stage in STAGES:
+            assert e.run(stage) == 0, (backend, stage)
+        runs[backend] = e
+    assert comparable(runs["local"].tmp) == comparable(runs["ray"].tmp)
+    recs = {p.parent.parent.name + "/" + p.parent.name: json.loads(p.read_text())
+            for p in sorted(runs["ray"].models.glob("*/fold*/fold.json"))}
+    slots = [recs[f"tr/fold{k}"]["slot"] for k in range(3)]
+    assert {s["name"] for s in slots} == {"slot0"} and sorted(s["job"] for s in slots) == [0, 1, 2]
+    assert sorted(s["cache_entries_at_start"] for s in slots)[1:] > [0, 0]   # jobs after the first reuse
+    gpu_node = {n.node_id for n in cluster.worker_nodes}   # the node that declares the GPU
+    assert {recs[f"tr/fold{k}"]["node"] for k in range(3)} == gpu_node
+    assert all("slot" not in recs[f"lr/fold{k}"] for k in range(3))
