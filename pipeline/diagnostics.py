@@ -187,7 +187,7 @@ def plot_rounds(commit: Commit, path: Path, overview: list[dict], metric: str) -
     for name, seq in lines.items():
         (line,) = right.plot(rounds, [s["oof"][metric] for s in seq], marker="o", label=f"{name} oof")
         if seq[0]["test"] is not None:
-            right.plot(rounds, [s["test"][metric] for s in seq], marker="x", linestyle="--",
+            right.plot(rounds, [s["test"].get(metric, np.nan) for s in seq], marker="x", linestyle="--",
                        color=line.get_color(), label=f"{name} test")
     right.set_xticks(rounds), right.set_xlabel("round"), right.set_ylabel(metric)
     right.legend(fontsize=7)

@@ -288,6 +288,7 @@ def overview_table(overview: list[dict], metric: str, markdown: bool = False) ->
         row = [e["round"], e.get("rows", "-")] + [e["models"][n]["oof"][metric] for n in names]
         row.append(e["ensemble"]["oof"][metric])
         if has_test:
-            row += [e["models"][n]["test"][metric] for n in names] + [e["ensemble"]["test"][metric]]
+            # .get: a labelled test file may lack what the metric needs (qwk of non-rating labels)
+            row += [e["models"][n]["test"].get(metric, "-") for n in names] + [e["ensemble"]["test"].get(metric, "-")]
         rows.append(row)
     return format_table(head, rows, markdown=markdown)

@@ -153,6 +153,17 @@ def test_multilabel_end_to_end(tmp_path, bert_dir):
     assert (tmp_path / "models" / "tiny" / "lgbm" / "fold0" / "booster_0.txt").is_file()
 
 
+def test_qwk_with_a_test_file_of_non_ratings_reports_without_its_test_qwk(tmp_path):
+    """metric qwk, a labelled test file whose labels are no ratings (fractions): the test scores
+    have no qwk, and the pseudo-label stage and the report show '-' for it instead of failing."""
+    train, test = regression_pairs(120, 0), regression_pairs(40, 1)
+    e = experiment(tmp_path, train, test.assign(score=test["score"] + 0.25), task="regression", metric="qwk",
+                   data={"label": "score", "test_label": "score"}, models=CLASSICAL, ensemble=ENSEMBLE,
+                   pseudo=PSEUDO)
+    run_all(e)
+    assert (tmp_path / "reports" / "tiny" / "pseudo_rounds.png").is_file()
+
+
 def test_qwk_cut_points_are_fitted_on_oof_only(tmp_path):
     """Two runs that differ only in the test file's labels: same cut-points, same submission."""
     train, test = regression_pairs(120, 0), regression_pairs(40, 1)
