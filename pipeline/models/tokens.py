@@ -330,8 +330,15 @@ class Feed:
             m.start, start = start, start + m.size
         order = np.concatenate([m.padded() for m in micros]) if micros else np.zeros(0, np.int64)
         keep = np.concatenate([np.arange(m.size) < len(m.rows) for m in micros]) if micros else np.zeros(0, bool)
-        self._order = torch.from_numpy(order.astype(np.int64)).to(self.device, non_blocking=True)
-        self._keep = torch.from_numpy(keep.astype(np.float32)).to(self.device, non_blocking=True)
+        # one blocking copy per plan (an epoch, a prediction pass), none per batch
+        self._order = torch.from_numpy(order.astype(np.int64)).to(self.device)
+        self._keep = torch.from_numpy(keep.astype(np.float32)).to(self.device)
+
+    def rows(self, m: Micro) -> torch.Tensor:
+        """The real rows of batch m as a tensor on the device (for placing its outputs)."""
+        if self.tokens is None:
+            return torch.from_numpy(m.rows).to(self.device)
+        return self._order[m.start:m.start + len(m.rows)]
 
     def inputs(self, m: Micro) -> dict[str, Optional[torch.Tensor]]:
         """The model's inputs for batch m, (m.size, m.width) each. On the device, a batch without

@@ -448,8 +448,7 @@ class TransformerModel:
                 runtime.mark_step(rt)
                 with self._clock.step({(False, m.shape)}):
                     logits = module(**feed.inputs(m)).float()
-                rows = torch.from_numpy(m.rows).to(self.device_, non_blocking=True)
-                out[rows] = self.task_.activate(logits[:len(m.rows)], self.target_stats_)
+                out[feed.rows(m)] = self.task_.activate(logits[:len(m.rows)], self.target_stats_)
         return out.cpu().numpy()
 
     def _inference_module(self) -> tuple[nn.Module, str]:
