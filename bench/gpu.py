@@ -383,7 +383,7 @@ class Harness:
         if self.smoke:
             spec["compile_backend"] = "aot_eager"   # the compile path traced, no code generated: seconds
         left = self.deadline - time.perf_counter()
-        if left < 5:
+        if self.spent():
             return {"skipped": "time budget spent"}
         t0 = time.perf_counter()
         if self.inline:
@@ -392,6 +392,9 @@ class Harness:
             out = self._child(spec, left)
         out["process_seconds"] = round(time.perf_counter() - t0, 1)
         return out
+
+    def spent(self) -> bool:
+        return self.deadline - time.perf_counter() < 5
 
     def _child(self, spec: dict, timeout: float) -> dict:
         cmd = [sys.executable, "-m", "bench.gpu", "--child", json.dumps(spec)]
@@ -497,6 +500,63 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+class Bench:
+    """The whole run: the GEMM peak, each workload's systems, then the levers; the result file is
+    rewritten after every system, so a run cut short keeps what it measured."""
+
+    def __init__(self, args: argparse.Namespace, harness: Harness, out_path: Path):
+        self.args, self.h, self.out_path = args, harness, out_path
+        self.workloads = SMOKE if args.smoke else WORKLOADS
+        self.res: dict = {"smoke": args.smoke, "budget_s": args.budget_s, "machine": machine()}
+        self.prepared: dict = {}   # workload -> (spec, model FLOPs of one epoch)
+        self.peak = self.measured = 1.0
+
+    def gemm(self) -> None:
+        res, gemm = self.res, self.h.run({"system": "gemm", "name": "gemm"})
+        res["gemm"] = gemm
+        for key in ("device", "capability", "device_memory_gb"):
+            if key in gemm:
+                res["machine"][key] = gemm.pop(key)
+        self.measured = gemm.get("gemm_bf16_tflops", 1.0) * 1e12
+        self.peak, source = chip_peak(res["machine"].get("device", "?"), self.measured / 1e12)
+        res["mfu_peak_tflops"], res["mfu_peak_source"] = round(self.peak / 1e12, 1), source
+
+    def spec(self, name: str) -> dict:
+        """The workload's child spec; its model folder (random init) and FLOP count made once."""
+        if name not in self.prepared:
+            w, minilm = self.workloads[name], None if self.args.smoke else minilm_path(self.args.minilm)
+            model_dir = minilm if w.model.get("from") == "minilm" else str(
+                build_model_dir(w.model, self.h.tmp / name, minilm))
+            spec = {"name": name, "workload": dataclasses.asdict(w), "model_dir": model_dir, "seeds": list(w.seeds),
+                    "smoke": self.args.smoke, "mrpc": self.h.mrpc}
+            self.prepared[name] = (spec, flops_per_epoch(model_dir, load_data(spec)[0], w.max_length))
+        return self.prepared[name][0]
+
+    def run(self, name: str, label: str, **extra) -> None:
+        """One system of a workload, unless the budget is spent; its result summarised and written."""
+        out = {"skipped": "time budget spent"}
+        if not self.h.spent():
+            spec = self.spec(name)
+            out = self.h.run({**spec, **extra, "seeds": extra.get("seeds", spec["seeds"])})
+        if "runs" in out:
+            out["summary"] = summarize(out["runs"], self.prepared[name][1], self.workloads[name].epochs, self.peak,
+                                       self.measured, out["n_train"], out["n_test"])
+        self.res.setdefault(name, {})[label] = out
+        self.res["targets"] = targets(self.res)
+        write(self.out_path, self.res)
+        print(f"{name} {label}: {json.dumps(out.get('summary') or out)}", file=sys.stderr)
+
+    def all(self, names: list[str], levers: bool) -> dict:
+        self.gemm()
+        for name in names:
+            for system in self.workloads[name].systems:
+                self.run(name, system, system=system)
+        for name, label, overrides in (LEVERS if levers else ()):
+            if name in names:
+                self.run(name, label, system="ours", overrides=overrides, seeds=list(self.workloads[name].seeds[:1]))
+        return self.res
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mrpc", help="MRPC folder (default $MRPC_DIR or ../shared/data/mrpc)")
@@ -515,64 +575,21 @@ def main(argv: Optional[list[str]] = None) -> dict:
     from bench.mrpc_vs_hf import data_dir
 
     started = time.perf_counter()
-    workloads = SMOKE if args.smoke else WORKLOADS
     names = [n for n in args.workloads.split(",") if n]
-    unknown = sorted(set(names) - set(workloads))
+    unknown = sorted(set(names) - set(WORKLOADS))
     if unknown:
-        raise SystemExit(f"unknown workloads {unknown} (known: {', '.join(workloads)})")
-    out_path = Path(args.out or ROOT / "bench" / "results" / ("gpu_smoke.json" if args.smoke else "gpu.json"))
+        raise SystemExit(f"unknown workloads {unknown} (known: {', '.join(WORKLOADS)})")
     mrpc = data_dir(args.mrpc)
-    if not args.smoke and not (mrpc / "train.tsv").is_file():
-        raise SystemExit(f"MRPC not found in {mrpc} (train.tsv, msr_paraphrase_test.txt): pass --mrpc DIR or set "
-                         "MRPC_DIR; every workload reads its sentences")
-    if not args.smoke:
-        minilm_path(args.minilm)   # refused now, not after the first workloads ran
-    res: dict = {"smoke": args.smoke, "budget_s": args.budget_s, "machine": machine()}
+    if not args.smoke:   # refused now, not after the first workloads ran
+        if not (mrpc / "train.tsv").is_file():
+            raise SystemExit(f"MRPC not found in {mrpc} (train.tsv, msr_paraphrase_test.txt): pass --mrpc DIR or set "
+                             "MRPC_DIR; every workload reads its sentences")
+        minilm_path(args.minilm)
+    out_path = Path(args.out or ROOT / "bench" / "results" / ("gpu_smoke.json" if args.smoke else "gpu.json"))
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
-        h = Harness(args.smoke, args.inline, started + args.budget_s, Path(tmp), str(mrpc))
-        res["gemm"] = h.run({"system": "gemm", "name": "gemm"})
-        res["machine"]["device"] = res["gemm"].pop("device", "?")
-        for key in ("capability", "device_memory_gb"):
-            if key in res["gemm"]:
-                res["machine"][key] = res["gemm"].pop(key)
-        measured = res["gemm"].get("gemm_bf16_tflops", 1.0) * 1e12
-        peak, peak_source = chip_peak(res["machine"]["device"], measured / 1e12)
-        res["mfu_peak_tflops"], res["mfu_peak_source"] = round(peak / 1e12, 1), peak_source
-        prepared: dict = {}
-
-        def spec_of(name: str) -> dict:
-            w = workloads[name]
-            if name not in prepared:
-                if w.model.get("from") == "minilm":
-                    model_dir = minilm_path(args.minilm)
-                else:
-                    tok_from = None if args.smoke else minilm_path(args.minilm)
-                    model_dir = str(build_model_dir(w.model, Path(tmp) / name, tok_from))
-                spec = {"name": name, "workload": dataclasses.asdict(w), "model_dir": model_dir, "seeds": list(w.seeds),
-                        "smoke": args.smoke, "mrpc": h.mrpc}
-                train = load_data(spec)[0]
-                prepared[name] = (spec, flops_per_epoch(model_dir, train, w.max_length), len(train[2]))
-            return prepared[name][0]
-
-        def record(name: str, label: str, out: dict) -> None:
-            w = workloads[name]
-            _, flops, _ = prepared[name]
-            if "runs" in out:
-                out["summary"] = summarize(out["runs"], flops, w.epochs, peak, measured, out["n_train"], out["n_test"])
-            res.setdefault(name, {})[label] = out
-            res["targets"] = targets(res)
-            write(out_path, res)
-            print(f"{name} {label}: {json.dumps(out.get('summary') or out)}", file=sys.stderr)
-
-        for name in names:
-            for system in workloads[name].systems:
-                record(name, system, h.run({**spec_of(name), "system": system}))
-        for name, label, overrides in ([] if args.no_levers else LEVERS):
-            if name in names:
-                spec = spec_of(name)
-                record(name, label, h.run({**spec, "system": "ours", "overrides": overrides, "seeds": spec["seeds"][:1]}))
+        harness = Harness(args.smoke, args.inline, started + args.budget_s, Path(tmp), str(mrpc))
+        res = Bench(args, harness, out_path).all(names, levers=not args.no_levers)
     res["wall_seconds"] = round(time.perf_counter() - started, 1)
-    res["targets"] = targets(res)
     write(out_path, res)
     print(table(res))
     print(json.dumps(res["targets"]))
