@@ -25,7 +25,7 @@ from . import backends, views
 from .data import Column
 from .errors import InvalidValue, PipelineError, excerpt
 from .models import registry
-from .models.params import TransformerParams
+from .models.params import TransformerParams, as_dict
 from .names import (BACKBONE_KEYS, METHODS, PRETRAINED, check_experiment_name, check_model_name, check_name,
                     pretrained_name)
 from .tasks import get as get_task
@@ -545,7 +545,7 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise PipelineError(f"config: model names must be unique, repeated: {sorted(dup)}")
     for i, m in enumerate(cfg.models):
         params_cls = registry.params_class(m.kind, f"models.{m.name}.kind")
-        m.params = to_dict(build(params_cls, m.params, f"models.{m.name}.params"))
+        m.params = as_dict(build(params_cls, m.params, f"models.{m.name}.params"))
         if m.seed is None and m.seeds is None:
             m.seed = cfg.seed
         _resolve_synonyms(cfg, m)

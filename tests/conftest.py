@@ -19,6 +19,7 @@ from pipeline import cli  # noqa: E402
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long runs with real backbones or real data (run with -m slow)")
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; run with -m cuda)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -221,9 +221,9 @@ def test_accumulation_equals_one_big_batch(bert_dir, monkeypatch):
     grads = []
     step = TransformerModel._step
 
-    def spy(self, optim, where):  # the accumulated gradient, before clipping and the step
+    def spy(self, optim, *where):  # the accumulated gradient, before clipping and the step
         grads.append([q.grad.detach().to_dense() for q in optim.params])
-        return step(self, optim, where)
+        return step(self, optim, *where)
 
     monkeypatch.setattr(TransformerModel, "_step", spy)
     table = make_table("train", pair=True, n=32)  # 16 training rows: exactly one step

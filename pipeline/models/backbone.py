@@ -116,10 +116,14 @@ def quiet_loading(report: bool = True):
             hf_logging.enable_progress_bar()
 
 
-def load_pretrained(source: str, local_only: bool, name: str, config) -> nn.Module:
+def load_pretrained(source: str, local_only: bool, name: str, config, attention: Optional[str] = None) -> nn.Module:
+    """The pretrained backbone in float32; attention: an attn_implementation ("sdpa", "eager"),
+    None for the model's default (SDPA where it has it)."""
+    extra = {} if attention is None else {"attn_implementation": attention}
     try:
         with quiet_loading():
-            return AutoModel.from_pretrained(source, config=config, local_files_only=local_only, dtype=torch.float32)
+            return AutoModel.from_pretrained(source, config=config, local_files_only=local_only, dtype=torch.float32,
+                                             **extra)
     except (OSError, ValueError, KeyError) as e:
         raise load_error(name, "weights", source, local_only, e) from None
 

@@ -88,13 +88,15 @@ class Classifier(nn.Module):
         self.head = head
         self.use_token_types = use_token_types
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """attention_mask None: no padding in the batch (the backbone gets None, the head all ones)."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.use_token_types and token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         out = self.backbone(**kwargs, output_hidden_states=self.head.needs_hidden_states, return_dict=True)
-        pooled = self.head.pool(out.last_hidden_state, attention_mask, out.hidden_states)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        pooled = self.head.pool(out.last_hidden_state, mask, out.hidden_states)
         return self.head(pooled)
 
 

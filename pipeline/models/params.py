@@ -13,7 +13,7 @@ import functools
 import math
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
 from ..errors import InvalidValue, excerpt
 
@@ -68,14 +68,36 @@ def ngram_range(high: int, what: str) -> Rule:
 
 @functools.cache
 def _literals(cls: type) -> dict[str, tuple]:
-    """Fields annotated Literal[...] (or Optional[Literal[...]]) -> their allowed values."""
+    """Fields annotated Literal[...] (or Optional[Literal[...]], or Union[bool, Literal[...]]) -> their
+    allowed values."""
     out = {}
     for key, tp in typing.get_type_hints(cls).items():
         args = typing.get_args(tp) if typing.get_origin(tp) is typing.Union else (tp,)
         for a in args:
             if typing.get_origin(a) is Literal:
-                out[key] = typing.get_args(a) + ((None,) if type(None) in args else ())
+                out[key] = (typing.get_args(a) + ((None,) if type(None) in args else ())
+                            + ((True, False) if bool in args else ()))
     return out
+
+
+def as_dict(params: Any) -> dict:
+    """The params as a plain dict, for the resolved config, a model's identity and checkpoints;
+    fields a class lists in QUIET are left out while they hold their default, so adding such a
+    field changes no existing model's fingerprint, config or checkpoint."""
+    out = dataclasses.asdict(params)
+    for key in getattr(type(params), "QUIET", ()):
+        if key not in quiet_set(params):
+            del out[key]
+    return out
+
+
+def quiet_set(params: Any) -> list[str]:
+    """The QUIET fields of `params` that hold another value than their default."""
+    return [k for k in getattr(type(params), "QUIET", ()) if getattr(params, k) != _default(type(params), k)]
+
+
+def _default(cls: type, key: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == key)
 
 
 class _Checked:
@@ -197,7 +219,7 @@ class TransformerParams(_Checked):
     backbone_dropout: Optional[float] = None  # overrides the checkpoint's hidden/attention dropout
     multi_sample_dropout: int = 1
     freeze_embeddings: bool = False
-    sparse_embeddings: bool = True   # lazy Adam on the word-embedding rows of each step (see models/optim.py)
+    sparse_embeddings: bool = True   # CPU: lazy Adam on the word-embedding rows of each step (models/optim.py)
     fast_dropout: bool = True        # CPU: dropout masks from 16-bit random lanes (see models/dropout.py)
     freeze_layers: int = 0         # lowest N encoder layers
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -209,6 +231,20 @@ class TransformerParams(_Checked):
     predict_batch_size: int = 64
     num_threads: Optional[int] = None  # None or 0: torch's default
     save_checkpoint: bool = True
+    # -- how it runs (models/runtime.py resolves `auto` per device and the fold record says what ran)
+    # torch.compile the encoder layers (one compiled code for every layer, fold and seed of a process)
+    compile: Union[bool, Literal["auto"]] = "auto"
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "auto"
+    # batch widths rounded up to a few sizes (16, 24, 32, 48, 64, ...), so compiled code sees few shapes
+    length_buckets: Union[bool, Literal["auto"]] = "auto"
+    attention: Literal["auto", "sdpa", "eager"] = "auto"   # attn_implementation; auto: the backbone's default
+    tf32: bool = True                  # CUDA: float32 matrix products on TF32 tensor cores
+    grad_checkpointing: bool = False   # recompute activations in backward: big backbones fit, steps slower
+    predict_tokens: Optional[int] = None  # tokens per inference batch; None: per device; 0: predict_batch_size rows
+
+    # fields left out of the params' dict form while at their default (as_dict): the fingerprints,
+    # resolved configs and checkpoints of models that do not set them stay as they were
+    QUIET = ("compile", "compile_mode", "length_buckets", "attention", "tf32", "grad_checkpointing", "predict_tokens")
 
     # head, truncation and precision are Literal fields, checked by _Checked
     RULES = {
@@ -218,6 +254,7 @@ class TransformerParams(_Checked):
         "dropout": fraction(False, True), "backbone_dropout": optional(fraction(False, True)),
         "multi_sample_dropout": at_least(1), "freeze_layers": at_least(0), "patience": at_least(0),
         "predict_batch_size": at_least(1), "num_threads": optional(at_least(0)),
+        "predict_tokens": optional(at_least(0)),
     }
 
     def _defaults(self) -> None:

@@ -4,7 +4,9 @@ TransformerModel(params, n_classes, view) follows the interface of base.Model. O
 tokenise (once per table, cached across folds), build backbone + head, AdamW with layer-wise LR
 decay and warmup + linear decay, gradient accumulation, clipping, mixed precision, and early
 stopping on the fold's validation loss or metric (params.early_stop) with the best weights kept in
-memory.
+memory. How it runs on its device (sparse or dense embedding updates, where batches are built, how
+often the loss is read back, TF32, compiled layers, inference batch sizes) is models/runtime.py's
+Runtime, resolved from the params' `auto` settings per device.
 
 save() writes model.safetensors, the backbone's config.json, the tokenizer files and
 head_config.json, flat in one folder; load_checkpoint() rebuilds the model from them with no
@@ -19,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -37,12 +39,14 @@ from ..fileio import read_json, write_json, write_with
 from ..tasks import CLASSIFICATION, Task, get as get_task
 from .backbone import (autocast, default_device, load_config, load_pretrained, load_tokenizer, max_positions,
                        num_threads, resolve_backbone, resolve_precision, seeded)
+from . import runtime
 from .base import FitContext
 from .dropout import fast_attention_dropout, swap_dropout
 from .heads import Classifier, Head, apply_freezing
 from .optim import Optim, build_optim, clip_grad_norm
-from .params import TransformerParams
-from .tokens import Encoded, collate, concat, encode_split, predict_batches, train_steps
+from .params import TransformerParams, as_dict
+from .runtime import Runtime
+from .tokens import Encoded, Feed, Micro, concat, encode_split, predict_batches, train_steps
 
 HEAD_CONFIG = "head_config.json"
 WEIGHTS = "model.safetensors"
@@ -83,7 +87,8 @@ def load_backbone(params: TransformerParams, n_classes: int) -> tuple[object, Cl
     source, local_only = resolve_backbone(params.backbone)
     config = load_config(source, local_only, params.backbone, params)
     tokenizer = load_tokenizer(source, local_only, params.backbone)
-    backbone = load_pretrained(source, local_only, params.backbone, config)
+    backbone = load_pretrained(source, local_only, params.backbone, config,
+                               None if params.attention == "auto" else params.attention)
     check_compatible(tokenizer, backbone, params, params.backbone)
     return tokenizer, build_classifier(backbone, params, n_classes), source
 
@@ -136,6 +141,70 @@ def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
+class LossTally:
+    """An epoch's training loss and gradient norms summed on the device, in float64: the same value,
+    bit for bit, as summing each micro-batch's float32 loss on the host, without reading every
+    step back (on CUDA a read waits for the queued work). A non-finite loss or norm leaves its sum
+    non-finite, so a check finds every one since the epoch began."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.norm = torch.zeros((), dtype=torch.float64, device=device)
+        self.rows = 0
+
+    def add(self, loss: torch.Tensor, rows: int) -> None:
+        self.loss += loss.detach().double()
+        self.rows += rows
+
+    def add_norm(self, norm: torch.Tensor) -> None:
+        self.norm += norm.detach().double()
+
+    def check_loss(self, where: str) -> None:
+        value = float(self.loss)
+        if not math.isfinite(value):
+            raise PipelineError(f"{where}: training loss is {value}; this fold was stopped "
+                                "(try a lower lr or precision=fp32)")
+
+    def check_norm(self, where: str) -> None:
+        value = float(self.norm)
+        if not math.isfinite(value):
+            raise PipelineError(f"{where}: gradient norm is {value}; this fold was stopped "
+                                "(try a lower lr or precision=fp32)")
+
+    def mean(self) -> float:
+        return float(self.loss) / max(self.rows, 1)
+
+
+class ShapeClock:
+    """Compiled layers compile once per new batch shape: the first step or batch of each shape is
+    timed on its own (the device synchronised around it) and counted as compile time, so steady
+    speed leaves it out while wall-clock figures keep it. Uncompiled, it does nothing."""
+
+    def __init__(self, rt: Runtime, device: torch.device):
+        self.on, self.device = rt.compile, device
+        self.seen: set = set()
+        self.seconds = 0.0        # every cold step and batch
+        self.train_seconds = 0.0  # cold training steps only, and the rows they trained on
+        self.train_rows = 0
+
+    @contextlib.contextmanager
+    def step(self, shapes: set, train_rows: int = 0):
+        """Around one training step (train_rows: its rows) or one prediction batch of these shapes."""
+        if not self.on or shapes <= self.seen:
+            yield
+            return
+        runtime.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        runtime.synchronize(self.device)
+        took = time.perf_counter() - start
+        self.seconds += took
+        if train_rows:
+            self.train_seconds += took
+            self.train_rows += train_rows
+        self.seen |= shapes
+
+
 # ----------------------------------------------------------------------------- the model
 
 
@@ -154,6 +223,9 @@ class TransformerModel:
         self.target_stats_: tuple[float, float] = (0.0, 1.0)   # Task.target_stats of the training rows
         self.tokenizer_ = None
         self.module_: Optional[Classifier] = None
+        self.runtime_: Optional[Runtime] = None
+        self._clock: Optional[ShapeClock] = None
+        self._attention = ""
         self._cache: dict = {}
         self._source = ""
 
@@ -173,9 +245,10 @@ class TransformerModel:
             return concat(enc, self._encode(train, swapped=True)), torch.cat([y, y]), torch.cat([w, w])
         return enc, y, w
 
-    def _batch(self, enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        pad = self.tokenizer_.pad_token_id
-        return collate(enc, rows, 0 if pad is None else pad, self.device_, self.params.max_length)
+    def _feed(self, enc: Encoded, y: Optional[torch.Tensor] = None, w: Optional[torch.Tensor] = None) -> Feed:
+        rt, pad = self.runtime_, self.tokenizer_.pad_token_id
+        return Feed(enc, 0 if pad is None else pad, self.device_, self.params.max_length, rt.length_buckets,
+                    rt.static_rows, rt.device_batches, y, w)
 
     # -- fit
 
@@ -191,25 +264,29 @@ class TransformerModel:
     def _fit(self, train: Split, valid: Split, ctx: FitContext) -> None:
         p = self.params
         self.device_ = default_device()
+        runtime.release_memory(self.device_)  # what earlier folds left goes back first
+        self.runtime_ = rt = runtime.resolve(p, self.device_)
+        self._clock = ShapeClock(rt, self.device_)
         self.precision_ = resolve_precision(p.precision, self.device_)
         self.task_ = ctx.task or CLASSIFICATION
         self.tokenizer_, self.module_, self._source = load_backbone(p, self.n_classes)
-        if self._fast_dropout:
+        self._attention = self.module_.backbone.config._attn_implementation  # before training swaps it
+        if rt.fast_dropout:
             swap_dropout(self.module_)
+        if rt.grad_checkpointing:
+            runtime.enable_checkpointing(self.module_.backbone, p.backbone)
         self.module_.to(self.device_)
+        if rt.compile:
+            runtime.compile_layers(self.module_.backbone, rt.compile_mode)
         self._cache = ctx.cache
-        with self.training_attention():
+        with self.training_attention(), runtime.device_state(rt):
             self._train_loop(train, valid, ctx)
-
-    @property
-    def _fast_dropout(self) -> bool:
-        """fast_dropout applies to CPU training only (CUDA's fused dropout is already cheap)."""
-        return self.params.fast_dropout and self.device_.type == "cpu"
 
     def training_attention(self) -> contextlib.AbstractContextManager:
         """The attention the training steps run under: fast attention-dropout masks with fast_dropout
-        (see models/dropout.py), else the backbone's own."""
-        return fast_attention_dropout(self.module_.backbone) if self._fast_dropout else contextlib.nullcontext()
+        on CPU (see models/dropout.py; CUDA's fused dropout is already cheap), else the backbone's own."""
+        fast = self.runtime_.fast_dropout
+        return fast_attention_dropout(self.module_.backbone) if fast else contextlib.nullcontext()
 
     def _targets(self, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
         """The task's targets ((n,) int64 classes, (n,) float32 values or (n, L) float32 0/1) and (n,)
@@ -220,11 +297,13 @@ class TransformerModel:
         return torch.from_numpy(y), torch.from_numpy(w)
 
     def _train_loop(self, train: Split, valid: Split, ctx: FitContext) -> None:
-        p = self.params
+        p, rt = self.params, self.runtime_
         enc, y, w = self._training_rows(train)
         rng = np.random.default_rng(ctx.seed)  # batch order: same seed, same batches
         steps_per_epoch = math.ceil(len(enc) / (p.batch_size * p.grad_accum))
-        optim = build_optim(self.module_, p, p.epochs * steps_per_epoch, self.precision_, self.device_)
+        optim = build_optim(self.module_, p, p.epochs * steps_per_epoch, self.precision_, self.device_,
+                            sparse=rt.sparse_embeddings)
+        feed = self._feed(enc, y, w)
         can_stop = valid is not None and len(valid) > 0 and valid.y is not None
         best = Best(p.patience)
         label = ctx.label or "transformer"
@@ -236,13 +315,13 @@ class TransformerModel:
         try:
             for epoch in range(1, p.epochs + 1):
                 start = time.perf_counter()
-                steps = train_steps(enc.lengths, p.batch_size, p.grad_accum, rng)
-                loss = self._train_epoch(steps, enc, y, w, optim, bar, f"{label} epoch {epoch}")
+                steps = feed.plan(train_steps(enc.lengths, p.batch_size, p.grad_accum, rng), lambda m: p.batch_size)
+                loss = self._train_epoch(steps, feed, w, optim, bar, f"{label} epoch {epoch}")
                 train_s += time.perf_counter() - start
                 if not can_stop:
                     continue
                 start = time.perf_counter()
-                pred = self.predict_proba(valid)
+                pred = self._predict_split(valid)
                 score = float(ctx.score(valid.y, pred))
                 value = score if p.early_stop == "metric" else criterion(p.early_stop, ctx, valid.y, pred)
                 valid_s += time.perf_counter() - start
@@ -262,50 +341,72 @@ class TransformerModel:
                       "samples_per_s": round(epoch * len(enc) / max(train_s, 1e-9), 1),
                       "train_tokens": int(enc.lengths.sum()) * epoch,
                       "precision": self.precision_, "device": self.device_.type, "max_length": p.max_length,
-                      "trainable_params": sum(q.numel() for q in optim.params)}
+                      "trainable_params": sum(q.numel() for q in optim.params),
+                      **self._runtime_record(epoch * len(enc), train_s)}
 
-    def _train_epoch(self, steps: list[list[np.ndarray]], enc: Encoded, y: torch.Tensor, w: torch.Tensor,
-                     optim: Optim, bar, where: str) -> float:
-        """One pass over `steps`; returns the epoch's mean training loss."""
+    def _runtime_record(self, samples: int, train_s: float) -> dict:
+        """What ran (the resolved runtime), compile time apart from steady speed, and the device's peak
+        memory; left out on the plain CPU path, whose records stay as they were."""
+        rt = self.runtime_
+        if runtime.plain_cpu(self.params, rt):
+            return {}
+        out = {"runtime": rt.record(self._attention)}
+        if rt.compile:
+            clock = self._clock
+            steady = samples - clock.train_rows   # rows of steps whose shapes were compiled before
+            out.update(compile_seconds=round(clock.seconds, 3), train_compile_seconds=round(clock.train_seconds, 3),
+                       steady_samples_per_s=round(steady / max(train_s - clock.train_seconds, 1e-9), 1) if steady else None)
+        peak = runtime.peak_memory_mb(self.device_)
+        if peak is not None:
+            out["peak_memory_mb"] = peak
+        return out
+
+    def _train_epoch(self, steps: list[list[Micro]], feed: Feed, w: torch.Tensor, optim: Optim, bar,
+                     where: str) -> float:
+        """One pass over `steps` (each a list of micro-batches); returns the epoch's mean training loss.
+        The loss is read back every runtime.sync_steps steps (each step on CPU, where a read is free)."""
         self.module_.train()
-        total, count = 0.0, 0
+        rt, tally = self.runtime_, LossTally(self.device_)
+        every = rt.sync_steps
         for i, micro in enumerate(steps):
-            total += self._accumulate(micro, enc, y, w, optim.scaler, f"{where} step {i + 1}")
-            count += sum(len(m) for m in micro)
-            self._step(optim, f"{where} step {i + 1}")
+            at = f"{where} step {i + 1}" if every == 1 else f"{where} by step {i + 1}"
+            runtime.mark_step(rt)
+            with self._clock.step({(True, m.shape) for m in micro}, sum(len(m.rows) for m in micro)):
+                self._accumulate(micro, feed, w, optim.scaler, at, tally)
+                self._step(optim, at, tally)
             bar.update(1)
-            bar.set_postfix(loss=f"{total / max(count, 1):.4f}", refresh=False)
-        return total / max(count, 1)
+            if every == 1 or (i + 1) % every == 0 or i + 1 == len(steps):
+                tally.check_loss(at)
+                tally.check_norm(at)
+                bar.set_postfix(loss=f"{tally.mean():.4f}", refresh=False)
+        return tally.mean()
 
-    def _accumulate(self, micro: list[np.ndarray], enc: Encoded, y: torch.Tensor, w: torch.Tensor,
-                    scaler: Optional[torch.amp.GradScaler], where: str) -> float:
+    def _accumulate(self, micro: list[Micro], feed: Feed, w: torch.Tensor, scaler: Optional[torch.amp.GradScaler],
+                    where: str, tally: LossTally) -> None:
         """Backward over the micro-batches of one step, each loss divided by the whole step's weight
-        (so the gradient is the mean over the effective batch); returns the step's summed loss."""
-        denom = float(sum(w[torch.from_numpy(rows)].sum() for rows in micro)) or 1.0
-        total = 0.0
-        for rows in micro:
-            batch = self._batch(enc, rows)
-            rows_t = torch.from_numpy(rows)
+        (so the gradient is the mean over the effective batch; w: the rows' host-side weights); the
+        losses go to `tally`, checked after each micro-batch where reads are free."""
+        denom = float(sum(w[torch.from_numpy(m.rows)].sum() for m in micro)) or 1.0
+        for m in micro:
+            batch = feed.inputs(m)
             with autocast(self.precision_, self.device_):
                 logits = self.module_(**batch)
-            loss = batch_loss(logits.float(), y[rows_t].to(self.device_), w[rows_t].to(self.device_), self.task_)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise PipelineError(f"{where}: training loss is {value}; this fold was stopped "
-                                    "(try a lower lr or precision=fp32)")
-            total += value
+            loss = batch_loss(logits.float(), *feed.targets(m), self.task_)
+            tally.add(loss, len(m.rows))
+            if self.runtime_.sync_steps == 1:
+                tally.check_loss(where)
             scaled = loss / denom
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        return total
 
-    def _step(self, optim: Optim, where: str) -> None:
+    def _step(self, optim: Optim, where: str, tally: LossTally) -> None:
         """Clip, step, schedule, clear. With an fp16 scaler, non-finite gradients skip the step."""
         optim.unscale()
         if self.params.max_grad_norm and self.params.max_grad_norm > 0:
             norm = clip_grad_norm(optim.params, self.params.max_grad_norm)
-            if optim.scaler is None and not torch.isfinite(norm):
-                raise PipelineError(f"{where}: gradient norm is {float(norm)}; this fold was stopped "
-                                    "(try a lower lr or precision=fp32)")
+            if optim.scaler is None:
+                tally.add_norm(norm)
+                if self.runtime_.sync_steps == 1:
+                    tally.check_norm(where)
         optim.step()
 
     # -- predict
@@ -318,27 +419,43 @@ class TransformerModel:
         """
         if self.module_ is None:
             raise PipelineError("transformer: predict_proba before fit (or load_checkpoint)")
-        with num_threads(self.params.num_threads):
-            module, precision = self._inference_module()
-            module.eval()
-            orders = (False, True) if self.params.swap_tta and len(split) and split.is_pair else (False,)
-            out = sum(self._predict(module, precision, self._encode(split, swapped)) for swapped in orders)
+        with num_threads(self.params.num_threads), runtime.device_state(self.runtime_):
+            out = self._predict_split(split)
+        if self.info_ and self._clock.on:  # compiles of later prediction shapes count too
+            self.info_["compile_seconds"] = round(self._clock.seconds, 3)
+        peak = runtime.peak_memory_mb(self.device_)
+        if self.info_ and peak is not None:
+            self.info_["peak_memory_mb"] = max(self.info_.get("peak_memory_mb", 0.0), peak)
+        return out
+
+    def _predict_split(self, split: Split) -> np.ndarray:
+        module, precision = self._inference_module()
+        module.eval()
+        orders = (False, True) if self.params.swap_tta and len(split) and split.is_pair else (False,)
+        out = sum(self._predict(module, precision, self._encode(split, swapped)) for swapped in orders)
         return (out / len(orders)).astype(np.float32)
 
     def _predict(self, module: nn.Module, precision: str, enc: Encoded) -> np.ndarray:
-        """(len(enc), n_classes) probabilities of `module` run under autocast to `precision`."""
-        out = np.zeros((len(enc), self.n_classes), dtype=np.float32)
+        """(len(enc), n_classes) probabilities of `module` run under autocast to `precision`, rows
+        longest first in batches of predict_batch_size rows or runtime.predict_tokens tokens; the
+        probabilities stay on the device until the last batch."""
+        p, rt, feed = self.params, self.runtime_, self._feed(enc)
+        rows_at = (lambda m: max(1, rt.predict_tokens // m.width)) if rt.predict_tokens else (lambda m: p.predict_batch_size)
+        plan = feed.plan([predict_batches(enc.lengths, p.predict_batch_size, rt.predict_tokens, feed.width)], rows_at)[0]
+        out = torch.zeros((len(enc), self.n_classes), dtype=torch.float32, device=self.device_)
         with torch.inference_mode(), autocast(precision, self.device_):
-            for rows in predict_batches(enc.lengths, self.params.predict_batch_size):
-                logits = module(**self._batch(enc, rows)).float()
-                out[rows] = self.task_.activate(logits, self.target_stats_).cpu().numpy()
-        return out
+            for m in plan:
+                runtime.mark_step(rt)
+                with self._clock.step({(False, m.shape)}):
+                    logits = module(**feed.inputs(m)).float()
+                out[feed.rows(m)] = self.task_.activate(logits[:len(m.rows)], self.target_stats_)
+        return out.cpu().numpy()
 
     def _inference_module(self) -> tuple[nn.Module, str]:
         """(module, autocast precision) for prediction. bf16 on CPU: a bf16 copy of the backbone and
         no autocast, which re-casts activations around every op (the copy predicts 1.3x faster on
         MRPC, bench.profile_transformer); the head and pooling stay float32."""
-        if self.precision_ != "bf16" or self.device_.type != "cpu":
+        if self.precision_ != "bf16" or self.device_.type != "cpu" or self.runtime_.compile:
             return self.module_, self.precision_
         module = copy.deepcopy(self.module_)
         module.backbone.to(torch.bfloat16)
@@ -371,7 +488,7 @@ class TransformerModel:
         return {"format": "pipeline-transformer/1", "n_classes": self.n_classes, "task": self.task_.name,
                 "target_stats": list(self.target_stats_),
                 "view": self.view,
-                "precision": self.precision_, "params": asdict(self.params),
+                "precision": self.precision_, "params": as_dict(self.params),
                 "hidden_size": self.module_.backbone.config.hidden_size,
                 "use_token_types": self.module_.use_token_types}
 
@@ -423,7 +540,8 @@ def load_checkpoint(directory: Path, device: Optional[torch.device] = None) -> T
     tokenizer = load_tokenizer(name, True, name)
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=True)
-        backbone = AutoModel.from_config(config)
+        backbone = AutoModel.from_config(config, **({} if params.attention == "auto" else
+                                                    {"attn_implementation": params.attention}))
     except (OSError, ValueError, KeyError) as e:
         raise PipelineError(f"{directory}: cannot rebuild the backbone: {first_line(e)}") from None
     check_compatible(tokenizer, backbone, params, name)
@@ -437,6 +555,8 @@ def load_checkpoint(directory: Path, device: Optional[torch.device] = None) -> T
     model.task_ = get_task(head.get("task"))  # a checkpoint from before task types: classification
     model.target_stats_ = tuple(head.get("target_stats", (0.0, 1.0)))
     model.device_ = device or default_device()
+    model.runtime_ = runtime.resolve(params, model.device_, fitting=False)
+    model._clock = ShapeClock(model.runtime_, model.device_)
     model.precision_ = head["precision"] if model.device_.type == "cuda" or head["precision"] != "fp16" else "fp32"
     model.tokenizer_, model.module_, model._source = tokenizer, module.to(model.device_), name
     return model
