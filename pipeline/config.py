@@ -34,6 +34,12 @@ from .yamlio import load_yaml, load_yaml_value, read_config_text
 
 
 
+# Where a section names models (ensemble.models, pseudo.models, pseudo.retrain): model names, or a
+# group by where a model's kind runs (registry.Kind.accelerator), which stays valid whatever models
+# the config lists; resolved to names when the config is loaded (select_models).
+Selection = Union[list[str], Literal[registry.ACCELERATORS]]
+
+
 @dataclass
 class DataConfig:
     dir: str = "data/demo"          # ${VAR} is expanded, so `${MRPC_DIR}` works
@@ -155,7 +161,7 @@ class ModelConfig:
 @dataclass
 class EnsembleConfig:
     methods: list[str] = field(default_factory=lambda: ["stack", "blend", "vote"])
-    models: Optional[list[str]] = None   # None: every model of the experiment
+    models: Optional[Selection] = None   # None: every model of the experiment
     round: int = 0                       # which pseudo-label round's matrices to combine
     tune_threshold: bool = True          # binary tasks: threshold tuned on OOF for `metric`
     stack_c: float = 1.0
@@ -190,8 +196,8 @@ class PseudoConfig:
     max_fraction: float = 0.5            # of the train size, per fold
     keep_class_balance: bool = True
     tolerance: float = 0.1               # regression: a teacher agrees within this many target stds
-    models: Optional[list[str]] = None   # teachers; None: all
-    retrain: Optional[list[str]] = None  # students; None: all
+    models: Optional[Selection] = None   # teachers; None: all
+    retrain: Optional[Selection] = None  # students; None: all
     # classification: a pseudo row enters training once per class, weighted by the teachers' mean
     # probability of it (its soft label) instead of once with the voted class; the task refuses it otherwise
     soft: bool = False
@@ -550,11 +556,9 @@ def _validate(cfg: ExperimentConfig) -> None:
     _validate_pretrain(cfg)
     if cfg.folds.strategy == "group" and not cfg.folds.group_column:
         raise PipelineError("config: folds.strategy=group needs folds.group_column")
-    for label, sel in (("ensemble.models", cfg.ensemble.models), ("pseudo.models", cfg.pseudo.models),
-                       ("pseudo.retrain", cfg.pseudo.retrain)):
-        for n in sel or []:
-            if n not in names:
-                raise PipelineError(f"config: {label} names unknown model {n!r} (models: {names})")
+    cfg.ensemble.models = select_models(cfg, "ensemble.models", cfg.ensemble.models)
+    cfg.pseudo.models = select_models(cfg, "pseudo.models", cfg.pseudo.models)
+    cfg.pseudo.retrain = select_models(cfg, "pseudo.retrain", cfg.pseudo.retrain)
     for mth in cfg.ensemble.methods:
         if mth not in METHODS:
             raise PipelineError(f"config: ensemble.methods has unknown method {excerpt(mth)} "
@@ -565,6 +569,27 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise PipelineError(f"config: ensemble.round={r} but pseudo-labelling makes {made}")
     if cfg.ensemble.submit != "auto" and cfg.ensemble.submit not in cfg.ensemble.methods:
         raise PipelineError(f"config: ensemble.submit={cfg.ensemble.submit!r} is not in ensemble.methods")
+
+
+def select_models(cfg: ExperimentConfig, key: str, selection: Optional[Selection]) -> Optional[list[str]]:
+    """A model selection as the names it picks (None: every model, left as None).
+
+    A group (`cpu`, `gpu`) picks the models whose kind runs there, in config order, and every model
+    where none does, so editing `models` never breaks the section; resolved here so the saved
+    config and every fingerprint name the models. A list must name models of this config: an
+    unknown name is one line saying what to write instead."""
+    names = [m.name for m in cfg.models]
+    if selection is None:
+        return None
+    if isinstance(selection, str):
+        picked = [m.name for m in cfg.models if registry.kind(m.kind).accelerator == selection]
+        return picked or names
+    for n in selection:
+        if n not in names:
+            raise PipelineError(f"config: {key} names unknown model {n!r} (models: {', '.join(names) or 'none'}); "
+                                f"list models of this config, or write {key}: cpu (the models that run on CPU) "
+                                "or null (every model)")
+    return list(selection)
 
 
 def _resolve_synonyms(cfg: ExperimentConfig, m: ModelConfig) -> None:
