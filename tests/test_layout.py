@@ -23,7 +23,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "models.classical", "models.embed", "models.features"),
     4: ("layout", "prepared", "fold_assignment", "artifacts", "pseudo_labels", "backbones", "provenance",
         "augment", "combination", "submission", "executor", "ray_backend", "driver", "rounds", "predictor",
-        "http_app", "diagnostics"),
+        "http_app", "diagnostics", "reference"),
     5: ("cli", "preprocess", "folds", "pretrain", "train", "pseudo_label", "ensemble", "report", "serve",
         "inspect_models", "demo"),
 }
