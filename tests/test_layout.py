@@ -16,16 +16,16 @@ from pathlib import Path
 from conftest import ROOT
 
 LAYERS: dict[int, tuple[str, ...]] = {
-    1: ("errors", "faults", "fileio", "yamlio", "formatting", "plots", "names", "readers", "synthetic"),
+    1: ("errors", "faults", "fileio", "yamlio", "formatting", "plots", "names", "readers", "synthetic", "machine"),
     2: ("data", "views", "metrics", "combiners", "tasks", "backends", "models.params", "models.registry"),
     3: ("config", "models.base", "models.tokens", "models.heads", "models.dropout", "models.optim",
         "models.backbone", "models.transformer", "models.mlm", "models.mlm_training", "models.encoder",
         "models.classical", "models.embed", "models.features"),
     4: ("layout", "prepared", "fold_assignment", "artifacts", "pseudo_labels", "backbones", "provenance",
         "augment", "combination", "submission", "executor", "ray_backend", "driver", "rounds", "predictor",
-        "http_app", "diagnostics", "reference"),
+        "http_app", "diagnostics", "proposal", "lineup", "config_writer", "reference"),
     5: ("cli", "preprocess", "folds", "pretrain", "train", "pseudo_label", "ensemble", "report", "serve",
-        "inspect_models", "demo"),
+        "inspect_models", "demo", "init"),
 }
 STAGES = set(LAYERS[5]) - {"cli"}
 LAYER = {m: n for n, mods in LAYERS.items() for m in mods}
