@@ -121,9 +121,9 @@ def report(p, models, machine: str, out: Path) -> None:
     for topic in ("files", "id", "text", "label", "task", "metric", "folds", "empty"):
         if topic in p.notes:
             print(f"{topic + ':':8}{p.notes[topic]}")
-    on = ", ".join(m.model["name"] for m in models if not m.off)
+    on = ", ".join(m.model["name"] + (f" ({m.estimate})" if m.estimate else "") for m in models if not m.off)
     off = "; ".join(f"{m.model['name']} ({m.comment.split('left out: ', 1)[-1]})" for m in models if m.off)
-    print(f"{'models:':8}{on} ({machine})" + (f"; left out: {off}" if off else ""))
+    print(f"{'models:':8}{on}; for this machine: {machine}" + (f"; left out: {off}" if off else ""))
     print(f"wrote {out}; run it with:  bash run_all.sh {out}")
 
 

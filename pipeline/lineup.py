@@ -36,6 +36,7 @@ class ModelLine:
     model: dict
     comment: str
     off: bool = False
+    estimate: str = ""     # how long it trains on this machine, where estimated ("about 28 min")
 
 
 def lineup(p: Proposal, machine: Machine, available: Callable[[str], Optional[str]]) -> list[ModelLine]:
@@ -86,7 +87,8 @@ def cpu_minilm(p: Proposal, machine: Machine, why_not: Optional[str]) -> ModelLi
     if why_not is None and hours > MAX_CPU_HOURS:
         why_not = f"about {hours:.0f} h of training on {machine.cores} CPU cores (a GPU runs it in minutes)"
     line.off = why_not is not None
-    line.comment += f"; about {_duration(hours * 3600)} on this machine" if not line.off else f"; left out: {why_not}"
+    line.estimate = "" if line.off else f"about {_duration(hours * 3600)}"
+    line.comment += f"; {line.estimate} on this machine" if not line.off else f"; left out: {why_not}"
     return line
 
 
