@@ -166,14 +166,15 @@ def test_the_checks_see_what_they_must(tmp_path):
 
 
 def test_the_readme_imports_what_exists():
-    """Every `from pipeline... import ...` the README shows names a module and names that exist."""
+    """Every `from pipeline... import ...` the README and docs/ show names a module and names that exist."""
     import importlib
     import re
 
-    text = (ROOT / "README.md").read_text()
-    found = re.findall(r"^from (pipeline[\w.]*) import ([\w, ]+)$", text, flags=re.M)
+    pages = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+    found = [(page.name, *m) for page in pages
+             for m in re.findall(r"^from (pipeline[\w.]*) import ([\w, ]+)$", page.read_text(), flags=re.M)]
     assert found
-    for module, names in found:
+    for page, module, names in found:
         mod = importlib.import_module(module)
         for name in (n.strip() for n in names.split(",")):
-            assert hasattr(mod, name), f"README: {module} has no {name}"
+            assert hasattr(mod, name), f"{page}: {module} has no {name}"
