@@ -286,7 +286,8 @@ class ExecutionConfig:
     # null: $RAY_ADDRESS if set, else a local Ray instance sized to this machine on 127.0.0.1; auto or
     # ray://host:port: join a running cluster
     address: Optional[str] = None
-    max_retries: int = 2            # retries of a job whose worker process or node died (a job that raises is not retried)
+    # retries of a job whose worker process or node died (a job that raises is not retried)
+    max_retries: int = 2
 
     def __post_init__(self):
         require(self, "max_retries", lambda v: v >= 0, "0 or more")

@@ -284,22 +284,27 @@ def choose_id(cols: dict, t: Tables, sample: Optional[Sample], hints: Hints,
     if hints.id is not None:
         key = key_of(hints.id, t.header)
         if key not in t.test.columns:
-            raise PipelineError(f"--id {hints.id}: the test file has no such column (columns: {_shows(list(t.test.columns))})")
-        notes["id"] = f"{_show(key)}, as --id says"
-        return key, "both" if key in cols else "test"
+            raise PipelineError(f"--id {hints.id}: the test file has no such column "
+                                f"(columns: {_shows(list(t.test.columns))})")
+        return key, id_where(key, cols, notes, "as --id says")
     named = [c for c in t.test.columns if t.header and ID_NAME.fullmatch(str(c))]
     if sample is not None and sample.id in t.test.columns:   # the competition's id column
         named = [sample.id] + named
     for key in named:
         values = _stripped(t.test[key])
         if Profile(key, values, None).unique_in(values):
-            both = key in cols and cols[key].unique_in(cols[key].train)
-            notes["id"] = f"{_show(key)}: named like an id and unique in the test file" + \
-                          ("" if both else " (the train rows keep row numbers)")
-            return key, "both" if both else "test"
+            return key, id_where(key, cols, notes, "named like an id and unique in the test file")
     notes["id"] = (f"none: no column is named like an id ({', '.join(CONVENTIONAL_IDS)}, *_id), so the test ids are "
                    f"row numbers 0..{len(t.test) - 1} (--id COL to name one)")
     return None, "none"
+
+
+def id_where(key: Column, cols: dict, notes: dict, why: str) -> str:
+    """'both' where the train file has the id column too, unique (data.id), else 'test' (data.test_id:
+    train ids stay row numbers, which only key folds.csv)."""
+    both = key in cols and cols[key].unique_in(cols[key].train)
+    notes["id"] = f"{_show(key)}: {why}" + ("" if both else " (the train rows keep row numbers)")
+    return "both" if both else "test"
 
 
 def choose_labels(cols: dict, t: Tables, sample: Optional[Sample], hints: Hints,
@@ -309,7 +314,8 @@ def choose_labels(cols: dict, t: Tables, sample: Optional[Sample], hints: Hints,
         keys = [key_of(k, t.header) for k in hints.label]
         missing = [k for k in keys if k not in cols]
         if missing:
-            raise PipelineError(f"--label: the train file has no column {_shows(missing)} (columns: {_shows(list(cols))})")
+            raise PipelineError(f"--label: the train file has no column {_shows(missing)} "
+                                f"(columns: {_shows(list(cols))})")
         notes["label"] = f"{_shows(keys)}, as --label says"
         return keys, "decisions"
     if sample is not None:
@@ -362,8 +368,8 @@ def label_by_values(cols: dict, notes: dict) -> list[Column]:
     if not candidates:
         raise PipelineError("no column looks like the label (every column is in the test file too and holds ids or "
                             "text): name it with --label COL")
-    raise PipelineError(f"{len(candidates)} columns could be the label ({_shows(candidates)}): name it with --label COL "
-                        "(several 0/1 columns: --label A,B,C)")
+    raise PipelineError(f"{len(candidates)} columns could be the label ({_shows(candidates)}): name it with "
+                        "--label COL (several 0/1 columns: --label A,B,C)")
 
 
 def _label_like(p: Profile) -> bool:
@@ -419,8 +425,8 @@ def choose_task(labels: list[Profile], hints: Hints, notes: dict) -> str:
     if len(labels) > 1:
         bad = [p.show() for p in labels if not p.binary]
         if bad:
-            raise PipelineError(f"several label columns make a multilabel task, whose labels are 0/1, but {', '.join(bad)} "
-                                "holds other values: name one label with --label")
+            raise PipelineError(f"several label columns make a multilabel task, whose labels are 0/1, but "
+                                f"{', '.join(bad)} holds other values: name one label with --label")
         notes["task"] = f"multilabel: {len(labels)} columns of 0/1"
         return "multilabel"
     (p,) = labels
@@ -469,7 +475,8 @@ def choose_k(task: str, labels: list[Profile], notes: dict) -> int:
         raise PipelineError(f"{where} has {smallest} row: every class (every label's 0 and 1) needs 2 rows or more "
                             "for K-fold; drop or merge it")
     k = min(DEFAULT_FOLDS, smallest)
-    notes["folds"] = f"{k} folds" + (f" (the smallest class, {where}, has {smallest} rows)" if k < DEFAULT_FOLDS else "")
+    smaller = f" (the smallest class, {where}, has {smallest} rows)" if k < DEFAULT_FOLDS else ""
+    notes["folds"] = f"{k} folds{smaller}"
     return k
 
 

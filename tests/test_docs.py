@@ -42,10 +42,17 @@ PAGES = ["README.md", "docs/getting-started.md", "docs/stages.md", "docs/input-f
 NOT_RUN = ("gpu", "cluster", "server", "hours")
 RUN = ("bash", "python", "yaml")
 TOOLS = ("head", "cat", "ls")          # shell tools a block may use to show a result
+
+
+def _section(tp) -> Optional[type]:
+    """The dataclass of a config section (pretrain is Optional), None for a plain key or a list."""
+    if typing.get_origin(tp) is list:
+        return None
+    return next((a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)), None)
+
+
 # config sections ({name: dataclass}) whose keys the pages write dotted: data.label, pseudo.retrain
-SECTIONS = {name: next(a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a))
-            for name, tp in typing.get_type_hints(ExperimentConfig).items()
-            if any(dataclasses.is_dataclass(a) for a in (tp, *typing.get_args(tp))) and typing.get_origin(tp) is not list}
+SECTIONS = {name: _section(tp) for name, tp in typing.get_type_hints(ExperimentConfig).items() if _section(tp)}
 
 
 @dataclass
@@ -90,9 +97,9 @@ def commands(text: str) -> list[list[str]]:
 
 
 def runnable(words: list[str]) -> bool:
+    stage = words[:2] == ["python", "-m"] and words[2].startswith("pipeline.")
     return (words[:3] == ["pip", "install", "-r"] or words[:3] == ["python", "-m", "pytest"]
-            or words[:2] == ["bash", "run_all.sh"] or (words[:2] == ["python", "-m"] and words[2].startswith("pipeline."))
-            or words[0] in TOOLS)
+            or words[:2] == ["bash", "run_all.sh"] or stage or words[0] in TOOLS)
 
 
 # ----------------------------------------------------------------------------- static checks
@@ -182,7 +189,8 @@ def test_the_config_reference_is_the_codes():
 def test_every_config_key_says_what_it_means():
     rows = [line for line in config_reference().splitlines() if line.startswith("| `")]
     assert len(rows) > 100
-    assert [r.split("|")[1].strip() for r in rows if r.split("|")[4].strip() == ""] == []   # key | type | default | meaning
+    # | key | type | default | meaning |
+    assert [r.split("|")[1].strip() for r in rows if r.split("|")[4].strip() == ""] == []
 
 
 def test_the_code_layout_page_is_the_layout_tests():

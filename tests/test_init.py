@@ -220,7 +220,8 @@ def test_refusals_are_one_line_naming_the_flag(run_init, tmp_path):
     assert code == 0, err
     one = train.assign(p="a")
     one.to_csv(tmp_path / "one.csv", index=False)
-    code, _, err = run_init(tmp_path / "one.csv", tmp_path / "test.csv", "--label", "p", "--text", "body", "--name", "o")
+    code, _, err = run_init(tmp_path / "one.csv", tmp_path / "test.csv", "--label", "p", "--text", "body",
+                            "--name", "o")
     assert code == 2 and "holds one value only" in one_line(err)
     rare = train.assign(p=["a"] * 39 + ["b"])
     rare.to_csv(tmp_path / "rare.csv", index=False)
@@ -283,7 +284,8 @@ def test_newcomer_path_init_run_all_submission(run_init, tmp_path):
     config = tmp_path / "configs" / "comp.yaml"
     cfg = load_config(config)
     assert cfg.data.dir == "data/comp"
-    words = sorted({w for t in pd.read_csv(tmp_path / "data" / "comp" / "train.csv")["text_a"] for w in t.lower().split()})
+    texts = pd.read_csv(tmp_path / "data" / "comp" / "train.csv")["text_a"]
+    words = sorted({w for t in texts for w in t.lower().split()})
     bert = tiny_bert(tmp_path / "bert", words)
     fast = [f"models.{m.name}.params.backbone={bert}" for m in cfg.models if "backbone" in m.params]
     fast += [f"models.{m.name}.params.epochs=1" for m in cfg.models if m.kind == "transformer"]
