@@ -25,8 +25,8 @@ SMALL_TRAIN = 2000
 MAX_CPU_HOURS = 3.0                 # a fine-tuned MiniLM estimated longer than this on CPU is left out
 MIN_MEMORY_GB = 4.0                 # fine-tuning MiniLM on CPU takes about 2 GB
 MIN_GPU_MEMORY_GB = 10.0            # MPNet at batch 32 and 256 tokens
-# training rows a second at a row of 80 tokens: MiniLM on 2 CPU cores (README benchmark, fp32), on a GPU
-CPU_ROWS_PER_S, GPU_ROWS_PER_S = {"minilm": 60.0}, {"minilm": 1500.0, "mpnet": 400.0}
+# training rows a second of MiniLM at rows of about 80 tokens on 2 CPU cores (MRPC, fp32: docs/benchmarks.md)
+MINILM_CPU_ROWS_PER_S = 60.0
 
 
 @dataclass
@@ -81,7 +81,7 @@ def transformers(p: Proposal, machine: Machine, available: Callable[[str], Optio
 
 def cpu_minilm(p: Proposal, machine: Machine, why_not: Optional[str]) -> ModelLine:
     line = minilm(p, "cls" if p.n_train < SMALL_TRAIN else "mean", gpu=False, why_not=why_not)
-    hours = fit_seconds(p, line.model["params"], CPU_ROWS_PER_S["minilm"] * (machine.cores / 2) ** 0.7) / 3600
+    hours = fit_seconds(p, line.model["params"], MINILM_CPU_ROWS_PER_S * (machine.cores / 2) ** 0.7) / 3600
     if why_not is None and machine.memory_gb < MIN_MEMORY_GB:
         why_not = f"fine-tuning it takes about 2 GB of memory and this machine has {machine.memory_gb:.1f} GB"
     if why_not is None and hours > MAX_CPU_HOURS:

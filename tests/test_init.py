@@ -297,3 +297,28 @@ def test_newcomer_path_init_run_all_submission(run_init, tmp_path):
     sub = pd.read_csv(tmp_path / "submissions" / "comp.csv", dtype=str)
     test = pd.read_csv(tmp_path / "data" / "comp" / "test.csv", dtype=str)
     assert list(sub.columns) == ["id", "label"] and sub["id"].tolist() == test["id"].tolist()
+
+
+def test_the_line_up_follows_the_machine_and_the_file_size():
+    from pipeline.lineup import lineup
+    from pipeline.machine import Machine
+    from pipeline.proposal import Proposal
+
+    def plan(n_train: int, machine: Machine, missing: tuple = ()) -> dict:
+        p = Proposal({}, "classification", "accuracy", 5, "stratified", "decisions", n_train, 1000, True, 60)
+        lines = lineup(p, machine, lambda name: f"{name} is not here" if name in missing else None)
+        return {m.model["name"]: (m.off, m.comment) for m in lines}
+
+    laptop = Machine(cores=2, memory_gb=16)
+    small = plan(600, laptop)
+    assert [n for n, (off, _) in small.items() if not off] == ["tfidf_lr", "pair_lgbm", "embed_lr", "minilm"]
+    assert "the demo's recipe" in small["minilm"][1] and "about" in small["minilm"][1]
+    big = plan(200_000, laptop)
+    assert big["minilm"][0] and "h of training on 2 CPU cores" in big["minilm"][1]   # written, commented out
+    assert plan(600, Machine(cores=2, memory_gb=2))["minilm"][0]
+    gpu = plan(600, Machine(cores=16, memory_gb=128, gpus=1, gpu_memory_gb=80, gpu_name="H200"),
+               missing=("all-mpnet-base-v2",))
+    assert [n for n, (off, _) in gpu.items() if not off] == ["tfidf_lr", "pair_lgbm", "embed_lr", "minilm_mean",
+                                                             "minilm_cls"]
+    assert gpu["mpnet"][0] and "all-mpnet-base-v2 is not here" in gpu["mpnet"][1]
+    assert not plan(600, Machine(cores=16, memory_gb=128, gpus=1, gpu_memory_gb=80, gpu_name="H200"))["mpnet"][0]
