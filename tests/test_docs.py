@@ -119,6 +119,17 @@ def test_the_readme_is_short_and_keeps_the_two_commands():
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("pip install -r requirements.txt && python -m pytest -q")
 
 
+def test_what_counts_as_runnable():
+    """The checker itself: commands split at && and over continued lines; shell syntax it cannot
+    run in-process (arrays, loops, background jobs, curl) needs a mark."""
+    assert commands("pip install -r requirements.txt && bash run_all.sh  # the demo\npython -m pipeline.train \\\n"
+                    "  configs/x.yaml --force") == [["pip", "install", "-r", "requirements.txt"], ["bash", "run_all.sh"],
+                                                   ["python", "-m", "pipeline.train", "configs/x.yaml", "--force"]]
+    assert all(map(runnable, commands("python -m pipeline.init a b\nhead -3 submissions/x.csv\npython -m pytest -q")))
+    for line in ("o=(experiment=x)", "for s in a b; do python -m pipeline.$s; done", "curl -s localhost:8000/ready",
+                 "python -m bench.mrpc_ensemble", "ray start --head"):
+        assert not all(map(runnable, commands(line))), line
+
 @pytest.mark.parametrize("page", PAGES)
 def test_every_block_runs_here_or_says_why_not(page):
     for b in blocks(page):
