@@ -687,7 +687,7 @@ def _lgbm_kwargs(p: Any, seed: int) -> dict:
     return dict(n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
                 min_child_samples=p.min_child_samples, subsample=p.subsample, subsample_freq=1,
                 colsample_bytree=p.colsample_bytree, reg_lambda=p.reg_lambda, n_jobs=p.n_jobs,
-                random_state=seed, deterministic=True, force_col_wise=True, verbose=-1)
+                random_state=seed, deterministic=True, force_row_wise=True, verbose=-1)
 
 
 class PerLabel:
