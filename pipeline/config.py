@@ -700,13 +700,21 @@ def _resolve_synonyms(cfg: ExperimentConfig, m: ModelConfig) -> None:
     a.synonyms = "mlm" if a.mlm_backbone else "none"
 
 
+def backbone_refs(m: ModelConfig) -> list[tuple[str, Any]]:
+    """[(key, value)] of every setting of model `m` that may name a backbone: its params keys
+    (BACKBONE_KEYS, by their params name) and `augment.mlm_backbone` (the masked LM its
+    augmentation substitutes words with); a value may be None."""
+    return [(k, m.params.get(k)) for k in BACKBONE_KEYS] + [("augment.mlm_backbone", m.augment.mlm_backbone)]
+
+
+def ref_key(key: str) -> str:
+    """A backbone_refs key as a dotted key under models.<name> (params.backbone, augment.mlm_backbone)."""
+    return key if key.startswith("augment.") else f"params.{key}"
+
+
 def pretrained_refs(m: ModelConfig) -> list[tuple[str, str]]:
-    """[(key, <name>)] of the pretrained backbones a model names: params keys, and
-    `augment.mlm_backbone` for the masked LM its augmentation substitutes words with."""
-    refs = [(k, pretrained_name(m.params.get(k))) for k in BACKBONE_KEYS if pretrained_name(m.params.get(k))]
-    if pretrained_name(m.augment.mlm_backbone):
-        refs.append(("augment.mlm_backbone", pretrained_name(m.augment.mlm_backbone)))
-    return refs
+    """[(key, <name>)] of the pretrained backbones (`pretrained:<name>`) a model names."""
+    return [(k, pretrained_name(v)) for k, v in backbone_refs(m) if pretrained_name(v)]
 
 
 def _validate_pretrain(cfg: ExperimentConfig) -> None:
@@ -717,7 +725,7 @@ def _validate_pretrain(cfg: ExperimentConfig) -> None:
         for key, name in pretrained_refs(m):
             if p is None or name != p.name:
                 have = "no pretrain section" if p is None else f"pretrain.name is {p.name!r}"
-                where = key if key.startswith("augment.") else f"params.{key}"
+                where = ref_key(key)
                 raise PipelineError(f"config: models.{m.name}.{where}=pretrained:{name} but the config has {have}")
     if p is None:
         return

@@ -23,7 +23,7 @@ from . import artifacts, backends, faults
 from .artifacts import adopt_fold, fold_dir, load_fold, manifest_path, save_fold, seed_dir, write_model
 from .augment import augment_split
 from .backbones import check_pretrained, with_pretrained
-from .config import ExperimentConfig, ModelConfig, config_yaml, model_params
+from .config import ExperimentConfig, ModelConfig, backbone_refs, config_yaml, model_params
 from .data import Split, Table, whole
 from .errors import PipelineError
 from .fold_assignment import load_folds
@@ -31,7 +31,7 @@ from .fileio import read_json, sha256_strings, write_bytes
 from .layout import models_dir
 from .models import registry
 from .models.base import FitContext
-from .names import BACKBONE_KEYS, pretrained_name
+from .names import pretrained_name
 from .prepared import load_prepared
 from .provenance import identity
 from .tasks import Task, get as get_task
@@ -273,8 +273,8 @@ def plan_model(run: Run, m: ModelConfig, force: bool) -> Optional[list[Job]]:
 def check_backbones(m: ModelConfig) -> None:
     """Every backbone the model names by a name or folder (params.backbone, params.embed,
     augment.mlm_backbone) can load here: checked for every model before any job runs."""
-    names = [m.params.get(k) for k in BACKBONE_KEYS] + [m.augment.mlm_backbone if m.augment.active else None]
-    names = [n for n in names if isinstance(n, str) and pretrained_name(n) is None]
+    used = [v for k, v in backbone_refs(m) if k != "augment.mlm_backbone" or m.augment.active]
+    names = [n for n in used if isinstance(n, str) and pretrained_name(n) is None]
     if names:
         from .models.backbone import check_available  # torch loads only for models that use it
 

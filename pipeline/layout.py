@@ -25,10 +25,10 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .config import ExperimentConfig, config_yaml, expand_env
+from .config import ExperimentConfig, backbone_refs, config_yaml, expand_env, ref_key
 from .errors import PipelineError
 from .fileio import Commit, write_text
-from .names import BACKBONE_KEYS, METHODS, pretrained_name
+from .names import METHODS, pretrained_name
 
 CONFIG_FILE = "config.yaml"   # the resolved config beside every output it produced
 
@@ -38,9 +38,6 @@ CONFIG_FILE = "config.yaml"   # the resolved config beside every output it produ
 # Every path a stage writes comes from `under`: its root (paths.*) expanded (${VAR}, ~) and
 # resolved, every component, links included; the same resolved path is checked (check_layout) and
 # written, so a check and a write can never mean two places.
-
-ROOTS = ("work", "models", "submissions", "reports")
-
 
 def root(cfg: ExperimentConfig, key: str) -> Path:
     """paths.<key>, expanded (${VAR}, then ~) and resolved to an absolute path without links."""
@@ -63,6 +60,11 @@ def work_dir(cfg: ExperimentConfig) -> Path:
 
 def prepared_dir(cfg: ExperimentConfig) -> Path:
     return under(cfg, "work", cfg.experiment, "prepared")
+
+
+def work_config_file(cfg: ExperimentConfig) -> Path:
+    """<paths.work>/<exp>/config.yaml, the folds stage's resolved config."""
+    return under(cfg, "work", cfg.experiment, CONFIG_FILE)
 
 
 def folds_paths(cfg: ExperimentConfig) -> tuple[Path, Path]:
@@ -138,9 +140,9 @@ def input_files(cfg: ExperimentConfig) -> dict[str, Path]:
 
 def stage_outputs(cfg: ExperimentConfig) -> dict[str, Path]:
     """{what: resolved folder or file} of every stage's own outputs; no two may share a place."""
-    out = {"the prepared data": prepared_dir(cfg), "the folds": folds_paths(cfg)[0],
-           "the folds record": folds_paths(cfg)[1], "the folds' config.yaml": under(cfg, "work", cfg.experiment,
-                                                                                    CONFIG_FILE),
+    csv_path, json_path = folds_paths(cfg)
+    out = {"the prepared data": prepared_dir(cfg), "the folds": csv_path, "the folds record": json_path,
+           "the folds' config.yaml": work_config_file(cfg),
            "the pseudo labels": pseudo_dir(cfg), "the pretrained backbones": pretrained_root(cfg),
            "the report": reports_dir(cfg), "the submission": submission_path(cfg)}
     out.update({f"the {m} submission": submission_path(cfg, m) for m in METHODS})
@@ -159,8 +161,7 @@ def owned_dirs(cfg: ExperimentConfig) -> list[Path]:
 def owned_files(cfg: ExperimentConfig) -> list[Path]:
     """Single files the pipeline writes outside its owned folders."""
     csv_path, json_path = folds_paths(cfg)
-    return ([csv_path, json_path, under(cfg, "work", cfg.experiment, CONFIG_FILE), submission_path(cfg),
-             lock_file(cfg)] + [submission_path(cfg, m) for m in METHODS])
+    return ([csv_path, json_path, work_config_file(cfg), submission_path(cfg), lock_file(cfg)] + [submission_path(cfg, m) for m in METHODS])
 
 
 def check_layout(cfg: ExperimentConfig, config_path: Optional[Path]) -> None:
@@ -189,12 +190,13 @@ def check_outputs_spare_inputs(cfg: ExperimentConfig, config_path: Optional[Path
     inputs = dict(input_files(cfg))
     if config_path is not None:
         inputs["the config file"] = Path(config_path)
+    files, folders = owned_files(cfg), owned_dirs(cfg)   # resolved once, checked against every input
     for key, path in inputs.items():
-        for out in owned_files(cfg):
+        for out in files:
             if _same_file(path, out):
                 raise PipelineError(f"config: an output ({out}) would replace {key} ({path}); "
                                     "change paths.* or the experiment name")
-        for folder in owned_dirs(cfg):
+        for folder in folders:
             if _inside(path, folder):
                 raise PipelineError(f"config: {key} ({path}) lies inside {folder}, which the pipeline writes; "
                                     "move the file or change paths.*")
@@ -207,9 +209,8 @@ def check_backbones_spared(cfg: ExperimentConfig) -> None:
     if cfg.pretrain is not None and cfg.pretrain.backbone:
         reads.append(("pretrain.backbone", cfg.pretrain.backbone, pretrained_root(cfg)))
     for m in cfg.models:
-        for key in BACKBONE_KEYS:
-            reads.append((f"models.{m.name}.params.{key}", m.params.get(key), experiment_models_dir(cfg)))
-        reads.append((f"models.{m.name}.augment.mlm_backbone", m.augment.mlm_backbone, experiment_models_dir(cfg)))
+        for key, value in backbone_refs(m):
+            reads.append((f"models.{m.name}.{ref_key(key)}", value, experiment_models_dir(cfg)))
     for key, value, written in reads:
         if isinstance(value, str) and pretrained_name(value) is None and Path(value).expanduser().exists():
             if _inside(Path(value), written):

@@ -12,7 +12,7 @@ from typing import Optional
 import pandas as pd
 
 from .artifacts import config_diff
-from .config import ExperimentConfig, to_dict
+from .config import ExperimentConfig, config_source, to_dict
 from .errors import PipelineError
 from .fileio import committed, read_json, sha256_file
 from .layout import round_paths, save_resolved
@@ -35,13 +35,13 @@ def check_round(cfg: ExperimentConfig, round_: int) -> dict:
     json_path = round_paths(cfg, round_)[1]
     if not json_path.is_file():
         raise PipelineError(f"pseudo-label round {round_} was not made ({json_path} not found): run "
-                            f"`python -m pipeline.pseudo_label` first")
+                            f"`python -m pipeline.pseudo_label {config_source(cfg)}` first")
     record = read_json(json_path)
     made = record.get("settings") if isinstance(record, dict) else None
     if made is not None and made != label_settings(cfg):
         changed = ", ".join(config_diff(made, label_settings(cfg), "pseudo."))
         raise PipelineError(f"{json_path} was made under other pseudo-label settings than the config ({changed}): "
-                            f"run `python -m pipeline.pseudo_label` again")
+                            f"run `python -m pipeline.pseudo_label {config_source(cfg)}` again")
     return record
 
 

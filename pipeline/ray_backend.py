@@ -168,7 +168,7 @@ def capacity(nodes: list[dict], wanted: list[Resources]) -> int:
     """How many CPU tasks to keep in flight: as many as the cluster's CPUs hold of the smallest
     request (more would only queue inside Ray, where a failure could no longer stop them from
     starting)."""
-    cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in nodes)
+    cpus = _total(nodes, "CPU")
     smallest = min((r.num_cpus for r in wanted if r.num_cpus > 0), default=1.0)
     return max(1, int(cpus // smallest))
 
@@ -185,8 +185,14 @@ def slot_count(nodes: list[dict], cfg: ExecutionConfig, slot_cpus: float, cpu_jo
     """gpu_slots per GPU of every node, as many as the CPUs hold beside one CPU job (when there
     are CPU jobs): a slot holds its CPUs for the whole run."""
     slots = sum(int(n.get("Resources", {}).get("GPU", 0)) for n in nodes) * cfg.gpu_slots
-    cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in nodes) - (1 if cpu_jobs_too else 0)
-    return max(1, min(slots, int(cpus // max(slot_cpus, 1e-9)) if slot_cpus else slots))
+    cpus = _total(nodes, "CPU") - (1 if cpu_jobs_too else 0)
+    held = int(cpus // slot_cpus) if slot_cpus > 0 else slots   # slots the CPUs can hold
+    return max(1, min(slots, held))
+
+
+def _total(nodes: list[dict], resource: str) -> float:
+    """The cluster's amount of `resource` (CPU, GPU) over its live nodes."""
+    return sum(n.get("Resources", {}).get(resource, 0) for n in nodes)
 
 
 @contextlib.contextmanager
