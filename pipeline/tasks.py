@@ -182,6 +182,15 @@ class Task:
 
         return (F.cross_entropy(logits, y, reduction="none") * w).sum()
 
+    def consistency(self, a, b, w):
+        """Two outputs (B, C) float32 of the same rows under different dropout, w (B,) -> the
+        weighted SUM of their disagreement (R-Drop): the symmetric KL divergence of the softmaxes."""
+        import torch.nn.functional as F
+
+        la, lb = F.log_softmax(a, dim=-1), F.log_softmax(b, dim=-1)
+        kl = (la.exp() * (la - lb)).sum(-1) + (lb.exp() * (lb - la)).sum(-1)
+        return (0.5 * kl * w).sum()
+
     def activate(self, logits, stats: tuple[float, float] = (0.0, 1.0)):
         import torch
 
@@ -397,6 +406,10 @@ class RegressionTask(_OneGroup, Task):
         """Weighted SUM of squared errors of (B, 1) predictions (in standardised units)."""
         return (((logits[:, 0] - y) ** 2) * w).sum()
 
+    def consistency(self, a, b, w):
+        """The weighted SUM of squared differences of two (B, 1) predictions."""
+        return (((a[:, 0] - b[:, 0]) ** 2) * w).sum()
+
     def activate(self, logits, stats=(0.0, 1.0)):
         return logits * stats[1] + stats[0]
 
@@ -549,6 +562,16 @@ class MultilabelTask(_OneGroup, Task):
         import torch.nn.functional as F
 
         return (F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=1) * w).sum()
+
+    def consistency(self, a, b, w):
+        """The weighted SUM over rows of the mean over labels of the symmetric Bernoulli KL."""
+        import torch
+        import torch.nn.functional as F
+
+        pa, pb = torch.sigmoid(a), torch.sigmoid(b)
+        la, lb, na, nb = F.logsigmoid(a), F.logsigmoid(b), F.logsigmoid(-a), F.logsigmoid(-b)
+        kl = pa * (la - lb) + (1 - pa) * (na - nb) + pb * (lb - la) + (1 - pb) * (nb - na)
+        return (0.5 * kl.mean(dim=1) * w).sum()
 
     def activate(self, logits, stats=(0.0, 1.0)):
         import torch

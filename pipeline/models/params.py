@@ -262,10 +262,20 @@ class TransformerParams(_Checked):
     tf32: bool = True                  # CUDA: float32 matrix products on TF32 tensor cores
     grad_checkpointing: bool = False   # recompute activations in backward: big backbones fit, steps slower
     predict_tokens: Optional[int] = None  # tokens per inference batch; null: per device (CUDA 32,768); 0: predict_batch_size rows
+    # -- small-data levers (models/stability.py; bench/results/levers.md measured them on MRPC)
+    reinit_layers: int = 0         # re-initialise the top N encoder layers before fine-tuning
+    ema: Optional[float] = None    # decay of a moving average of the weights, used to validate and predict; null: off
+    swa_epochs: int = 0            # average the weights of the last N epochs (a candidate for the kept weights); 0: off
+    adversarial: Literal["none", "fgm", "awp"] = "none"  # fgm: perturb word embeddings; awp: perturb weights
+    adv_eps: float = 1.0           # fgm: perturbation norm per row; awp: bound relative to each weight (e.g. 0.01)
+    adv_lr: float = 1.0            # awp: step along the gradient direction, relative to the weight norm
+    adv_start_epoch: int = 1       # the first epoch (1-based) with adversarial training
+    rdrop: float = 0.0             # weight of R-Drop's consistency loss between two dropout passes; 0: off
 
     # fields left out of the params' dict form while at their default (as_dict): the fingerprints,
     # resolved configs and checkpoints of models that do not set them stay as they were
-    QUIET = ("compile", "compile_mode", "length_buckets", "attention", "tf32", "grad_checkpointing", "predict_tokens")
+    QUIET = ("compile", "compile_mode", "length_buckets", "attention", "tf32", "grad_checkpointing", "predict_tokens",
+             "reinit_layers", "ema", "swa_epochs", "adversarial", "adv_eps", "adv_lr", "adv_start_epoch", "rdrop")
 
     # head, truncation and precision are Literal fields, checked by _Checked
     RULES = {
@@ -276,6 +286,8 @@ class TransformerParams(_Checked):
         "multi_sample_dropout": at_least(1), "freeze_layers": at_least(0), "patience": at_least(0),
         "predict_batch_size": at_least(1), "num_threads": optional(at_least(0)),
         "predict_tokens": optional(at_least(0)),
+        "reinit_layers": at_least(0), "ema": optional(fraction(True, True)), "swa_epochs": at_least(0),
+        "adv_eps": positive(), "adv_lr": positive(), "adv_start_epoch": at_least(1), "rdrop": at_least(0),
     }
 
     def _defaults(self) -> None:
@@ -286,3 +298,11 @@ class TransformerParams(_Checked):
         # best epoch stays chosen by the metric, so such configs keep their outputs
         if self.early_stop == "auto":
             self.early_stop = "tuned" if self.patience > 0 else "metric"
+
+    def _relations(self) -> None:
+        if self.swa_epochs > self.epochs:
+            raise InvalidValue("swa_epochs", f"must be at most epochs ({self.epochs})", self.swa_epochs)
+        if self.adversarial != "none" and self.adv_start_epoch > self.epochs:
+            raise InvalidValue("adv_start_epoch", f"must be at most epochs ({self.epochs})", self.adv_start_epoch)
+        if self.ema is not None and self.swa_epochs:
+            raise InvalidValue("swa_epochs", "and ema are two weight averages; set one of them", self.swa_epochs)

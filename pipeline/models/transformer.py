@@ -39,7 +39,7 @@ from ..fileio import read_json, write_json, write_with
 from ..tasks import CLASSIFICATION, Task, get as get_task
 from .backbone import (autocast, default_device, load_config, load_pretrained, load_tokenizer, max_positions,
                        num_threads, resolve_backbone, resolve_precision, seeded)
-from . import runtime
+from . import runtime, stability
 from .base import FitContext
 from .dropout import fast_attention_dropout, swap_dropout
 from .heads import Classifier, Head, apply_freezing
@@ -66,9 +66,14 @@ def check_compatible(tokenizer, backbone: nn.Module, params: TransformerParams, 
     if limit is not None and params.max_length > limit:
         raise PipelineError(f"transformer params: max_length={params.max_length} is above the limit of "
                             f"backbone {name!r} ({limit} tokens)")
-    if params.freeze_layers > backbone.config.num_hidden_layers:
+    layers = backbone.config.num_hidden_layers
+    if params.freeze_layers > layers:
         raise PipelineError(f"transformer params: freeze_layers={params.freeze_layers} but backbone {name!r} "
-                            f"has {backbone.config.num_hidden_layers} layers")
+                            f"has {layers} layers")
+    if params.reinit_layers + params.freeze_layers > layers:
+        raise PipelineError(f"transformer params: reinit_layers={params.reinit_layers} top layers and "
+                            f"freeze_layers={params.freeze_layers} bottom layers overlap in backbone {name!r} "
+                            f"({layers} layers): a re-initialised layer must train")
 
 
 def build_classifier(backbone: nn.Module, params: TransformerParams, n_classes: int) -> Classifier:
@@ -271,6 +276,7 @@ class TransformerModel:
         self.task_ = ctx.task or CLASSIFICATION
         self.tokenizer_, self.module_, self._source = load_backbone(p, self.n_classes)
         self._attention = self.module_.backbone.config._attn_implementation  # before training swaps it
+        stability.reinit_top_layers(self.module_.backbone, p.reinit_layers, p.backbone)
         if rt.fast_dropout:
             swap_dropout(self.module_)
         if rt.grad_checkpointing:
@@ -306,6 +312,10 @@ class TransformerModel:
         feed = self._feed(enc, y, w)
         can_stop = valid is not None and len(valid) > 0 and valid.y is not None
         best = Best(p.patience)
+        ema = stability.Ema(self.module_, p.ema) if p.ema is not None else None
+        swa = stability.Swa(self.module_, p.swa_epochs, p.epochs) if p.swa_epochs else None
+        adversary = stability.adversary(self.module_, p.adversarial, p.adv_eps, p.adv_lr)
+        averaged = ema.applied if ema is not None else contextlib.nullcontext
         label = ctx.label or "transformer"
         train_s = valid_s = 0.0
         scores: list[float] = []
@@ -316,25 +326,29 @@ class TransformerModel:
             for epoch in range(1, p.epochs + 1):
                 start = time.perf_counter()
                 steps = feed.plan(train_steps(enc.lengths, p.batch_size, p.grad_accum, rng), lambda m: p.batch_size)
-                loss = self._train_epoch(steps, feed, w, optim, bar, f"{label} epoch {epoch}")
+                loss = self._train_epoch(steps, feed, w, optim, bar, f"{label} epoch {epoch}",
+                                         adversary if epoch >= p.adv_start_epoch else None, ema)
                 train_s += time.perf_counter() - start
+                if swa is not None:
+                    swa.collect(epoch)
                 if not can_stop:
                     continue
                 start = time.perf_counter()
-                pred = self._predict_split(valid)
-                score = float(ctx.score(valid.y, pred))
-                value = score if p.early_stop == "metric" else criterion(p.early_stop, ctx, valid.y, pred)
+                with averaged():
+                    score, value = self._validate(valid, ctx)
+                    stop = best.update(value, epoch, self.module_)
                 valid_s += time.perf_counter() - start
                 scores.append(round(score, 5))
                 values.append(round(value, 5))
                 bar.set_postfix(loss=f"{loss:.4f}", score=f"{score:.4f}", epoch=epoch)
-                if best.update(value, epoch, self.module_):
+                if stop:
                     break
         finally:
             bar.close()
+        levers = self._averages(ema, swa, best, valid if can_stop else None, ctx)
         if best.state is not None:
             self.module_.load_state_dict(best.state)
-        self.info_ = {"best_epoch": best.epoch or epoch, "best_score": best.rounded_score(), "epochs_run": epoch,
+        self.info_ = {**levers, "best_epoch": best.epoch or epoch, "best_score": best.rounded_score(), "epochs_run": epoch,
                       "epoch_scores": scores, "early_stop": p.early_stop,
                       **({"epoch_criterion": values} if p.early_stop != "metric" else {}),
                       "train_seconds": round(train_s, 3), "valid_seconds": round(valid_s, 3),
@@ -343,6 +357,33 @@ class TransformerModel:
                       "precision": self.precision_, "device": self.device_.type, "max_length": p.max_length,
                       "trainable_params": sum(q.numel() for q in optim.params),
                       **self._runtime_record(epoch * len(enc), train_s)}
+
+    def _validate(self, valid: Split, ctx: FitContext) -> tuple[float, float]:
+        """(the experiment metric, the early-stopping criterion) of the module on the validation rows."""
+        pred = self._predict_split(valid)
+        score = float(ctx.score(valid.y, pred))
+        return score, (score if self.params.early_stop == "metric" else criterion(self.params.early_stop, ctx, valid.y, pred))
+
+    def _averages(self, ema: Optional[stability.Ema], swa: Optional[stability.Swa], best: Best,
+                  valid: Optional[Split], ctx: FitContext) -> dict:
+        """After the last epoch: the SWA average competes with the best epoch on the validation rows
+        (kept where its criterion is higher); without validation rows the average (SWA or EMA) is
+        the final model. Returns what the fold record says of them ({} when both are off)."""
+        out: dict = {}
+        if swa is not None:
+            with swa.applied() as on:
+                if on and valid is not None:
+                    score, value = self._validate(valid, ctx)
+                    out = {"swa_score": round(score, 5), "swa_criterion": round(value, 5),
+                           "swa_epochs_averaged": swa.count, "kept": "epoch"}
+                    if value > best.score:
+                        best.score, best.state, out["kept"] = value, snapshot(self.module_), "swa"
+                elif on:
+                    best.state = snapshot(self.module_)
+                    out = {"swa_epochs_averaged": swa.count, "kept": "swa"}
+        if ema is not None and best.state is None:
+            ema.commit()
+        return out
 
     def _runtime_record(self, samples: int, train_s: float) -> dict:
         """What ran (the resolved runtime), compile time apart from steady speed, and the device's peak
@@ -362,9 +403,10 @@ class TransformerModel:
         return out
 
     def _train_epoch(self, steps: list[list[Micro]], feed: Feed, w: torch.Tensor, optim: Optim, bar,
-                     where: str) -> float:
+                     where: str, adversary=None, ema: Optional[stability.Ema] = None) -> float:
         """One pass over `steps` (each a list of micro-batches); returns the epoch's mean training loss.
-        The loss is read back every runtime.sync_steps steps (each step on CPU, where a read is free)."""
+        The loss is read back every runtime.sync_steps steps (each step on CPU, where a read is free).
+        adversary: this epoch's stability.Fgm / Awp (or None); ema: updated after every step."""
         self.module_.train()
         rt, tally = self.runtime_, LossTally(self.device_)
         every = rt.sync_steps
@@ -372,8 +414,10 @@ class TransformerModel:
             at = f"{where} step {i + 1}" if every == 1 else f"{where} by step {i + 1}"
             runtime.mark_step(rt)
             with self._clock.step({(True, m.shape) for m in micro}, sum(len(m.rows) for m in micro)):
-                self._accumulate(micro, feed, w, optim.scaler, at, tally)
+                self._accumulate(micro, feed, w, optim.scaler, at, tally, adversary)
                 self._step(optim, at, tally)
+                if ema is not None:
+                    ema.update()
             bar.update(1)
             if every == 1 or (i + 1) % every == 0 or i + 1 == len(steps):
                 tally.check_loss(at)
@@ -382,21 +426,44 @@ class TransformerModel:
         return tally.mean()
 
     def _accumulate(self, micro: list[Micro], feed: Feed, w: torch.Tensor, scaler: Optional[torch.amp.GradScaler],
-                    where: str, tally: LossTally) -> None:
+                    where: str, tally: LossTally, adversary=None) -> None:
         """Backward over the micro-batches of one step, each loss divided by the whole step's weight
         (so the gradient is the mean over the effective batch; w: the rows' host-side weights); the
-        losses go to `tally`, checked after each micro-batch where reads are free."""
+        task losses go to `tally`, checked after each micro-batch where reads are free. With an
+        adversary, each micro-batch's adversarial loss is backpropagated after its clean one."""
         denom = float(sum(w[torch.from_numpy(m.rows)].sum() for m in micro)) or 1.0
+
+        def backward(loss: torch.Tensor) -> None:
+            scaled = loss / denom
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+
+        recording = adversary.record if isinstance(adversary, stability.Fgm) else contextlib.nullcontext
         for m in micro:
-            batch = feed.inputs(m)
-            with autocast(self.precision_, self.device_):
-                logits = self.module_(**batch)
-            loss = batch_loss(logits.float(), *feed.targets(m), self.task_)
+            batch, targets = feed.inputs(m), feed.targets(m)
+            with recording():
+                loss, total = self._losses(batch, targets, self.params.rdrop)
             tally.add(loss, len(m.rows))
             if self.runtime_.sync_steps == 1:
                 tally.check_loss(where)
-            scaled = loss / denom
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            backward(total)
+            if adversary is not None:
+                with adversary.perturbed(len(batch["input_ids"])) as on:
+                    if on:
+                        backward(self._losses(batch, targets, 0.0)[1])
+
+    def _losses(self, batch: dict, targets: tuple, rdrop: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the task's loss, the loss to backpropagate) of one micro-batch: the same tensor, or with
+        R-Drop (rdrop > 0) the mean task loss of two dropout passes and rdrop x their consistency added."""
+        if not rdrop:
+            with autocast(self.precision_, self.device_):
+                logits = self.module_(**batch)
+            loss = batch_loss(logits.float(), *targets, self.task_)
+            return loss, loss
+        with autocast(self.precision_, self.device_):
+            logits = self.module_(**stability.doubled(batch))
+        a, b = logits.float().chunk(2)
+        loss = (batch_loss(a, *targets, self.task_) + batch_loss(b, *targets, self.task_)) / 2
+        return loss, loss + rdrop * self.task_.consistency(a, b, targets[1])
 
     def _step(self, optim: Optim, where: str, tally: LossTally) -> None:
         """Clip, step, schedule, clear. With an fp16 scaler, non-finite gradients skip the step."""
