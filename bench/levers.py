@@ -12,6 +12,7 @@ complete); nothing reads the test file. Reported per lever, over seeds:
          its criterion (`tuned`: accuracy at the threshold tuned on the validation rows), applied
          to the recorded curve; dev stands in for a fold's validation rows, so it is optimistic,
          equally for every lever (with swa_epochs the average is kept where it validated best)
+  p0     the same with patience 0: the epoch of the best criterion over all epochs
   last   dev accuracy after the last epoch (no selection at all)
   best   the best epoch's dev accuracy (an oracle: selected on dev itself)
   time   training + validation seconds, and the ratio to the base recipe's mean
@@ -72,6 +73,17 @@ def kept_epoch(scores: list[float], patience: int) -> int:
     return best + 1
 
 
+def shortened(overrides: dict, epochs: int | None) -> dict:
+    """The lever's overrides for a run of `epochs` epochs (its epoch counts cut to fit)."""
+    if epochs is None:
+        return overrides
+    out = {**overrides, "epochs": epochs}
+    for key in ("swa_epochs", "adv_start_epoch"):
+        if key in out:
+            out[key] = min(out[key], epochs)
+    return out
+
+
 def run(lever: str, overrides: dict, seed: int, directory: Path, rows: int | None) -> dict:
     from pipeline.data import whole
     from pipeline.metrics import score
@@ -105,6 +117,12 @@ def run(lever: str, overrides: dict, seed: int, directory: Path, rows: int | Non
 RECIPE_PATIENCE = 1  # the recipe's early stopping (configs/mrpc.yaml), applied to the recorded curve
 
 
+def p0(r: dict) -> float:
+    """Dev accuracy at the epoch of the best criterion over every epoch (the first of equals)."""
+    crit = r["criterion_per_epoch"]
+    return r["dev_per_epoch"][crit.index(max(crit))]
+
+
 def recorded(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
@@ -119,17 +137,18 @@ def summary(rows: list[dict]) -> str:
     if "base" in by:
         kept = [r["kept"] for r in by["base"]]
         base_spread = max(kept) - min(kept)
-    lines = ["| lever | overrides | seeds | kept dev acc mean | spread | last dev acc mean | spread | gain vs base (kept) | s / run | x base |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    base_kept = statistics.mean(r["kept"] for r in by["base"]) if "base" in by else None
+    lines = ["| lever | overrides | seeds | kept dev acc mean | spread | p0 mean | spread | last mean | spread | "
+             "gain vs base (kept / p0 / last) | s / run | x base |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    columns = {"kept": lambda r: r["kept"], "p0": p0, "last": lambda r: r["last"]}
+    base_means = {c: statistics.mean(f(r) for r in by["base"]) for c, f in columns.items()} if "base" in by else None
     for lever, rs in by.items():
-        kept, last = [r["kept"] for r in rs], [r["last"] for r in rs]
+        values = {c: [f(r) for r in rs] for c, f in columns.items()}
         secs = statistics.mean(r["seconds"] for r in rs)
-        gain = "" if base_kept is None else f"{100 * (statistics.mean(kept) - base_kept):+.2f} pt"
+        gain = "" if base_means is None else " / ".join(
+            f"{100 * (statistics.mean(values[c]) - base_means[c]):+.2f}" for c in columns) + " pt"
+        cells = " | ".join(f"{statistics.mean(v):.4f} | {max(v) - min(v):.4f}" for v in values.values())
         lines.append(f"| {lever} | `{json.dumps(rs[0]['overrides'])}` | {', '.join(str(r['seed']) for r in rs)} | "
-                     f"{statistics.mean(kept):.4f} | {max(kept) - min(kept):.4f} | {statistics.mean(last):.4f} | "
-                     f"{max(last) - min(last):.4f} | {gain} | {secs:.0f} | "
-                     f"{'' if base_time is None else f'{secs / base_time:.2f}'} |")
+                     f"{cells} | {gain} | {secs:.0f} | {'' if base_time is None else f'{secs / base_time:.2f}'} |")
     head = [f"# MRPC dev: small-data levers over seeds ({RECIPE_MODEL} of configs/mrpc.yaml as the base recipe)", "",
             f"Recipe: `{json.dumps(rows[0]['recipe'])}` on {rows[0]['rows']} train.tsv pairs, scored on dev.tsv "
             f"every epoch. kept = the epoch patience {RECIPE_PATIENCE} keeps; last = the final epoch.",
@@ -144,6 +163,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--data", default=None)
     ap.add_argument("--rows", type=int, default=None, help="train on the first N pairs only (a quick look)")
+    ap.add_argument("--epochs", type=int, default=None, help="train N epochs instead (a cost measurement)")
     ap.add_argument("--name", default="levers", help="results file stem under bench/results")
     ap.add_argument("--table", action="store_true", help="only rewrite the summary")
     args = ap.parse_args()
@@ -155,10 +175,11 @@ def main() -> None:
         for lever in args.levers:
             for seed in args.seeds:
                 done = recorded(jsonl)
-                if any(r["lever"] == lever and r["seed"] == seed and r["overrides"] == LEVERS[lever]
+                overrides = shortened(LEVERS[lever], args.epochs)
+                if any(r["lever"] == lever and r["seed"] == seed and r["overrides"] == overrides
                        and r["recipe"] == recipe() and r["rows"] == (args.rows or r["rows"]) for r in done):
                     continue
-                result = run(lever, LEVERS[lever], seed, data_dir(args.data), args.rows)
+                result = run(lever, overrides, seed, data_dir(args.data), args.rows)
                 print(json.dumps(result), flush=True)
                 with open(jsonl, "a") as f:
                     f.write(json.dumps(result) + "\n")

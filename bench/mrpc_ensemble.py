@@ -9,33 +9,71 @@ accuracy/F1, the HF baseline from bench/results/mrpc_vs_hf.json when it exists, 
 time in this invocation and each model's training time from its manifest (sum of its folds, so
 it stays true when models were trained by an earlier, resumed run). --models trains and combines
 only those models (a run in steps); --name writes bench/results/<name>.{json,md} instead.
+On a machine with NVIDIA GPUs, nvidia-smi is sampled every half second while each stage runs and
+the result holds each stage's GPU busy share (the mean utilisation) and peak memory.
+
+One GPU machine (issue targets: the train stage of configs/mrpc.yaml, and configs/mrpc_gpu.yaml
+end to end with its MPNet models):
+    python -m bench.mrpc_ensemble --config configs/mrpc.yaml --fresh execution.backend=ray --name mrpc_one_gpu
+    python -m bench.mrpc_ensemble --config configs/mrpc_gpu.yaml --fresh --name mrpc_gpu
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("preprocess", "folds", "train", "pseudo_label", "ensemble", "report")
 RESULTS = ROOT / "bench" / "results"
 
 
-def run_stages(config: str, overrides: list[str], fresh: bool, models: list[str] | None = None) -> dict:
-    """{stage: wall seconds}; stops at the first stage that fails."""
-    seconds = {}
+class GpuSampler:
+    """nvidia-smi's utilisation and memory of every GPU, every SAMPLE_MS, while the block runs;
+    summary() -> {"busy_share": mean utilisation / 100 over GPUs and samples, "peak_memory_mb",
+    "samples"}, or None without nvidia-smi."""
+    SAMPLE_MS = 500
+
+    def __enter__(self) -> "GpuSampler":
+        exe = shutil.which("nvidia-smi")
+        self.proc = None if exe is None else subprocess.Popen(
+            [exe, "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", f"-lms={self.SAMPLE_MS}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lines = []
+        if self.proc is not None:
+            self.proc.terminate()
+            self.lines = self.proc.communicate(timeout=10)[0].splitlines()
+
+    def summary(self) -> Optional[dict]:
+        rows = [[float(v) for v in line.split(",")] for line in self.lines if line.count(",") == 1]
+        if not rows:
+            return None
+        return {"busy_share": round(sum(u for u, _ in rows) / len(rows) / 100, 3),
+                "peak_memory_mb": max(m for _, m in rows), "samples": len(rows)}
+
+
+def run_stages(config: str, overrides: list[str], fresh: bool, models: list[str] | None = None) -> tuple[dict, dict]:
+    """({stage: wall seconds}, {stage: GpuSampler.summary()}); stops at the first stage that fails."""
+    seconds, gpu = {}, {}
     for stage in STAGES:
         extra = ["--force"] if fresh and stage in ("train",) else []
         extra += ["--models", ",".join(models)] if models and stage == "train" else []
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", f"pipeline.{stage}", config, *overrides, *extra], cwd=ROOT)
+        with GpuSampler() as sampler:
+            r = subprocess.run([sys.executable, "-m", f"pipeline.{stage}", config, *overrides, *extra], cwd=ROOT)
         seconds[stage] = round(time.perf_counter() - t0, 1)
+        gpu[stage] = sampler.summary()
         if r.returncode != 0:
             raise SystemExit(f"stage {stage} failed (exit {r.returncode})")
-    return seconds
+    return seconds, gpu
 
 
 def model_rows(models_dir: Path, summary: dict) -> list[dict]:
@@ -112,8 +150,10 @@ def markdown(result: dict) -> str:
     for row in result["models"] + result["methods"] + ([result["hf"]] if result["hf"] else []):
         lines.append("| " + " | ".join([row["name"], *(fmt(row[c]) for c in cols),
                                          plain(row.get("train_seconds")), plain(row.get("train_samples_per_s"))]) + " |")
-    lines += ["", "| stage | wall s (this invocation) |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in result["stage_seconds"].items()]
+    lines += ["", "| stage | wall s (this invocation) | GPU busy share | GPU peak MB |", "|---|---|---|---|"]
+    gpu = result.get("stage_gpu") or {}
+    lines += [f"| {k} | {v} | " + (f"{gpu[k]['busy_share']:.0%} | {gpu[k]['peak_memory_mb']:.0f} |" if gpu.get(k) else " | |")
+              for k, v in result["stage_seconds"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +166,7 @@ def main() -> None:
     args, overrides = ap.parse_known_args()
     models = args.models.split(",") if args.models else None
     overrides += [f"ensemble.models=[{','.join(models)}]"] if models else []
-    stage_seconds = run_stages(args.config, overrides, args.fresh, models)
+    stage_seconds, stage_gpu = run_stages(args.config, overrides, args.fresh, models)
     sys.path.insert(0, str(ROOT))
     from pipeline.config import load_config
     from pipeline.fileio import write_json, write_text
@@ -135,7 +175,7 @@ def main() -> None:
     cfg = load_config(ROOT / args.config, overrides)
     models_dir = ROOT / models_root(cfg)  # an absolute models path stays as it is
     summary = json.loads((models_dir / "ensembles" / "summary.json").read_text())
-    result = {"config": args.config, "stage_seconds": stage_seconds, "models": model_rows(models_dir, summary) + seed_rows(cfg, models_dir),
+    result = {"config": args.config, "stage_seconds": stage_seconds, "stage_gpu": stage_gpu, "models": model_rows(models_dir, summary) + seed_rows(cfg, models_dir),
               "methods": method_rows(summary), "hf": hf_baseline()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"{args.name}.json", result)

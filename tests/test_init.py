@@ -312,7 +312,7 @@ def test_the_line_up_follows_the_machine_and_the_file_size():
     laptop = Machine(cores=2, memory_gb=16)
     small = plan(600, laptop)
     assert [n for n, (off, _) in small.items() if not off] == ["tfidf_lr", "pair_lgbm", "embed_lr", "minilm"]
-    assert "the demo's recipe" in small["minilm"][1] and "about" in small["minilm"][1]
+    assert "recipe for small tasks" in small["minilm"][1] and "about" in small["minilm"][1]
     big = plan(200_000, laptop)
     assert big["minilm"][0] and "h of training on 2 CPU cores" in big["minilm"][1]   # written, commented out
     assert plan(600, Machine(cores=2, memory_gb=2))["minilm"][0]

@@ -271,3 +271,53 @@ def test_every_lever_param_is_part_of_the_identity():
         moved = ModelConfig(name="m", kind="transformer", view="raw", params={key: value})
         assert model_identity(moved) != model_identity(base), key
     assert CLASSIFICATION.name == "classification"
+
+
+# ----------------------------------------------------------------------------- the recipe by size
+
+
+def test_the_recipe_follows_the_rows_and_the_width():
+    from pipeline.models.params import SIZE_RECIPES, size_recipe
+
+    limits = [limit for limit, _, _ in SIZE_RECIPES[:-1]]
+    for limit, (_, name, _), (_, after, _) in zip(limits, SIZE_RECIPES, SIZE_RECIPES[1:]):
+        assert size_recipe(int(limit) - 1, 384)[0] == name and size_recipe(int(limit), 384)[0] == after
+    small, wide = size_recipe(100, 384)[1], size_recipe(100, 1024)[1]
+    assert wide["lr"] < small["lr"] and {k: v for k, v in wide.items() if k != "lr"} == \
+        {k: v for k, v in small.items() if k != "lr"}
+
+
+def test_sized_fills_only_the_unset_fields():
+    from pipeline.models.params import size_recipe, sized
+
+    q, record = sized(TransformerParams(epochs=2), 100, 384)
+    name, recipe = size_recipe(100, 384)
+    assert q.epochs == 2 and "epochs" not in record
+    assert record == {"recipe": name, "rows": 100, "width": 384, **{k: v for k, v in recipe.items() if k != "epochs"}}
+    assert all(getattr(q, k) == v for k, v in record.items() if k in recipe)
+    assert q.early_stop == ("tuned" if q.patience > 0 else "metric")   # auto follows the sized patience
+    full = TransformerParams(epochs=1, batch_size=4, lr=1e-3, llrd=1.0, warmup=0.0, patience=0)
+    assert sized(full, 100, 384) == (full, {})
+
+
+def test_the_fold_record_says_what_was_sized(bert_dir):
+    table = make_table("train", pair=True)
+    unset = TransformerParams(backbone=str(bert_dir), max_length=32, precision="fp32", num_threads=1,
+                              save_checkpoint=False)
+    model, _ = fit(unset, table)
+    rec = model.info_["sized"]
+    assert rec["rows"] == len(table) // 2 and rec["width"] == 32 and rec["recipe"] == "small"
+    assert model.params.epochs == rec["epochs"] == model.info_["epochs_run"]
+    assert unset.epochs is None   # the config's params are left as they were
+    explicit, _ = fit(params(bert_dir), table)
+    assert "sized" not in explicit.info_
+
+
+def test_a_lever_that_does_not_fit_the_sized_epochs_is_one_line(bert_dir):
+    from pipeline.models.params import size_recipe
+
+    too_many = size_recipe(20, 32)[1]["epochs"] + 1
+    p = TransformerParams(**{**as_dict(params(bert_dir)), "epochs": None, "swa_epochs": too_many})   # fine unsized ...
+    with pytest.raises(PipelineError, match="swa_epochs") as e:   # ... refused once they are sized
+        fit(p, make_table("train", pair=True))
+    assert "\n" not in str(e.value)

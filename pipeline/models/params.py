@@ -52,6 +52,12 @@ def optional(rule: Rule) -> Rule:
     return (lambda v: v is None or ok(v)), f"null or {expected}"
 
 
+def sized_rule(rule: Rule) -> Rule:
+    """A recipe field (TransformerParams): the rule's values, or null for the recipe by data size."""
+    ok, expected = rule
+    return (lambda v: v is None or ok(v)), f"{expected} (or null: the recipe for the data size)"
+
+
 def name() -> Rule:
     return (lambda v: isinstance(v, str) and v.strip() != ""), "a non-empty string"
 
@@ -227,14 +233,17 @@ class TransformerParams(_Checked):
     truncation: Literal["head", "tail", "head_tail"] = "head"
     swap_augment: bool = False     # pairs: also train on (b, a), so each epoch sees every pair twice
     swap_tta: bool = False         # pairs: predict the mean over (a, b) and (b, a)
-    epochs: int = 3                # at least 1
-    batch_size: int = 32           # rows per micro-batch
+    # epochs, batch_size, lr, llrd, warmup and patience: null (the default) takes the value of the
+    # recipe for the fold's training rows and the backbone's width (SIZE_RECIPES; the fold record's
+    # "sized" says what was used)
+    epochs: Optional[int] = None   # at least 1
+    batch_size: Optional[int] = None  # rows per micro-batch
     grad_accum: int = 1            # micro-batches per optimiser step
-    lr: float = 5e-5               # peak learning rate of the top encoder layer
+    lr: Optional[float] = None     # peak learning rate of the top encoder layer
     head_lr: float = 1e-3          # learning rate of the head
-    llrd: float = 1.0              # layer-wise LR decay factor in (0, 1], from the top down; 1: none
+    llrd: Optional[float] = None   # layer-wise LR decay factor in (0, 1], from the top down; 1: none
     weight_decay: float = 0.01     # AdamW weight decay (none on biases and norm weights)
-    warmup: float = 0.1            # fraction of optimiser steps spent warming up, then linear decay to 0
+    warmup: Optional[float] = None  # fraction of optimiser steps spent warming up, then linear decay to 0
     max_grad_norm: float = 1.0     # gradient clipping; 0 turns it off
     dropout: float = 0.1           # the head's dropout
     backbone_dropout: Optional[float] = None  # overrides the checkpoint's hidden/attention dropout
@@ -246,7 +255,7 @@ class TransformerParams(_Checked):
     # auto: bf16 autocast on CPUs with AVX-512 BF16 or AMX, else fp32; on CUDA bf16 where the GPU has
     # it, else fp16 (CUDA only, with a grad scaler); weights stay float32
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    patience: int = 2              # epochs without improvement before stopping; 0: never stop early
+    patience: Optional[int] = None  # epochs without improvement before stopping; 0: never stop early
     # what "improvement" means, for stopping and for the best epoch kept: loss (the task's validation
     # loss), metric (the experiment metric at argmax / 0.5), tuned (the metric at the threshold tuned
     # on the fold's validation rows); auto: tuned when patience > 0, metric when 0 (as before)
@@ -279,11 +288,12 @@ class TransformerParams(_Checked):
 
     # head, truncation and precision are Literal fields, checked by _Checked
     RULES = {
-        "backbone": name(), "max_length": at_least(8), "epochs": at_least(1), "batch_size": at_least(1),
-        "grad_accum": at_least(1), "lr": positive(), "head_lr": positive(), "llrd": fraction(True, False),
-        "weight_decay": at_least(0), "warmup": fraction(False, False), "max_grad_norm": at_least(0),
+        "backbone": name(), "max_length": at_least(8), "epochs": sized_rule(at_least(1)),
+        "batch_size": sized_rule(at_least(1)), "grad_accum": at_least(1), "lr": sized_rule(positive()), "head_lr": positive(),
+        "llrd": sized_rule(fraction(True, False)), "weight_decay": at_least(0), "warmup": sized_rule(fraction(False, False)),
+        "max_grad_norm": at_least(0),
         "dropout": fraction(False, True), "backbone_dropout": optional(fraction(False, True)),
-        "multi_sample_dropout": at_least(1), "freeze_layers": at_least(0), "patience": at_least(0),
+        "multi_sample_dropout": at_least(1), "freeze_layers": at_least(0), "patience": sized_rule(at_least(0)),
         "predict_batch_size": at_least(1), "num_threads": optional(at_least(0)),
         "predict_tokens": optional(at_least(0)),
         "reinit_layers": at_least(0), "ema": optional(fraction(True, True)), "swa_epochs": at_least(0),
@@ -296,13 +306,46 @@ class TransformerParams(_Checked):
         # grows overconfident but still ranks better (MRPC: accuracy .729 -> .745 at epoch 3 while
         # the log loss rose .566 -> .635, so `loss` stopped a fold at epoch 2); with patience 0 the
         # best epoch stays chosen by the metric, so such configs keep their outputs
-        if self.early_stop == "auto":
+        if self.early_stop == "auto" and self.patience is not None:   # else once the patience is sized
             self.early_stop = "tuned" if self.patience > 0 else "metric"
 
     def _relations(self) -> None:
+        if self.epochs is None:   # checked again once the epochs are sized
+            return
         if self.swa_epochs > self.epochs:
             raise InvalidValue("swa_epochs", f"must be at most epochs ({self.epochs})", self.swa_epochs)
         if self.adversarial != "none" and self.adv_start_epoch > self.epochs:
             raise InvalidValue("adv_start_epoch", f"must be at most epochs ({self.epochs})", self.adv_start_epoch)
         if self.ema is not None and self.swa_epochs:
             raise InvalidValue("swa_epochs", "and ema are two weight averages; set one of them", self.swa_epochs)
+
+
+# The transformer's recipe by the number of a fold's training rows: the first row whose limit is
+# above the count. lr is the embedded MiniLM's (384 wide); wider backbones take it times
+# LR_BY_WIDTH. small: the demo's recipe (configs/default.yaml, chosen on its OOF accuracy: small
+# batches and more epochs give enough optimiser steps); medium: the recipe tuned on MRPC's dev.tsv
+# (configs/mrpc.yaml, bench.tune_dev and bench.levers); large: fewer epochs, each already many
+# steps (the usual GLUE practice; no task of that size was measured here).
+SIZE_RECIPES: tuple[tuple[float, str, dict], ...] = (
+    (2000, "small", {"epochs": 6, "batch_size": 8, "lr": 5e-5, "llrd": 1.0, "warmup": 0.1, "patience": 0}),
+    (20000, "medium", {"epochs": 5, "batch_size": 32, "lr": 1e-4, "llrd": 0.9, "warmup": 0.1, "patience": 1}),
+    (math.inf, "large", {"epochs": 3, "batch_size": 32, "lr": 1e-4, "llrd": 0.9, "warmup": 0.06, "patience": 1}),
+)
+LR_BY_WIDTH: tuple[tuple[float, float], ...] = ((384, 1.0), (768, 0.3), (math.inf, 0.15))   # hidden size -> lr factor
+
+
+def size_recipe(rows: int, width: int) -> tuple[str, dict]:
+    """(its name, the recipe's values) for a fold of `rows` training rows on a backbone `width` wide."""
+    name, values = next((n, v) for limit, n, v in SIZE_RECIPES if rows < limit)
+    factor = next(f for limit, f in LR_BY_WIDTH if width <= limit)
+    return name, {**values, "lr": values["lr"] * factor}
+
+
+def sized(p: TransformerParams, rows: int, width: int) -> tuple[TransformerParams, dict]:
+    """The params with every unset (null) recipe field filled from size_recipe, and what was filled
+    ({} when the config set them all: its fold records stay as they were)."""
+    name, values = size_recipe(rows, width)
+    filled = {k: v for k, v in values.items() if getattr(p, k) is None}
+    if not filled:
+        return p, {}
+    return dataclasses.replace(p, **filled), {"recipe": name, "rows": rows, "width": width, **filled}

@@ -44,7 +44,7 @@ from .base import FitContext
 from .dropout import fast_attention_dropout, swap_dropout
 from .heads import Classifier, Head, apply_freezing
 from .optim import Optim, build_optim, clip_grad_norm
-from .params import TransformerParams, as_dict
+from .params import TransformerParams, as_dict, sized
 from .runtime import Runtime
 from .tokens import Encoded, Feed, Micro, concat, encode_split, predict_batches, train_steps
 
@@ -233,6 +233,7 @@ class TransformerModel:
         self._attention = ""
         self._cache: dict = {}
         self._source = ""
+        self._sized: dict = {}   # what params.sized filled in for this fit (the fold record's "sized")
 
     # -- data
 
@@ -275,6 +276,9 @@ class TransformerModel:
         self.precision_ = resolve_precision(p.precision, self.device_)
         self.task_ = ctx.task or CLASSIFICATION
         self.tokenizer_, self.module_, self._source = load_backbone(p, self.n_classes)
+        # the recipe's unset fields, from this fold's rows and the backbone's width
+        self.params, self._sized = sized(p, len(train), self.module_.backbone.config.hidden_size)
+        p = self.params
         self._attention = self.module_.backbone.config._attn_implementation  # before training swaps it
         stability.reinit_top_layers(self.module_.backbone, p.reinit_layers, p.backbone)
         if rt.fast_dropout:
@@ -348,7 +352,7 @@ class TransformerModel:
         levers = self._averages(ema, swa, best, valid if can_stop else None, ctx)
         if best.state is not None:
             self.module_.load_state_dict(best.state)
-        self.info_ = {**levers, "best_epoch": best.epoch or epoch, "best_score": best.rounded_score(), "epochs_run": epoch,
+        self.info_ = {**({"sized": self._sized} if self._sized else {}), **levers, "best_epoch": best.epoch or epoch, "best_score": best.rounded_score(), "epochs_run": epoch,
                       "epoch_scores": scores, "early_stop": p.early_stop,
                       **({"epoch_criterion": values} if p.early_stop != "metric" else {}),
                       "train_seconds": round(train_s, 3), "valid_seconds": round(valid_s, 3),
