@@ -689,3 +689,53 @@ def test_attention_dropout_trains_through_the_fast_path(bert_dir, tmp_path, monk
     assert 0.2 in calls and set(calls) <= {0.0, 0.2}  # 0.0: the per-epoch validation pass (eval mode)
     model.save(tmp_path / "ckpt")
     assert load_checkpoint(tmp_path / "ckpt").module_.backbone.config._attn_implementation == "sdpa"
+
+
+def test_backbone_weights_are_read_once_per_process(bert_dir, monkeypatch, tmp_path):
+    """Every fold and seed of a process after the first gets a copy of the pristine backbone kept in
+    memory (counted reads, not timed), fitting exactly what a read from disk fits; a changed
+    folder or config is read again."""
+    import shutil
+
+    from transformers import AutoModel
+
+    table = make_table("train", pair=True)
+    backbone._pristine.clear()
+    read_first, _ = fit(params(bert_dir, epochs=1), table)
+    first = read_first.predict_proba(folds(table)[1])
+    reads = []
+    real = AutoModel.from_pretrained
+
+    def counted(*a, **k):
+        reads.append(str(a[0]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", counted)
+    copied, valid = fit(params(bert_dir, epochs=1), table)
+    fit(params(bert_dir, epochs=1, head="mean"), table, seed=3)
+    assert reads == []
+    np.testing.assert_array_equal(copied.predict_proba(valid), first)
+    fit(params(bert_dir, epochs=1, backbone_dropout=0.2), table)   # another config: read
+    assert len(reads) == 1
+    moved = tmp_path / "bert"
+    shutil.copytree(bert_dir, moved)
+    fit(params(moved, epochs=1), table)   # another folder: read
+    (moved / "config.json").write_text((moved / "config.json").read_text() + "\n")
+    fit(params(moved, epochs=1), table)   # the folder rewritten: read again
+    assert len(reads) == 3 and len(backbone._pristine) <= backbone.PRISTINE_KEPT
+
+
+def test_a_backbone_whose_load_draws_random_weights_is_not_kept(bert_dir, tmp_path):
+    """A checkpoint without the pooler: loading it initialises the pooler from torch's RNG, which a
+    kept copy would not draw again (the head's initialisation after it would differ)."""
+    from transformers import BertModel
+
+    partial = tmp_path / "no_pooler"
+    __import__("shutil").copytree(bert_dir, partial)
+    with seeded(0):
+        BertModel.from_pretrained(bert_dir, add_pooling_layer=False).save_pretrained(partial)
+    backbone._pristine.clear()
+    rng = torch.random.get_rng_state()
+    _, module, _ = load_backbone(params(partial), 2)
+    drew = not torch.equal(rng, torch.random.get_rng_state())
+    assert drew and len(backbone._pristine) == 0

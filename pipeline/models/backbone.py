@@ -9,7 +9,9 @@ model, stage or test that runs next in the process sees the state it had before.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
@@ -116,9 +118,47 @@ def quiet_loading(report: bool = True):
             hf_logging.enable_progress_bar()
 
 
+PRISTINE_KEPT = 2   # pristine backbones a process keeps (MiniLM 90 MB, MPNet 440 MB in float32)
+_pristine: "OrderedDict[tuple, nn.Module]" = OrderedDict()
+
+
 def load_pretrained(source: str, local_only: bool, name: str, config, attention: Optional[str] = None) -> nn.Module:
     """The pretrained backbone in float32; attention: an attn_implementation ("sdpa", "eager"),
-    None for the model's default (SDPA where it has it)."""
+    None for the model's default (SDPA where it has it).
+
+    Read from disk once per process for each (folder and its files, config, attention): later calls
+    get a copy of the pristine module kept in memory, so the K folds and seeds of a train process
+    and the jobs of a long-lived GPU slot load the weights once. A load that drew from torch's RNG
+    (weights missing from the checkpoint, initialised at random) is not kept, since a copy would
+    not draw them again; a kept one draws nothing, so a copy leaves the fit exactly as a read."""
+    key = _pristine_key(source, config, attention)
+    if key in _pristine:
+        _pristine.move_to_end(key)
+        return copy.deepcopy(_pristine[key])
+    rng = torch.random.get_rng_state()
+    module = _read_pretrained(source, local_only, name, config, attention)
+    if key is not None and torch.equal(rng, torch.random.get_rng_state()):
+        _pristine[key] = copy.deepcopy(module)
+        while len(_pristine) > PRISTINE_KEPT:
+            _pristine.popitem(last=False)
+    return module
+
+
+def _pristine_key(source: str, config, attention: Optional[str]) -> Optional[tuple]:
+    """What a kept backbone is looked up by: a folder's path with the names, sizes and mtimes of its
+    files (a folder rewritten in the same process, as the pretrain stage's, is read again), or a
+    hub name; the config (dropout overrides) and the attention asked for."""
+    folder = Path(source)
+    try:
+        files = tuple(sorted((f.name, st.st_size, st.st_mtime_ns) for f in folder.iterdir() if f.is_file()
+                             for st in (f.stat(),))) if folder.is_dir() else ()
+    except OSError:
+        return None
+    where = str(folder.resolve()) if folder.is_dir() else source
+    return where, files, config.to_json_string(use_diff=False), attention
+
+
+def _read_pretrained(source: str, local_only: bool, name: str, config, attention: Optional[str]) -> nn.Module:
     extra = {} if attention is None else {"attn_implementation": attention}
     try:
         with quiet_loading():
