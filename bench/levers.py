@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from bench.mrpc_vs_hf import ROOT, data_dir, load_mrpc, machine, pair_table
+from pipeline.models.params import SIZE_RECIPES
 
 RESULTS = ROOT / "bench" / "results"
 RECIPE_MODEL = "minilm_cls"
@@ -42,10 +43,13 @@ LEVERS: dict[str, dict] = {
     "reinit2": {"reinit_layers": 2},
     "ema": {"ema": 0.99},
     "swa": {"swa_epochs": 3},
-    "fgm": {"adversarial": "fgm", "adv_eps": 1.0},
+    "fgm": {"adversarial": "fgm"},
+    "fgm_eps1": {"adversarial": "fgm", "adv_eps": 1.0},
     "awp": {"adversarial": "awp", "adv_eps": 0.01, "adv_start_epoch": 2},
     "rdrop": {"rdrop": 1.0},
 }
+# the trainer's recipes by data size (models.params.SIZE_RECIPES), as levers on the base recipe
+LEVERS.update({f"recipe_{name}": dict(values) for _, name, values in SIZE_RECIPES})
 
 
 def recipe() -> dict:
@@ -95,7 +99,8 @@ def run(lever: str, overrides: dict, seed: int, directory: Path, rows: int | Non
     if rows:
         ta, tb, ty = ta[:rows], tb[:rows], ty[:rows]
     base = recipe()
-    params = TransformerParams(**{**base, **overrides})
+    # every epoch runs (patience 0); a lever's own patience is applied to the recorded curve
+    params = TransformerParams(**{**base, **overrides, "patience": 0})
     ctx = FitContext(n_classes=2, seed=seed, fold=0, out_dir=Path("/tmp/bench_levers"), metric="accuracy",
                      score=lambda y, pr: score("accuracy", y, pr), label=f"{lever} seed {seed}")
     t0 = time.perf_counter()
@@ -106,7 +111,7 @@ def run(lever: str, overrides: dict, seed: int, directory: Path, rows: int | Non
     curve, criterion = info["epoch_scores"], info["epoch_criterion"]
     if "swa_score" in info:   # the average comes after the last epoch, as one more candidate
         curve, criterion = curve + [info["swa_score"]], criterion + [info["swa_criterion"]]
-    kept = kept_epoch(criterion, RECIPE_PATIENCE)
+    kept = kept_epoch(criterion, overrides.get("patience", RECIPE_PATIENCE))
     return {"lever": lever, "seed": seed, "overrides": overrides, "recipe": base, "rows": len(ty),
             "dev_per_epoch": curve, "criterion_per_epoch": criterion, "kept_epoch": kept,
             "kept": curve[kept - 1], "last": curve[-1], "best": max(curve),
@@ -151,7 +156,7 @@ def summary(rows: list[dict]) -> str:
                      f"{cells} | {gain} | {secs:.0f} | {'' if base_time is None else f'{secs / base_time:.2f}'} |")
     head = [f"# MRPC dev: small-data levers over seeds ({RECIPE_MODEL} of configs/mrpc.yaml as the base recipe)", "",
             f"Recipe: `{json.dumps(rows[0]['recipe'])}` on {rows[0]['rows']} train.tsv pairs, scored on dev.tsv "
-            f"every epoch. kept = the epoch patience {RECIPE_PATIENCE} keeps; last = the final epoch.",
+            f"every epoch. kept = the epoch the recipe's patience ({RECIPE_PATIENCE}, or the lever's) keeps; last = the final epoch.",
             f"Base spread (kept, max - min over seeds): {base_spread if base_spread is None else f'{base_spread:.4f}'}.",
             f"Machine: {json.dumps(machine())}", "", "Reproduce: `python -m bench.levers " + " ".join(by) + "`", ""]
     return "\n".join(head + lines) + "\n"

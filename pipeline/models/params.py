@@ -276,7 +276,9 @@ class TransformerParams(_Checked):
     ema: Optional[float] = None    # decay of a moving average of the weights, used to validate and predict; null: off
     swa_epochs: int = 0            # average the weights of the last N epochs (a candidate for the kept weights); 0: off
     adversarial: Literal["none", "fgm", "awp"] = "none"  # fgm: perturb word embeddings; awp: perturb weights
-    adv_eps: float = 1.0           # fgm: perturbation norm per row; awp: bound relative to each weight (e.g. 0.01)
+    # fgm: the perturbation's norm per row; awp: its bound relative to each weight; null: 0.2 for fgm
+    # (a batch of 32 rows moved as far as FGM's usual eps 1 over the whole batch), 0.01 for awp
+    adv_eps: Optional[float] = None
     adv_lr: float = 1.0            # awp: step along the gradient direction, relative to the weight norm
     adv_start_epoch: int = 1       # the first epoch (1-based) with adversarial training
     rdrop: float = 0.0             # weight of R-Drop's consistency loss between two dropout passes; 0: off
@@ -297,7 +299,7 @@ class TransformerParams(_Checked):
         "predict_batch_size": at_least(1), "num_threads": optional(at_least(0)),
         "predict_tokens": optional(at_least(0)),
         "reinit_layers": at_least(0), "ema": optional(fraction(True, True)), "swa_epochs": at_least(0),
-        "adv_eps": positive(), "adv_lr": positive(), "adv_start_epoch": at_least(1), "rdrop": at_least(0),
+        "adv_eps": optional(positive()), "adv_lr": positive(), "adv_start_epoch": at_least(1), "rdrop": at_least(0),
     }
 
     def _defaults(self) -> None:

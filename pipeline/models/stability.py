@@ -222,13 +222,15 @@ class Awp:
                     p.copy_(w0)
 
 
-def adversary(module: nn.Module, kind: str, eps: float, lr: float):
+ADV_EPS = {"fgm": 0.2, "awp": 0.01}   # adv_eps where the params leave it null (see TransformerParams)
+
+
+def adversary(module: nn.Module, kind: str, eps: Optional[float], lr: float):
     """The adversary of TransformerParams.adversarial, or None."""
-    if kind == "fgm":
-        return Fgm(module, eps)
-    if kind == "awp":
-        return Awp(module, eps, lr)
-    return None
+    if kind == "none":
+        return None
+    eps = ADV_EPS[kind] if eps is None else eps
+    return Fgm(module, eps) if kind == "fgm" else Awp(module, eps, lr)
 
 
 # ----------------------------------------------------------------------------- R-Drop
