@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Union
 
-from ..errors import InvalidValue, excerpt
+from ..errors import InvalidValue
 
 Rule = tuple[Callable[[Any], bool], str]  # (value is acceptable, what is expected, for the message)
 WORD_NGRAM_MAX = 10   # n-gram counts grow with n x text length; past these only memory grows
