@@ -36,6 +36,7 @@ from pipeline.models.params import SIZE_RECIPES
 
 RESULTS = ROOT / "bench" / "results"
 RECIPE_MODEL = "minilm_cls"
+RECIPE_PATIENCE = 1  # the recipe's early stopping (configs/mrpc.yaml), applied to the recorded curve
 # lever name -> TransformerParams overrides on top of the recipe
 LEVERS: dict[str, dict] = {
     "base": {},
@@ -65,10 +66,11 @@ def recipe() -> dict:
 
 
 def kept_epoch(scores: list[float], patience: int) -> int:
-    """The 1-based epoch early stopping with `patience` keeps on this curve (0: never stops)."""
+    """The 1-based epoch early stopping with `patience` keeps on this curve (0: never stops), by the
+    rule of the trainer's Best: the first of equal scores, stop after `patience` epochs without gain."""
     best, bad = 0, 0
-    for i, s in enumerate(scores):
-        if s > scores[best] or i == 0:
+    for i in range(1, len(scores)):
+        if scores[i] > scores[best]:
             best, bad = i, 0
         else:
             bad += 1
@@ -119,7 +121,6 @@ def run(lever: str, overrides: dict, seed: int, directory: Path, rows: int | Non
             "samples_per_s": info["samples_per_s"]}
 
 
-RECIPE_PATIENCE = 1  # the recipe's early stopping (configs/mrpc.yaml), applied to the recorded curve
 
 
 def p0(r: dict) -> float:
@@ -183,13 +184,14 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"bench.levers: unknown lever(s) {', '.join(unknown)}; known: {', '.join(LEVERS)}")
     timed = recorded(RESULTS / f"{args.time_base}.jsonl") if args.time_base else []
+    base_recipe = recipe()
     if not args.table:
         for lever in args.levers:
             for seed in args.seeds:
                 done = recorded(jsonl)
                 overrides = shortened(LEVERS[lever], args.epochs)
                 if any(r["lever"] == lever and r["seed"] == seed and r["overrides"] == overrides
-                       and r["recipe"] == recipe() and r["rows"] == (args.rows or r["rows"]) for r in done):
+                       and r["recipe"] == base_recipe and r["rows"] == (args.rows or r["rows"]) for r in done):
                     continue
                 result = run(lever, overrides, seed, data_dir(args.data), args.rows)
                 print(json.dumps(result), flush=True)

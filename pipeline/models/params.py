@@ -47,15 +47,13 @@ def between(low: int, high: int) -> Rule:
     return (lambda v: _number(v) and low <= v <= high), f"between {low} and {high}"
 
 
-def optional(rule: Rule) -> Rule:
+def optional(rule: Rule, null_means: str = "") -> Rule:
+    """The rule's values or null; null_means: what null stands for, where the message says it."""
     ok, expected = rule
-    return (lambda v: v is None or ok(v)), f"null or {expected}"
+    return (lambda v: v is None or ok(v)), (f"{expected} (or null: {null_means})" if null_means else f"null or {expected}")
 
 
-def sized_rule(rule: Rule) -> Rule:
-    """A recipe field (TransformerParams): the rule's values, or null for the recipe by data size."""
-    ok, expected = rule
-    return (lambda v: v is None or ok(v)), f"{expected} (or null: the recipe for the data size)"
+SIZED = "the recipe for the data size"   # what null means for TransformerParams' recipe fields
 
 
 def name() -> Rule:
@@ -290,12 +288,13 @@ class TransformerParams(_Checked):
 
     # head, truncation and precision are Literal fields, checked by _Checked
     RULES = {
-        "backbone": name(), "max_length": at_least(8), "epochs": sized_rule(at_least(1)),
-        "batch_size": sized_rule(at_least(1)), "grad_accum": at_least(1), "lr": sized_rule(positive()), "head_lr": positive(),
-        "llrd": sized_rule(fraction(True, False)), "weight_decay": at_least(0), "warmup": sized_rule(fraction(False, False)),
+        "backbone": name(), "max_length": at_least(8), "epochs": optional(at_least(1), SIZED),
+        "batch_size": optional(at_least(1), SIZED), "grad_accum": at_least(1), "lr": optional(positive(), SIZED),
+        "head_lr": positive(), "llrd": optional(fraction(True, False), SIZED), "weight_decay": at_least(0),
+        "warmup": optional(fraction(False, False), SIZED),
         "max_grad_norm": at_least(0),
         "dropout": fraction(False, True), "backbone_dropout": optional(fraction(False, True)),
-        "multi_sample_dropout": at_least(1), "freeze_layers": at_least(0), "patience": sized_rule(at_least(0)),
+        "multi_sample_dropout": at_least(1), "freeze_layers": at_least(0), "patience": optional(at_least(0), SIZED),
         "predict_batch_size": at_least(1), "num_threads": optional(at_least(0)),
         "predict_tokens": optional(at_least(0)),
         "reinit_layers": at_least(0), "ema": optional(fraction(True, True)), "swa_epochs": at_least(0),

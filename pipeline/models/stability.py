@@ -198,6 +198,10 @@ class Awp:
         self.params = [p for p in _trainable(module) if p.ndim >= 2 and p is not skip]
         self.eps, self.lr = eps, lr
 
+    def record(self) -> contextlib.AbstractContextManager:
+        """Around the clean forward: nothing to record (the weights' gradients are what AWP follows)."""
+        return contextlib.nullcontext()
+
     @contextlib.contextmanager
     def perturbed(self, rows: int):
         """Around the adversarial forward (`rows`: unused; the weights are the same for every row)."""

@@ -352,7 +352,8 @@ class TransformerModel:
         levers = self._averages(ema, swa, best, valid if can_stop else None, ctx)
         if best.state is not None:
             self.module_.load_state_dict(best.state)
-        self.info_ = {**({"sized": self._sized} if self._sized else {}), **levers, "best_epoch": best.epoch or epoch, "best_score": best.rounded_score(), "epochs_run": epoch,
+        self.info_ = {**({"sized": self._sized} if self._sized else {}), **levers,
+                      "best_epoch": best.epoch or epoch, "best_score": best.rounded_score(), "epochs_run": epoch,
                       "epoch_scores": scores, "early_stop": p.early_stop,
                       **({"epoch_criterion": values} if p.early_stop != "metric" else {}),
                       "train_seconds": round(train_s, 3), "valid_seconds": round(valid_s, 3),
@@ -441,7 +442,7 @@ class TransformerModel:
             scaled = loss / denom
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
 
-        recording = adversary.record if isinstance(adversary, stability.Fgm) else contextlib.nullcontext
+        recording = adversary.record if adversary is not None else contextlib.nullcontext
         for m in micro:
             batch, targets = feed.inputs(m), feed.targets(m)
             with recording():
@@ -458,14 +459,12 @@ class TransformerModel:
     def _losses(self, batch: dict, targets: tuple, rdrop: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(the task's loss, the loss to backpropagate) of one micro-batch: the same tensor, or with
         R-Drop (rdrop > 0) the mean task loss of two dropout passes and rdrop x their consistency added."""
-        if not rdrop:
-            with autocast(self.precision_, self.device_):
-                logits = self.module_(**batch)
-            loss = batch_loss(logits.float(), *targets, self.task_)
-            return loss, loss
         with autocast(self.precision_, self.device_):
-            logits = self.module_(**stability.doubled(batch))
-        a, b = logits.float().chunk(2)
+            logits = self.module_(**(stability.doubled(batch) if rdrop else batch)).float()
+        if not rdrop:
+            loss = batch_loss(logits, *targets, self.task_)
+            return loss, loss
+        a, b = logits.chunk(2)
         loss = (batch_loss(a, *targets, self.task_) + batch_loss(b, *targets, self.task_)) / 2
         return loss, loss + rdrop * self.task_.consistency(a, b, targets[1])
 
