@@ -152,10 +152,11 @@ class Task:
 
         return LogisticRegression(C=p.C, max_iter=p.max_iter, class_weight=p.class_weight, random_state=seed)
 
-    def booster(self, p: Any, seed: int):
+    def booster(self, p: Any, seed: int, bins: Optional[list[int]] = None):
+        """p: LGBMParams; bins: each column's max_bin (None: p.max_bin for every column)."""
         import lightgbm
 
-        return lightgbm.LGBMClassifier(**_lgbm_kwargs(p, seed))
+        return lightgbm.LGBMClassifier(**_lgbm_kwargs(p, seed, bins))
 
     def predict(self, est: Any, X: Any, n_outputs: int) -> np.ndarray:
         """(n, C) probabilities; columns follow class index even if a class was unseen."""
@@ -386,10 +387,10 @@ class RegressionTask(_OneGroup, Task):
 
         return Ridge(alpha=1.0 / p.C, random_state=seed)
 
-    def booster(self, p, seed):
+    def booster(self, p, seed, bins=None):
         import lightgbm
 
-        return lightgbm.LGBMRegressor(**_lgbm_kwargs(p, seed))
+        return lightgbm.LGBMRegressor(**_lgbm_kwargs(p, seed, bins))
 
     def predict(self, est, X, n_outputs):
         return np.asarray(est.predict(X), dtype=np.float64).reshape(-1, 1)
@@ -548,8 +549,8 @@ class MultilabelTask(_OneGroup, Task):
     def linear(self, p, seed):
         return PerLabel(lambda: Task.linear(self, p, seed))
 
-    def booster(self, p, seed):
-        return PerLabel(lambda: Task.booster(self, p, seed))
+    def booster(self, p, seed, bins=None):
+        return PerLabel(lambda: Task.booster(self, p, seed, bins))
 
     def predict(self, est, X, n_outputs):
         return est.predict_proba(X)
@@ -705,12 +706,15 @@ def quantile_bins(y: np.ndarray, k: int, max_bins: int = 10) -> np.ndarray:
     return (rank * n_bins // n).astype(np.int64)
 
 
-def _lgbm_kwargs(p: Any, seed: int) -> dict:
+def _lgbm_kwargs(p: Any, seed: int, bins: Optional[list[int]] = None) -> dict:
     # deterministic + fixed threads: the same seed gives byte-identical matrices.
-    return dict(n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
-                min_child_samples=p.min_child_samples, subsample=p.subsample, subsample_freq=1,
-                colsample_bytree=p.colsample_bytree, reg_lambda=p.reg_lambda, n_jobs=p.n_jobs,
-                random_state=seed, deterministic=True, force_row_wise=True, verbose=-1)
+    kwargs = dict(n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
+                  min_child_samples=p.min_child_samples, subsample=p.subsample, subsample_freq=1,
+                  colsample_bytree=p.colsample_bytree, reg_lambda=p.reg_lambda, n_jobs=p.n_jobs,
+                  random_state=seed, deterministic=True, force_row_wise=True, verbose=-1, max_bin=p.max_bin)
+    if bins is not None:
+        kwargs["max_bin_by_feature"] = list(bins)
+    return kwargs
 
 
 class PerLabel:

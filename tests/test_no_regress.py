@@ -21,6 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import Exp, base_config, tiny_pairs  # noqa: E402
 
 
+# max_bin 255: the bins tfidf_lgbm used before its default became 7 (the golden hashes predate it)
+TLGBM = {"n_estimators": 15, "n_jobs": 1, "min_df": 1, "max_bin": 255}
+
+
 def _three_class(df):
     df = df.copy()
     df["label"] = [str(i % 3) for i in range(len(df))]
@@ -36,7 +40,7 @@ def build(tmp: Path, classes: int) -> Exp:
     test.to_csv(tmp / "in" / "test.csv", index=False)
     cfg = base_config(tmp)
     cfg["models"].append({"name": "tlgbm", "kind": "tfidf_lgbm", "view": "lemma",
-                          "params": {"n_estimators": 15, "n_jobs": 1, "min_df": 1}})
+                          "params": TLGBM})
     cfg["ensemble"] = {"methods": ["stack", "blend", "vote", "best"], "submit": "auto"}
     e = Exp(tmp, tmp / "tiny.yaml")
     e.write_config(cfg)
@@ -60,7 +64,7 @@ def build_task(tmp: Path, task: str) -> Exp:
         cfg.update(task="multilabel", metric="roc_auc")
         cfg["data"].update(label=["g", "b", "n"], text_b=None)
         cfg["models"] = [cfg["models"][0], {"name": "tlgbm", "kind": "tfidf_lgbm", "view": "lemma",
-                                            "params": {"n_estimators": 15, "n_jobs": 1, "min_df": 1}}]
+                                            "params": TLGBM}]
     train.to_csv(tmp / "in" / "train.csv", index=False)
     test.to_csv(tmp / "in" / "test.csv", index=False)
     cfg["ensemble"] = {"methods": methods, "submit": "auto"}

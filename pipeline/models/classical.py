@@ -5,7 +5,6 @@ LightGBM's text format, .npy arrays (pickles refused) and JSON vocabularies.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +19,7 @@ from ..fileio import read_json, read_npy, write_json, write_npy, write_text
 from .base import FitContext
 from .encoder import pair_cosine, split_embeddings
 from .features import TfidfBlock, pair_row, tfidf_cosines, tfidf_design
-from .params import PairLGBMParams, TfidfLGBMParams, TfidfLRParams
+from .params import LGBM_DEFAULT_BINS, PairLGBMParams, TfidfLGBMParams, TfidfLRParams
 
 PREDICTOR = "predictor.json"   # what `load` needs beside the weights: the task, class order, constant labels
 
@@ -209,10 +208,19 @@ class TfidfLGBM(_Booster):
         if fit:
             self.block_ = self._new_block().fit(a + (b or []))
         X = tfidf_design(self.block_, a, b)
+        dense_width = 0
         if b is not None and self.params.pair_features:
             dense = np.hstack([self._hand_features(split), tfidf_cosines(self.block_, a, b)])
             X = sp.hstack([sp.csr_matrix(dense), X], format="csr")
+            dense_width = dense.shape[1]
+        if fit:
+            self.bins_ = [LGBM_DEFAULT_BINS] * dense_width + [self.params.max_bin] * (X.shape[1] - dense_width)
         return X.astype(np.float32)
+
+    def _estimator(self, seed: int):
+        """The task's booster, max_bin bins for the TF-IDF columns and LightGBM's default for the dense
+        pair features (lengths, overlaps, cosines: continuous values that need their resolution)."""
+        return self.task_.booster(self.params, seed, self.bins_)
 
     def _files(self, directory: Path) -> list[Path]:
         return self._save_tfidf(directory) + self._booster_file(directory)
