@@ -82,24 +82,30 @@ def run(variant: str, seed: int, model_cfg, train, folds, params) -> dict:
         model = registry.kind(MODEL).build(p, 2, model_cfg.view)
         ctx = FitContext(n_classes=2, seed=seed + k, fold=k, out_dir=None, score=lambda y, q: 0.0,
                          progress=False, task=tasks.CLASSIFICATION)
+        model._estimator = _timed(model._estimator, booster_s)
         t0 = time.perf_counter()
         model.fit(Split([(train, tr)], train.y[tr]), Split([(train, va)], train.y[va]), ctx)
         oof[va] = model.predict_proba(Split([(train, va)], train.y[va]))[:, 1]
         fold_s.append(time.perf_counter() - t0)
-        booster_s.append(_booster_seconds(model, p, seed + k, train, tr))
     return {"variant": variant, "seed": seed, "params": dataclasses.asdict(p),
             "fold_seconds": round(statistics.mean(fold_s), 2), "booster_seconds": round(statistics.mean(booster_s), 2),
             "oof_accuracy": round(float(((oof > 0.5) == train.y).mean()), 4), "machine": machine()}
 
 
-def _booster_seconds(model, p, seed: int, train, rows) -> float:
-    """LightGBM's fit alone, on the fold's design matrix (built again outside the clock)."""
-    from pipeline.data import Split
+def _timed(make, seconds: list[float]):
+    """make(seed) -> an estimator whose fit appends its seconds (LightGBM alone) to `seconds`."""
+    def timed(seed):
+        est = make(seed)
+        fit = est.fit
 
-    X = model._design(Split([(train, rows)], train.y[rows]), fit=False)
-    t0 = time.perf_counter()
-    model._estimator(seed).fit(X, train.y[rows])
-    return time.perf_counter() - t0
+        def fit_timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fit(*args, **kwargs)
+            seconds.append(time.perf_counter() - t0)
+            return out
+        est.fit = fit_timed
+        return est
+    return timed
 
 
 def load(path: Path) -> list[dict]:
