@@ -18,7 +18,7 @@ from ..errors import PipelineError
 from ..fileio import read_json, read_npy, write_json, write_npy, write_text
 from .base import FitContext
 from .encoder import pair_cosine, split_embeddings
-from .features import TfidfBlock, pair_row, tfidf_cosines, tfidf_design
+from .features import TfidfBlock, cosines_of, design_of, pair_row, tfidf_cosines, tfidf_design
 from .params import LGBM_DEFAULT_BINS, PairLGBMParams, TfidfLGBMParams, TfidfLRParams
 
 PREDICTOR = "predictor.json"   # what `load` needs beside the weights: the task, class order, constant labels
@@ -207,10 +207,11 @@ class TfidfLGBM(_Booster):
         a, b = split.texts(self.view)
         if fit:
             self.block_ = self._new_block().fit(a + (b or []))
-        X = tfidf_design(self.block_, a, b)
+        va, vb = self.block_.transform(a), None if b is None else self.block_.transform(b)  # each side once
+        X = design_of(va, vb)
         dense_width = 0
-        if b is not None and self.params.pair_features:
-            dense = np.hstack([self._hand_features(split), tfidf_cosines(self.block_, a, b)])
+        if vb is not None and self.params.pair_features:
+            dense = np.hstack([self._hand_features(split), cosines_of(va, vb)])
             X = sp.hstack([sp.csr_matrix(dense), X], format="csr")
             dense_width = dense.shape[1]
         if fit:

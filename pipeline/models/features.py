@@ -107,10 +107,14 @@ def tfidf_design(block: TfidfBlock, a: list[str], b: Optional[list[str]]) -> sp.
 
     Returns (n, d) CSR.
     """
-    va = block.transform(a)
-    if b is None:
+    return design_of(block.transform(a), None if b is None else block.transform(b))
+
+
+def design_of(va: list[sp.csr_matrix], vb: Optional[list[sp.csr_matrix]]) -> sp.csr_matrix:
+    """tfidf_design from the two sides' transforms (TfidfBlock.transform), so a caller that also
+    needs their cosines transforms each side once."""
+    if vb is None:
         return sp.hstack(va, format="csr")
-    vb = block.transform(b)
     parts = []
     for x, y in zip(va, vb):
         parts += [abs(x - y), x.multiply(y)]
@@ -157,5 +161,9 @@ def pair_row(a: str, b: str) -> list[float]:
 
 def tfidf_cosines(block: TfidfBlock, a: list[str], b: list[str]) -> np.ndarray:
     """(n, n_analyzers) float32 cosine similarity of each pair under each fitted TF-IDF analyzer."""
-    cos = [cosine_rows(x, y) for x, y in zip(block.transform(a), block.transform(b))]
-    return np.stack(cos, axis=1).astype(np.float32)
+    return cosines_of(block.transform(a), block.transform(b))
+
+
+def cosines_of(va: list[sp.csr_matrix], vb: list[sp.csr_matrix]) -> np.ndarray:
+    """tfidf_cosines from the two sides' transforms."""
+    return np.stack([cosine_rows(x, y) for x, y in zip(va, vb)], axis=1).astype(np.float32)
