@@ -116,8 +116,9 @@ def table(records: list[dict]) -> str:
     by: dict[str, list[dict]] = {}
     for r in records:
         by.setdefault(r["variant"], []).append(r)
-    before = statistics.mean(r["fold_seconds"] for r in by.get("before", [{"fold_seconds": float("nan")}]))
-    base_acc = statistics.mean(r["oof_accuracy"] for r in by.get("before", [{"oof_accuracy": float("nan")}]))
+    base = by.get("before", [])   # the ratio and gain columns need the before variant in the same file
+    before = statistics.mean(r["fold_seconds"] for r in base) if base else 0.0
+    base_acc = statistics.mean(r["oof_accuracy"] for r in base) if base else 0.0
     lines = ["| variant | settings | seeds | s per fold (LightGBM alone) | speed-up | OOF accuracy | gain |",
              "|---|---|---|---|---|---|---|"]
     for name, rs in by.items():
@@ -125,8 +126,9 @@ def table(records: list[dict]) -> str:
         acc = statistics.mean(r["oof_accuracy"] for r in rs)
         keys = ("max_bin", "n_estimators", "learning_rate", "colsample_bytree")
         settings = ", ".join(f"{k} {rs[0]['params'][k]}" for k in keys)
+        ratio, gain = ("", "") if "before" not in by else (f"{before / s:.2f}x", f"{100 * (acc - base_acc):+.1f} pt")
         lines.append(f"| {name} | {settings} | {len(rs)} | {s:.1f} ({statistics.mean(r['booster_seconds'] for r in rs):.1f})"
-                     f" | {before / s:.2f}x | {acc:.4f} | {100 * (acc - base_acc):+.1f} pt |")
+                     f" | {ratio} | {acc:.4f} | {gain} |")
     cpu = records[0]["machine"] if records else {}
     return "\n".join(lines) + f"\n\nMachine: {cpu.get('cpu')}, {cpu.get('cores')} cores.\n"
 
