@@ -18,7 +18,7 @@ from ..errors import PipelineError
 from ..fileio import read_json, read_npy, write_json, write_npy, write_text
 from .base import FitContext
 from .encoder import pair_cosine, split_embeddings
-from .features import TfidfBlock, cosines_of, design_of, pair_row, tfidf_cosines, tfidf_design
+from .features import TfidfBlock, cosines_of, design_of, pair_row, sides
 from .params import LGBM_DEFAULT_BINS, PairLGBMParams, TfidfLGBMParams, TfidfLRParams
 
 PREDICTOR = "predictor.json"   # what `load` needs beside the weights: the task, class order, constant labels
@@ -94,6 +94,12 @@ class Classical:
     def _new_block(self) -> TfidfBlock:
         return TfidfBlock(self.params, self.label_)
 
+    def _sides(self, split: Split, fit: bool):
+        """Each side's TF-IDF matrices (features.sides); fit: a new block fitted on the split's texts."""
+        if fit:
+            self.block_ = self._new_block()
+        return sides(self.block_, *split.texts(self.view), fit=fit)
+
     def _load_tfidf(self, d: Path) -> None:
         self.block_ = self._new_block().restored(read_json(d / "tfidf.json"))
 
@@ -153,10 +159,7 @@ class TfidfLR(Classical):
     kind = "tfidf_lr"
 
     def _design(self, split: Split, fit: bool) -> sp.csr_matrix:
-        a, b = split.texts(self.view)
-        if fit:
-            self.block_ = self._new_block().fit(a + (b or []))
-        return tfidf_design(self.block_, a, b)
+        return design_of(*self._sides(split, fit))
 
     def _files(self, directory: Path) -> list[Path]:
         return self._save_tfidf(directory) + self._save_lr(directory)
@@ -204,10 +207,7 @@ class TfidfLGBM(_Booster):
     kind = "tfidf_lgbm"
 
     def _design(self, split: Split, fit: bool) -> sp.csr_matrix:
-        a, b = split.texts(self.view)
-        if fit:
-            self.block_ = self._new_block().fit(a + (b or []))
-        va, vb = self.block_.transform(a), None if b is None else self.block_.transform(b)  # each side once
+        va, vb = self._sides(split, fit)
         X = design_of(va, vb)
         dense_width = 0
         if vb is not None and self.params.pair_features:
@@ -236,12 +236,9 @@ class PairLGBM(_Booster):
     kind = "pair_lgbm"
 
     def _design(self, split: Split, fit: bool) -> np.ndarray:
-        a, b = split.texts(self.view)
-        if b is None:
+        if not split.is_pair:
             raise PipelineError("pair_lgbm needs a pair task (data.text_b)")
-        if fit:
-            self.block_ = self._new_block().fit(a + b)
-        parts = [self._hand_features(split), tfidf_cosines(self.block_, a, b)]
+        parts = [self._hand_features(split), cosines_of(*self._sides(split, fit))]
         if self.params.embed:
             parts.append(pair_cosine(*split_embeddings(self.cache_, self.params.embed, split, self.view)))
         return np.hstack(parts)

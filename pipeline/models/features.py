@@ -36,8 +36,23 @@ class TfidfBlock:
         self.p, self.label, self.allow_empty = p, label, allow_empty
 
     def fit(self, texts: list[str]) -> "TfidfBlock":
-        self.vectorizers_ = [self._fitted(v, texts) for v in self._vectorizers()]
+        self.fit_transform(texts)
         return self
+
+    def fit_transform(self, texts: list[str]) -> list[sp.csr_matrix]:
+        """Fit on texts and return transform(texts), analysing each text once instead of twice;
+        the same matrices bit for bit (sorted indices, as transform gives them)."""
+        self.vectorizers_, out = [], []
+        for v in self._vectorizers():
+            fitted, X = self._fitted(v, texts)
+            self.vectorizers_.append(fitted)
+            out.append(self._empty(len(texts)) if X is None else X.tocsr())
+            out[-1].sort_indices()
+        return out
+
+    @staticmethod
+    def _empty(n: int) -> sp.csr_matrix:
+        return sp.csr_matrix((n, 0), dtype=np.float32)
 
     def _vectorizers(self) -> list[TfidfVectorizer]:
         common = dict(min_df=self.p.min_df, max_features=self.p.max_features, sublinear_tf=self.p.sublinear_tf,
@@ -50,16 +65,16 @@ class TfidfBlock:
             out.append(TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(self.p.char_ngrams), **common))
         return out
 
-    def _fitted(self, v: TfidfVectorizer, texts: list[str]) -> Optional[TfidfVectorizer]:
-        """v fitted on texts; None (allow_empty) when it learns no terms."""
+    def _fitted(self, v: TfidfVectorizer, texts: list[str]) -> tuple[Optional[TfidfVectorizer], Optional[sp.spmatrix]]:
+        """(v fitted on texts, their matrix); (None, None) with allow_empty when it learns no terms."""
         try:
-            return v.fit(texts)
+            return v, v.fit_transform(texts)
         except ValueError:
             problem = self._no_terms(v, texts)
             if problem is None:
                 raise  # not a vocabulary problem: a bug worth its traceback
         if self.allow_empty:
-            return None
+            return None, None
         raise PipelineError(f"{self.label}: the {v.analyzer} n-gram TF-IDF learned no terms: {problem}")
 
     def _no_terms(self, v: TfidfVectorizer, texts: list[str]) -> Optional[str]:
@@ -98,21 +113,25 @@ class TfidfBlock:
 
     def transform(self, texts: list[str]) -> list[sp.csr_matrix]:
         """One (n, vocab_i) L2-normalised matrix per analyzer ((n, 0) for one that learned nothing)."""
-        return [sp.csr_matrix((len(texts), 0), dtype=np.float32) if v is None else v.transform(texts).tocsr()
-                for v in self.vectorizers_]
+        return [self._empty(len(texts)) if v is None else v.transform(texts).tocsr() for v in self.vectorizers_]
 
 
-def tfidf_design(block: TfidfBlock, a: list[str], b: Optional[list[str]]) -> sp.csr_matrix:
-    """Singles: the TF-IDF rows. Pairs: [|va - vb|, va * vb] per analyzer, order-invariant.
-
-    Returns (n, d) CSR.
-    """
-    return design_of(block.transform(a), None if b is None else block.transform(b))
+def sides(block: TfidfBlock, a: list[str], b: Optional[list[str]], fit: bool
+          ) -> tuple[list[sp.csr_matrix], Optional[list[sp.csr_matrix]]]:
+    """(va, vb): each side's TF-IDF matrices (one per analyzer; vb None for single texts), with the
+    block first fitted on a + b where `fit` (each training text analysed once)."""
+    if not fit:
+        return block.transform(a), None if b is None else block.transform(b)
+    both = block.fit_transform(a + (b or []))
+    return [x[:len(a)] for x in both], None if b is None else [x[len(a):] for x in both]
 
 
 def design_of(va: list[sp.csr_matrix], vb: Optional[list[sp.csr_matrix]]) -> sp.csr_matrix:
-    """tfidf_design from the two sides' transforms (TfidfBlock.transform), so a caller that also
-    needs their cosines transforms each side once."""
+    """The TF-IDF design from each side's matrices (sides). Singles: the TF-IDF rows. Pairs:
+    [|va - vb|, va * vb] per analyzer, order-invariant.
+
+    Returns (n, d) CSR.
+    """
     if vb is None:
         return sp.hstack(va, format="csr")
     parts = []
@@ -159,11 +178,7 @@ def pair_row(a: str, b: str) -> list[float]:
     ]
 
 
-def tfidf_cosines(block: TfidfBlock, a: list[str], b: list[str]) -> np.ndarray:
-    """(n, n_analyzers) float32 cosine similarity of each pair under each fitted TF-IDF analyzer."""
-    return cosines_of(block.transform(a), block.transform(b))
-
-
 def cosines_of(va: list[sp.csr_matrix], vb: list[sp.csr_matrix]) -> np.ndarray:
-    """tfidf_cosines from the two sides' transforms."""
+    """(n, n_analyzers) float32 cosine similarity of each pair under each fitted TF-IDF analyzer,
+    from each side's matrices (sides)."""
     return np.stack([cosine_rows(x, y) for x, y in zip(va, vb)], axis=1).astype(np.float32)
