@@ -25,7 +25,7 @@ from . import backends, views
 from .data import Column
 from .errors import InvalidValue, PipelineError, excerpt
 from .models import registry
-from .models.params import TransformerParams, as_dict
+from .models.params import TransformerParams, as_dict, recipe_version
 from .names import (BACKBONE_KEYS, METHODS, PRETRAINED, check_experiment_name, check_model_name, check_name,
                     pretrained_name)
 from .tasks import get as get_task
@@ -552,6 +552,9 @@ def model_identity(m: ModelConfig) -> dict:
     kind = registry.KINDS.get(m.kind)
     if kind is not None and kind.save_format > 1:  # folds saved in an older format are another model
         out["save_format"] = kind.save_format
+    recipes = recipe_version(kind.params, m.params) if kind is not None else None
+    if recipes is not None and recipes > 1:   # what a null recipe field stands for changed with the code
+        out["recipes"] = recipes
     return out
 
 

@@ -296,8 +296,38 @@ def test_sized_fills_only_the_unset_fields():
     assert record == {"recipe": name, "rows": 100, "width": 384, **{k: v for k, v in recipe.items() if k != "epochs"}}
     assert all(getattr(q, k) == v for k, v in record.items() if k in recipe)
     assert q.early_stop == ("tuned" if q.patience > 0 else "metric")   # auto follows the sized patience
-    full = TransformerParams(epochs=1, batch_size=4, lr=1e-3, llrd=1.0, warmup=0.0, patience=0)
+    full = TransformerParams(epochs=1, batch_size=4, lr=1e-3, llrd=1.0, warmup=0.0, patience=0, reinit_layers=0)
     assert sized(full, 100, 384) == (full, {})
+
+
+def test_the_medium_recipe_reinitialises_the_top_layer_where_it_can():
+    from pipeline.models.params import SIZE_RECIPES, sized
+
+    medium = next(limit for limit, name, _ in SIZE_RECIPES if name == "small")   # the first medium row count
+    assert sized(TransformerParams(), int(medium), 384, layers=6)[0].reinit_layers == 1
+    assert sized(TransformerParams(), int(medium) - 1, 384, layers=6)[0].reinit_layers == 0   # small
+    assert sized(TransformerParams(), int(medium), 384, layers=None)[0].reinit_layers == 0    # shared layers
+    assert sized(TransformerParams(freeze_layers=2), int(medium), 384, layers=6)[0].reinit_layers == 0
+    assert sized(TransformerParams(reinit_layers=2), int(medium), 384, layers=6)[0].reinit_layers == 2
+
+
+def test_a_model_that_reads_the_recipes_is_refitted_when_they_change():
+    from pipeline.config import ModelConfig, config_hash, model_identity
+    from pipeline.models import params as P
+
+    def identity(params: dict) -> dict:
+        return model_identity(ModelConfig(name="m", kind="transformer", view="raw", params=params))
+
+    full = {"epochs": 1, "batch_size": 4, "lr": 1e-3, "llrd": 1.0, "warmup": 0.0, "patience": 0, "reinit_layers": 0}
+    assert "recipes" not in identity(full)   # every recipe field set: the recipes do not matter
+    assert identity({**full, "reinit_layers": None})["recipes"] == P.RECIPES_VERSION == identity({})["recipes"]
+    assert "recipes" not in model_identity(ModelConfig(name="t", kind="tfidf_lr", view="raw", params={}))
+    bumped = config_hash(identity({}))
+    P.RECIPES_VERSION += 1
+    try:
+        assert config_hash(identity({})) != bumped
+    finally:
+        P.RECIPES_VERSION -= 1
 
 
 def test_the_fold_record_says_what_was_sized(bert_dir):

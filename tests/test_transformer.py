@@ -104,7 +104,8 @@ def roberta_dir(tmp_path_factory):
 
 def params(backbone, **kw) -> TransformerParams:
     base = dict(backbone=str(backbone), max_length=32, epochs=1, batch_size=8, lr=1e-3, head_lr=1e-2, llrd=1.0,
-                warmup=0.0, patience=2, precision="fp32", dropout=0.0, predict_batch_size=16, num_threads=1)
+                warmup=0.0, patience=2, reinit_layers=0, precision="fp32", dropout=0.0, predict_batch_size=16,
+                num_threads=1)
     return TransformerParams(**{**base, **kw})
 
 

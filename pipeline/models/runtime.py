@@ -84,9 +84,9 @@ def resolve(p: TransformerParams, device: torch.device, fitting: bool = True) ->
 
 
 def plain_cpu(p: TransformerParams, rt: Runtime) -> bool:
-    """Whether this is the CPU path as it ran before these settings existed (no new param set):
+    """Whether this is the CPU path as it ran before these settings existed (no run setting set):
     its fold records stay as they were, without a "runtime" entry."""
-    return rt.device == "cpu" and not quiet_set(p)
+    return rt.device == "cpu" and not set(quiet_set(p)) & set(p.RUNTIME)
 
 
 # ----------------------------------------------------------------------------- device state

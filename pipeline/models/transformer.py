@@ -70,7 +70,7 @@ def check_compatible(tokenizer, backbone: nn.Module, params: TransformerParams, 
     if params.freeze_layers > layers:
         raise PipelineError(f"transformer params: freeze_layers={params.freeze_layers} but backbone {name!r} "
                             f"has {layers} layers")
-    if params.reinit_layers + params.freeze_layers > layers:
+    if (params.reinit_layers or 0) + params.freeze_layers > layers:   # null: sized later, never overlapping
         raise PipelineError(f"transformer params: reinit_layers={params.reinit_layers} top layers and "
                             f"freeze_layers={params.freeze_layers} bottom layers overlap in backbone {name!r} "
                             f"({layers} layers): a re-initialised layer must train")
@@ -277,7 +277,9 @@ class TransformerModel:
         self.task_ = ctx.task or CLASSIFICATION
         self.tokenizer_, self.module_, self._source = load_backbone(p, self.n_classes)
         # the recipe's unset fields, from this fold's rows and the backbone's width
-        self.params, self._sized = sized(p, len(train), self.module_.backbone.config.hidden_size)
+        layers = runtime.encoder_layers(self.module_.backbone)
+        self.params, self._sized = sized(p, len(train), self.module_.backbone.config.hidden_size,
+                                         None if layers is None else len(layers))
         p = self.params
         self._attention = self.module_.backbone.config._attn_implementation  # before training swaps it
         stability.reinit_top_layers(self.module_.backbone, p.reinit_layers, p.backbone)
