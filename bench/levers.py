@@ -48,6 +48,8 @@ LEVERS: dict[str, dict] = {
     "fgm_eps1": {"adversarial": "fgm", "adv_eps": 1.0},
     "awp": {"adversarial": "awp", "adv_eps": 0.01, "adv_start_epoch": 2},
     "rdrop": {"rdrop": 1.0},
+    # the 12-layer MPNet at the recipe's learning rate for its width (LR_BY_WIDTH: 0.3 x MiniLM's)
+    "mpnet": {"backbone": "all-mpnet-base-v2", "lr": 3e-5},
 }
 # the trainer's recipes by data size (models.params.SIZE_RECIPES), as levers on the base recipe
 LEVERS.update({f"recipe_{name}": dict(values) for _, name, values in SIZE_RECIPES})

@@ -151,6 +151,52 @@ def test_the_device_loop_trains_what_the_host_loop_trains(bert_dir, monkeypatch)
     np.testing.assert_allclose(device, host, atol=1e-6)
 
 
+def mask_checks(monkeypatch) -> list:
+    """Counts transformers' checks of whether a 2D mask is all ones (a host read on CUDA; a batch
+    without padding passes None, which is not read)."""
+    from transformers import masking_utils
+
+    calls, real = [], masking_utils._ignore_bidirectional_mask_sdpa
+
+    def counted(padding_mask, *a, **k):
+        if padding_mask is not None:
+            calls.append(padding_mask.shape)
+        return real(padding_mask, *a, **k)
+
+    monkeypatch.setattr(masking_utils, "_ignore_bidirectional_mask_sdpa", counted)
+    return calls
+
+
+def test_the_device_loop_never_reads_a_mask_back(bert_dir, monkeypatch):
+    table = make_table("train", pair=True)   # pairs of different lengths: padded batches
+    calls = mask_checks(monkeypatch)
+    proba(params(bert_dir, sparse_embeddings=False), table)
+    assert calls   # the host loop gives the backbone its 2D mask, as before
+    calls.clear()
+    cuda_like(monkeypatch)
+    proba(params(bert_dir, sparse_embeddings=False), table)
+    assert calls == []
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_prebuilt_mask_equals_the_backbones_own(bert_dir, attention):
+    from transformers import AutoModel
+
+    from pipeline.models.heads import attention_mask_4d
+
+    backbone = AutoModel.from_pretrained(bert_dir, attn_implementation=attention).eval()
+    ids = torch.randint(5, 30, (3, 9))
+    mask = (torch.arange(9)[None, :] < torch.tensor([[9], [4], [6]])).long()
+    built = attention_mask_4d(mask, backbone)
+    assert built.ndim == 4 and built.dtype == (torch.bool if attention == "sdpa" else torch.float32)
+    with torch.no_grad():
+        want = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = backbone(input_ids=ids, attention_mask=built).last_hidden_state
+    torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=0, atol=1e-6)
+    backbone.config.model_type = "deberta-v2"   # a model with its own masks gets the 2D mask
+    assert attention_mask_4d(mask, backbone) is mask
+
+
 # ----------------------------------------------------------------------------- shapes
 
 

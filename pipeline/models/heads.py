@@ -79,19 +79,51 @@ class Head(nn.Module):
         return torch.stack([self.out(self.dropout(pooled)).float() for _ in range(n)]).mean(0)
 
 
+# Backbones whose forward turns a 2D padding mask into its attention mask with transformers'
+# create_bidirectional_mask, once, and returns a 4D mask given to it as it is (checked on
+# transformers 5.23's modeling files). Others (DeBERTa's own masks, ModernBERT's sliding windows)
+# always get the 2D mask.
+MASK_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "mpnet", "distilbert", "albert"})
+BOOL_MASK_ATTENTION = ("sdpa", "pipeline_sdpa")   # SDPA takes a bool mask (True: attend)
+
+
+def attention_mask_4d(mask: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
+    """mask (B, T) of 0/1 -> the (B, 1, 1, T) mask create_bidirectional_mask would build for the
+    backbone's attention (bool for SDPA; additive 0 / float min in the embeddings' dtype for
+    eager), or the 2D mask unchanged where its attention or model type is not one of those.
+
+    Built here, the mask never needs transformers' check of whether it is all ones (a read back to
+    the host on every forward of a padded batch, which stalls the queue of CUDA work)."""
+    config = backbone.config
+    impl = getattr(config, "_attn_implementation", None)
+    if config.model_type not in MASK_TYPES or impl not in BOOL_MASK_ATTENTION + ("eager",):
+        return mask
+    keep = mask.bool()[:, None, None, :]
+    if impl != "eager":
+        return keep
+    dtype = backbone.get_input_embeddings().weight.dtype
+    return torch.zeros(keep.shape, dtype=dtype, device=mask.device).masked_fill_(~keep, torch.finfo(dtype).min)
+
+
 class Classifier(nn.Module):
-    """backbone (an AutoModel) + Head. forward(input_ids, attention_mask[, token_type_ids]) -> (B, C)."""
+    """backbone (an AutoModel) + Head. forward(input_ids, attention_mask[, token_type_ids]) -> (B, C).
+
+    device_masks: the backbone gets its 4D attention mask built here (attention_mask_4d), set for
+    batches gathered on a CUDA device; off, it gets the 2D mask as before."""
 
     def __init__(self, backbone: nn.Module, head: Head, use_token_types: bool):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.use_token_types = use_token_types
+        self.device_masks = False
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """attention_mask None: no padding in the batch (the backbone gets None, the head all ones)."""
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        backbone_mask = (attention_mask_4d(attention_mask, self.backbone)
+                         if self.device_masks and attention_mask is not None else attention_mask)
+        kwargs = {"input_ids": input_ids, "attention_mask": backbone_mask}
         if self.use_token_types and token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         out = self.backbone(**kwargs, output_hidden_states=self.head.needs_hidden_states, return_dict=True)

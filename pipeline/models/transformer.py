@@ -276,6 +276,7 @@ class TransformerModel:
         self.precision_ = resolve_precision(p.precision, self.device_)
         self.task_ = ctx.task or CLASSIFICATION
         self.tokenizer_, self.module_, self._source = load_backbone(p, self.n_classes)
+        self.module_.device_masks = rt.device_batches   # no host read of the mask per forward
         # the recipe's unset fields, from this fold's rows and the backbone's width
         layers = runtime.encoder_layers(self.module_.backbone)
         self.params, self._sized = sized(p, len(train), self.module_.backbone.config.hidden_size,
@@ -631,4 +632,5 @@ def load_checkpoint(directory: Path, device: Optional[torch.device] = None) -> T
     model._clock = ShapeClock(model.runtime_, model.device_)
     model.precision_ = head["precision"] if model.device_.type == "cuda" or head["precision"] != "fp16" else "fp32"
     model.tokenizer_, model.module_, model._source = tokenizer, module.to(model.device_), name
+    module.device_masks = model.runtime_.device_batches
     return model
