@@ -1,7 +1,7 @@
 """The transformer trainer on a GPU: ours against the Hugging Face Trainer, speed, MFU and memory.
 
     python -m bench.gpu [--mrpc DIR] [--minilm PATH] [--budget-s 450] [--workloads mrpc,bert_base,roberta_large]
-                        [--no-levers] [--out FILE]
+                        [--no-levers] [--systems ours,ours_compiled,...] [--out FILE]
     python -m bench.gpu --smoke [--inline]     (CPU, tiny random models and data, seconds; the suite runs it)
 
 DIR: $MRPC_DIR or ../shared/data/mrpc (train.tsv, msr_paraphrase_test.txt); PATH: the MiniLM folder,
@@ -546,13 +546,17 @@ class Bench:
         write(self.out_path, self.res)
         print(f"{name} {label}: {json.dumps(out.get('summary') or out)}", file=sys.stderr)
 
-    def all(self, names: list[str], levers: bool) -> dict:
+    def all(self, names: list[str], levers: bool, systems: Optional[set] = None) -> dict:
+        """systems: the labels to run (None: every system and lever), so a short GPU session can
+        measure the levers alone."""
         self.gemm()
+        wanted = lambda label: systems is None or label in systems  # noqa: E731
         for name in names:
             for system in self.workloads[name].systems:
-                self.run(name, system, system=system)
+                if wanted(system):
+                    self.run(name, system, system=system)
         for name, label, overrides in (LEVERS if levers else ()):
-            if name in names:
+            if name in names and wanted(label):
                 self.run(name, label, system="ours", overrides=overrides, seeds=list(self.workloads[name].seeds[:1]))
         return self.res
 
@@ -564,6 +568,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--budget-s", type=float, default=450.0, help="no system starts after this many seconds")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--no-levers", action="store_true")
+    ap.add_argument("--systems", help="comma-separated labels to run (hf, hf_tuned, ours, ours_compiled, "
+                                      "ours_checkpointed, ours_cuda_graphs); default: all")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny random models and data (seconds)")
     ap.add_argument("--inline", action="store_true", help="run the systems in this process (the suite's smoke test)")
     ap.add_argument("--out", help="result file (default bench/results/gpu.json, gpu_smoke.json with --smoke)")
@@ -579,6 +585,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     unknown = sorted(set(names) - set(WORKLOADS))
     if unknown:
         raise SystemExit(f"unknown workloads {unknown} (known: {', '.join(WORKLOADS)})")
+    labels = {s for w in WORKLOADS.values() for s in w.systems} | {label for _, label, _ in LEVERS}
+    systems = None if not args.systems else set(args.systems.split(","))
+    if systems and systems - labels:
+        raise SystemExit(f"unknown systems {sorted(systems - labels)} (known: {', '.join(sorted(labels))})")
     mrpc = data_dir(args.mrpc)
     if not args.smoke:   # refused now, not after the first workloads ran
         if not (mrpc / "train.tsv").is_file():
@@ -588,7 +598,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     out_path = Path(args.out or ROOT / "bench" / "results" / ("gpu_smoke.json" if args.smoke else "gpu.json"))
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         harness = Harness(args.smoke, args.inline, started + args.budget_s, Path(tmp), str(mrpc))
-        res = Bench(args, harness, out_path).all(names, levers=not args.no_levers)
+        res = Bench(args, harness, out_path).all(names, levers=not args.no_levers, systems=systems)
     res["wall_seconds"] = round(time.perf_counter() - started, 1)
     write(out_path, res)
     print(table(res))

@@ -34,3 +34,14 @@ def test_gpu_bench_smoke_run(tmp_path):
     assert set(res["targets"]) == {"mrpc_train_vs_hf", "mrpc_predict_vs_hf", "bert_base_train_vs_hf_tuned",
                                    "mrpc_accuracy_vs_hf_pt", "bert_base_mfu"}
     assert "| mrpc | ours |" in r.stdout
+
+
+def test_gpu_bench_runs_only_the_systems_asked_for(tmp_path):
+    out = tmp_path / "gpu_smoke.json"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "bench.gpu", "--smoke", "--inline", "--out", str(out), *a],  # noqa: E731
+                                    cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = run("--workloads", "bert_base", "--systems", "ours,ours_compiled")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert set(json.loads(out.read_text())["bert_base"]) == {"ours", "ours_compiled"}
+    r = run("--systems", "ours,fast")
+    assert r.returncode != 0 and "unknown systems ['fast']" in r.stderr
