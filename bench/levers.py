@@ -53,6 +53,8 @@ LEVERS: dict[str, dict] = {
 }
 # the trainer's recipes by data size (models.params.SIZE_RECIPES), as levers on the base recipe
 LEVERS.update({f"recipe_{name}": dict(values) for _, name, values in SIZE_RECIPES})
+# the small recipe with the medium recipe's re-initialised top layer (is reinit worth it below 2,000 rows?)
+LEVERS["recipe_small_reinit1"] = {**LEVERS["recipe_small"], "reinit_layers": 1}
 
 
 def recipe() -> dict:
