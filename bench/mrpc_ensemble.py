@@ -132,9 +132,12 @@ def _r(x):
     return None if x is None else round(float(x), 4)
 
 
-def hf_baseline() -> dict | None:
+def hf_baseline(test_file: str) -> dict | None:
+    """bench.mrpc_vs_hf's Trainer row, where this run's test file is the one it scored."""
+    from bench.mrpc_vs_hf import TEST_FILE
+
     path = RESULTS / "mrpc_vs_hf.json"
-    if not path.is_file():
+    if test_file != TEST_FILE or not path.is_file():
         return None
     hf = json.loads(path.read_text()).get("hf")
     return None if hf is None else {"name": "HF Trainer (single model, bench.mrpc_vs_hf)", "oof_accuracy": None,
@@ -176,7 +179,7 @@ def main() -> None:
     models_dir = ROOT / models_root(cfg)  # an absolute models path stays as it is
     summary = json.loads((models_dir / "ensembles" / "summary.json").read_text())
     result = {"config": args.config, "stage_seconds": stage_seconds, "stage_gpu": stage_gpu, "models": model_rows(models_dir, summary) + seed_rows(cfg, models_dir),
-              "methods": method_rows(summary), "hf": hf_baseline()}
+              "methods": method_rows(summary), "hf": hf_baseline(cfg.data.test)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"{args.name}.json", result)
     table = markdown(result)

@@ -32,7 +32,10 @@ def data_dir(arg: str | None) -> Path:
     return Path(arg or os.environ.get("MRPC_DIR") or ROOT.parent / "shared" / "data" / "mrpc")
 
 
-def load_mrpc(directory: Path, quick: bool, test: str = "msr_paraphrase_test.txt"):
+TEST_FILE = "msr_paraphrase_test.txt"   # the labelled file every Trainer score here is on
+
+
+def load_mrpc(directory: Path, quick: bool, test: str = TEST_FILE):
     """(train (a, b, y), test (a, b, y)) as lists and int arrays, through the pipeline's reader."""
     from pipeline.config import DataConfig
     from pipeline.data import read_raw
