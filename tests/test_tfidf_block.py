@@ -1,4 +1,4 @@
-"""TfidfBlock.fit_transform (each training text analysed once) gives the matrices a fit followed by a
+"""TfidfBlock.fit_transform (each training text analysed once) gives the matrices the fitted block's
 transform gives, bit for bit, so the TF-IDF kinds' outputs do not depend on which path ran."""
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ def same(x: sp.csr_matrix, y: sp.csr_matrix) -> bool:
 
 @pytest.mark.parametrize("params", [TfidfLRParams(min_df=1), TfidfLRParams(min_df=2, max_features=40),
                                     TfidfLRParams(word_ngrams=[], char_ngrams=[1, 3])])
-def test_fit_transform_equals_fit_then_transform(params):
+def test_fit_transform_equals_the_fitted_blocks_transform(params):
     a, b = texts(120, 0)
-    fitted = TfidfBlock(params).fit(a + b)
-    once = TfidfBlock(params).fit_transform(a + b)
+    fitted = TfidfBlock(params)
+    once = fitted.fit_transform(a + b)
     assert len(once) == len(fitted.transform(a + b))
     assert all(same(x, y) for x, y in zip(once, fitted.transform(a + b)))
 

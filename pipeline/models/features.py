@@ -35,10 +35,6 @@ class TfidfBlock:
     def __init__(self, p: TfidfParams, label: str = "TF-IDF", allow_empty: bool = False):
         self.p, self.label, self.allow_empty = p, label, allow_empty
 
-    def fit(self, texts: list[str]) -> "TfidfBlock":
-        self.fit_transform(texts)
-        return self
-
     def fit_transform(self, texts: list[str]) -> list[sp.csr_matrix]:
         """Fit on texts and return transform(texts), analysing each text once instead of twice;
         the same matrices bit for bit (sorted indices, as transform gives them)."""

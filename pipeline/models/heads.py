@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .dropout import ATTENTION
+
 HEADS = ("cls", "mean", "max4", "bilstm")
 MAX4_LAYERS = 4
 
@@ -84,7 +86,7 @@ class Head(nn.Module):
 # transformers 5.23's modeling files). Others (DeBERTa's own masks, ModernBERT's sliding windows)
 # always get the 2D mask.
 MASK_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "mpnet", "distilbert", "albert"})
-BOOL_MASK_ATTENTION = ("sdpa", "pipeline_sdpa")   # SDPA takes a bool mask (True: attend)
+BOOL_MASK_ATTENTION = ("sdpa", ATTENTION)   # SDPA and its fast-dropout twin take a bool mask (True: attend)
 
 
 def attention_mask_4d(mask: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
