@@ -245,6 +245,53 @@ def test_headless_checkpoint_gets_a_tied_fresh_head(tiny_bert, roberta):
         assert any(not torch.equal(v, mlm.head_state(other)[k]) for k, v in head.items() if v.ndim == 2)
 
 
+def test_predicted_positions_pick_the_rows_boolean_indexing_picks(tiny_bert):
+    tokenizer, model = mlm.masked_lm(str(tiny_bert), seed=1)
+    corpus = mlm.encode_corpus(tokenizer, [" ".join(WORDS[i:i + 3 + i % 5]) for i in range(8)], 32)
+    batch = mlm.masked_batch(corpus, np.arange(8), 0.3, np.random.default_rng(0), tokenizer,
+                             mlm.random_token_ids(tokenizer))
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        picked = batch["labels"] != mlm.IGNORE
+        want = mlm.head_module(model)(hidden[picked]), batch["labels"][picked]
+        for got in (mlm.predicted_logits(model, batch),
+                    mlm.predicted_logits(model, {**batch, "picked": mlm.picked_positions(batch["labels"])})):
+            assert all(torch.equal(g, w) for g, w in zip(got, want))   # the same rows, bit for bit
+
+
+def test_the_device_loop_pretrains_what_the_host_loop_pretrains(tiny_bert, tmp_path, monkeypatch):
+    """The CUDA loop (positions and 4D mask built before the copy, the loss read every SYNC_STEPS
+    steps and at checkpoints) run on the CPU: the weights and final loss of the host loop, with no
+    read of the mask back to the host and 8 loss reads where the host loop makes 17."""
+    from transformers import masking_utils
+
+    from pipeline.config import PretrainConfig
+    from pipeline.models import mlm_training
+
+    texts = [" ".join(WORDS[i % 20:i % 20 + 2 + i % 7]) for i in range(64)]   # padded batches
+    p = PretrainConfig(backbone=str(tiny_bert), seed=3, epochs=2, batch_size=8, max_length=32, lr=1e-3)
+    reads, checks = [], []
+    real_read, real_check = mlm_training.read_loss, masking_utils._ignore_bidirectional_mask_sdpa
+    monkeypatch.setattr(mlm_training, "read_loss", lambda t: reads.append(1) or real_read(t))
+    monkeypatch.setattr(masking_utils, "_ignore_bidirectional_mask_sdpa",
+                        lambda m, *a, **k: checks.append(m is not None) or real_check(m, *a, **k))
+
+    def pretrain(out: Path) -> tuple[dict, dict]:
+        reads.clear(), checks.clear()
+        record = mlm_training.run(p, texts, out, "fp", "x: 1\n", record_name="pretrain.json")
+        return record, weights(out / "model.safetensors")
+
+    host, host_weights = pretrain(tmp_path / "host")
+    assert len(reads) == 17 and any(checks)   # 16 steps and the end; the 2D mask checked per forward
+    monkeypatch.setattr(mlm_training, "device_loop", lambda device: True)
+    monkeypatch.setattr(mlm_training, "SYNC_STEPS", 3)
+    device, device_weights = pretrain(tmp_path / "device")
+    assert len(reads) == 8 and not any(checks)   # steps 3, 6, 8 (the epoch's checkpoint), 9, 12, 15, 16, the end
+    assert device["final_loss"] == pytest.approx(host["final_loss"], abs=1e-5)
+    for name, value in host_weights.items():
+        torch.testing.assert_close(device_weights[name], value, atol=1e-5, rtol=1e-4)
+
+
 def test_substitute_is_seeded_and_changes_about_rate_of_the_words(tiny_bert):
     texts = [" ".join(np.random.default_rng(i).choice(WORDS, 20)) + "." for i in range(12)]
     out = mlm.substitute(texts, str(tiny_bert), 0.2, seed=5)

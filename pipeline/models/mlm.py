@@ -75,11 +75,20 @@ def head_module(model: torch.nn.Module) -> torch.nn.Module:
 
 def predicted_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, V), labels (N,)) of the N predicted tokens of a masked batch (input_ids,
-    attention_mask, labels, each (B, T)): the head runs on those tokens only, not on all B * T
-    (with a 30k vocabulary the head costs as much as the encoder when run everywhere)."""
+    attention_mask, labels, each (B, T); optionally "picked" (N,), the flat positions of the
+    predicted tokens, found on the host so that a CUDA step never waits to learn N): the head runs
+    on those tokens only, not on all B * T (with a 30k vocabulary the head costs as much as the
+    encoder when run everywhere). attention_mask may be the backbone's 4D mask (heads.attention_mask_4d)."""
     hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    picked = batch["labels"] != IGNORE
-    return head_module(model)(hidden[picked]), batch["labels"][picked]
+    picked = batch["picked"] if "picked" in batch else picked_positions(batch["labels"])
+    return (head_module(model)(hidden.flatten(0, 1).index_select(0, picked)),
+            batch["labels"].flatten().index_select(0, picked))
+
+
+def picked_positions(labels: torch.Tensor) -> torch.Tensor:
+    """labels (B, T) -> (N,) int64: the flat positions of the predicted tokens, in row-major order
+    (the rows boolean indexing picks, in its order)."""
+    return (labels.flatten() != IGNORE).nonzero().squeeze(1)
 
 
 def mlm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

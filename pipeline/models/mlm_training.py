@@ -35,7 +35,10 @@ from .. import faults
 from ..fileio import committed, read_json
 from .backbone import (autocast, default_device, kept_rng, num_threads, quiet_loading, resolve_backbone,
                        resolve_precision, seeded)
-from .mlm import MLM_HEAD, Corpus, encode_corpus, masked_batch, masked_lm, mlm_loss, random_token_ids, save_head
+from .heads import attention_mask_4d
+from .mlm import (MLM_HEAD, Corpus, encode_corpus, masked_batch, masked_lm, mlm_loss, picked_positions,
+                  random_token_ids, save_head)
+from .runtime import SYNC_STEPS
 from .tokens import train_steps
 
 log = logging.getLogger("pipeline.pretrain")
@@ -107,6 +110,8 @@ def train(p, model, tokenizer, corpus: Corpus, random_ids: np.ndarray, opt, sche
     budget = p.max_minutes * 60 if p.max_minutes else math.inf
     lengths = corpus.lengths
     order, order_epoch = None, -1
+    sync_steps = SYNC_STEPS if device_loop(device) else 1
+    loss = None
     start = time.perf_counter() - state.seconds
     while state.step < total and time.perf_counter() - start < budget:
         epoch, i = divmod(state.step, per_epoch)
@@ -114,22 +119,50 @@ def train(p, model, tokenizer, corpus: Corpus, random_ids: np.ndarray, opt, sche
             order, order_epoch = train_steps(lengths, p.batch_size, 1, np.random.default_rng([p.seed, epoch])), epoch
         batch = masked_batch(corpus, order[i][0], p.mlm_probability, np.random.default_rng([p.seed, 1, state.step]),
                              tokenizer, random_ids)
-        state.loss = step(model, {k: v.to(device) for k, v in batch.items()}, opt, sched, p.max_grad_norm,
-                          precision, device)
+        loss = step(model, on_device(batch, model, device), opt, sched, p.max_grad_norm, precision, device)
         state.step += 1
         state.seconds = time.perf_counter() - start
         bar.update(1)
-        bar.set_postfix(loss=f"{state.loss:.4f}", refresh=False)
         faults.point(f"pretrain:step{state.step}")
-        if (p.save_every and state.step % p.save_every == 0) or state.step % per_epoch == 0:
-            if state.step < total:
-                save(state)
+        saving = (p.save_every and state.step % p.save_every == 0) or state.step % per_epoch == 0
+        if saving or state.step % sync_steps == 0:
+            state.loss = read_loss(loss)
+            bar.set_postfix(loss=f"{state.loss:.4f}", refresh=False)
+        if saving and state.step < total:
+            save(state)
+    if loss is not None:
+        state.loss = read_loss(loss)
     return state
+
+
+def device_loop(device: torch.device) -> bool:
+    """Whether the steps run without waiting on the host (CUDA): the predicted tokens' positions and
+    the 4D attention mask built before the batch is copied (non-blocking, from pinned memory), and
+    the loss read every SYNC_STEPS steps and at checkpoints. On the CPU these waits cost nothing and
+    the steps run as before."""
+    return device.type == "cuda"
+
+
+def on_device(batch: dict[str, torch.Tensor], model, device: torch.device) -> dict[str, torch.Tensor]:
+    """A masked batch (each (B, T), on the host) on `device`; on the device loop with "picked" (N,)
+    added and attention_mask made the backbone's 4D mask, so the step reads nothing back."""
+    if not device_loop(device):
+        return {k: v.to(device) for k, v in batch.items()}
+    cuda = device.type == "cuda"
+    host = {**batch, "picked": picked_positions(batch["labels"])}
+    out = {k: (v.pin_memory() if cuda else v).to(device, non_blocking=cuda) for k, v in host.items()}
+    out["attention_mask"] = attention_mask_4d(out["attention_mask"], model.base_model)
+    return out
+
+
+def read_loss(loss: torch.Tensor) -> float:
+    """The loss on the host: on CUDA this waits for the step that made it."""
+    return float(loss)
 
 
 def step(model, batch: dict[str, torch.Tensor], opt, sched, max_grad_norm: float, precision: str,
          device: torch.device) -> float:
-    """One optimiser step on one masked batch; returns its loss."""
+    """One optimiser step on one masked batch; returns its loss, left on the device (a 0-d tensor)."""
     with autocast(precision, device):
         loss = mlm_loss(model, batch)
     loss.backward()
@@ -138,7 +171,7 @@ def step(model, batch: dict[str, torch.Tensor], opt, sched, max_grad_norm: float
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    return loss.detach()
 
 
 # ----------------------------------------------------------------------------- resume
