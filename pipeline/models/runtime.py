@@ -12,6 +12,7 @@ What `auto` picks (the fold record's "runtime" says what ran):
 | fp32 matrix products     | fp32                                     | TF32 (tf32)                                 |
 | inference batches        | predict_batch_size rows                  | PREDICT_TOKENS tokens, longest rows first   |
 | attention                | the backbone's default: SDPA where it has it, else eager (attention)   |
+| eager-only backbones     | eager (MPNet in transformers 5)          | SDPA through models.sdpa (sdpa_adapter)     |
 | compile                  | off                                      | off (compile: true turns it on)             |
 
 The CPU column is what bench.mrpc_vs_hf and bench.profile_transformer measured on the project's CPU
@@ -50,6 +51,7 @@ class Runtime:
     length_buckets: bool       # batch widths rounded up to BUCKETS
     static_rows: bool          # short batches padded with weight-0 rows to a fixed row count
     attention: Optional[str]   # attn_implementation asked of the backbone (None: its default)
+    sdpa_adapter: bool         # a backbone transformers runs eager only (MPNet) gets SDPA from models.sdpa
     tf32: bool
     sparse_embeddings: bool
     fast_dropout: bool
@@ -76,6 +78,7 @@ def resolve(p: TransformerParams, device: torch.device, fitting: bool = True) ->
         compile_mode=("default" if p.compile_mode == "auto" else p.compile_mode) if compiled else "",
         length_buckets=compiled if p.length_buckets == "auto" else bool(p.length_buckets),
         static_rows=compiled, attention=None if p.attention == "auto" else p.attention,
+        sdpa_adapter=p.attention == "sdpa" or (p.attention == "auto" and cuda),
         tf32=p.tf32 and cuda, sparse_embeddings=p.sparse_embeddings and device.type == "cpu",
         fast_dropout=p.fast_dropout and device.type == "cpu", device_batches=cuda,
         sync_steps=SYNC_STEPS if cuda else 1,

@@ -39,7 +39,7 @@ from ..fileio import read_json, write_json, write_with
 from ..tasks import CLASSIFICATION, Task, get as get_task
 from .backbone import (autocast, default_device, load_config, load_pretrained, load_tokenizer, max_positions,
                        num_threads, resolve_backbone, resolve_precision, seeded)
-from . import runtime, stability
+from . import runtime, sdpa, stability
 from .base import FitContext
 from .dropout import fast_attention_dropout, swap_dropout
 from .heads import Classifier, Head, apply_freezing
@@ -86,14 +86,19 @@ def build_classifier(backbone: nn.Module, params: TransformerParams, n_classes: 
     return module
 
 
-def load_backbone(params: TransformerParams, n_classes: int) -> tuple[object, Classifier, str]:
-    """(tokenizer, Classifier with pretrained backbone, resolved source) for params.backbone.
-    The params' own ranges were checked when they were built (TransformerParams.__post_init__)."""
+def load_backbone(params: TransformerParams, n_classes: int,
+                  rt: Optional[Runtime] = None) -> tuple[object, Classifier, str]:
+    """(tokenizer, Classifier with pretrained backbone, resolved source) for params.backbone, its
+    attention as rt says (None: as on the CPU). The params' own ranges were checked when they were
+    built (TransformerParams.__post_init__)."""
+    rt = rt or runtime.resolve(params, torch.device("cpu"))
     source, local_only = resolve_backbone(params.backbone)
     config = load_config(source, local_only, params.backbone, params)
     tokenizer = load_tokenizer(source, local_only, params.backbone)
-    backbone = load_pretrained(source, local_only, params.backbone, config,
-                               None if params.attention == "auto" else params.attention)
+    adapt = rt.sdpa_adapter and sdpa.adaptable(config)
+    backbone = load_pretrained(source, local_only, params.backbone, config, None if adapt else rt.attention)
+    if adapt:
+        sdpa.use_sdpa(backbone)
     check_compatible(tokenizer, backbone, params, params.backbone)
     return tokenizer, build_classifier(backbone, params, n_classes), source
 
@@ -275,14 +280,14 @@ class TransformerModel:
         self._clock = ShapeClock(rt, self.device_)
         self.precision_ = resolve_precision(p.precision, self.device_)
         self.task_ = ctx.task or CLASSIFICATION
-        self.tokenizer_, self.module_, self._source = load_backbone(p, self.n_classes)
+        self.tokenizer_, self.module_, self._source = load_backbone(p, self.n_classes, rt)
         self.module_.device_masks = rt.device_batches   # no host read of the mask per forward
         # the recipe's unset fields, from this fold's rows and the backbone's width
         layers = runtime.encoder_layers(self.module_.backbone)
         self.params, self._sized = sized(p, len(train), self.module_.backbone.config.hidden_size,
                                          None if layers is None else len(layers))
         p = self.params
-        self._attention = self.module_.backbone.config._attn_implementation  # before training swaps it
+        self._attention = sdpa.attention_used(self.module_.backbone)  # before training swaps it
         stability.reinit_top_layers(self.module_.backbone, p.reinit_layers, p.backbone)
         if rt.fast_dropout:
             swap_dropout(self.module_)
@@ -611,12 +616,17 @@ def load_checkpoint(directory: Path, device: Optional[torch.device] = None) -> T
     head, params = _read_head_config(directory)
     name = str(directory)
     tokenizer = load_tokenizer(name, True, name)
+    device = device or default_device()
+    rt = runtime.resolve(params, device, fitting=False)
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=True)
-        backbone = AutoModel.from_config(config, **({} if params.attention == "auto" else
-                                                    {"attn_implementation": params.attention}))
+        adapt = rt.sdpa_adapter and sdpa.adaptable(config)
+        backbone = AutoModel.from_config(config, **({} if adapt or rt.attention is None else
+                                                    {"attn_implementation": rt.attention}))
     except (OSError, ValueError, KeyError) as e:
         raise PipelineError(f"{directory}: cannot rebuild the backbone: {first_line(e)}") from None
+    if adapt:
+        sdpa.use_sdpa(backbone)
     check_compatible(tokenizer, backbone, params, name)
     module = build_classifier(backbone, params, head["n_classes"])
     state = safe_load_safetensors(directory / WEIGHTS)  # a damaged file is one line naming it
@@ -627,8 +637,7 @@ def load_checkpoint(directory: Path, device: Optional[torch.device] = None) -> T
     model = TransformerModel(params, head["n_classes"], head["view"])
     model.task_ = get_task(head.get("task"))  # a checkpoint from before task types: classification
     model.target_stats_ = tuple(head.get("target_stats", (0.0, 1.0)))
-    model.device_ = device or default_device()
-    model.runtime_ = runtime.resolve(params, model.device_, fitting=False)
+    model.device_, model.runtime_ = device, rt
     model._clock = ShapeClock(model.runtime_, model.device_)
     model.precision_ = head["precision"] if model.device_.type == "cuda" or head["precision"] != "fp16" else "fp32"
     model.tokenizer_, model.module_, model._source = tokenizer, module.to(model.device_), name

@@ -1,0 +1,120 @@
+"""SDPA for backbones transformers runs eager only (models/sdpa.py, MPNet): the same outputs and
+gradients as the eager attention, the same state dict, chosen per device by runtime.resolve, and
+said in the fold record; a checkpoint reloads with it."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import save_tiny
+from pipeline.models import runtime, sdpa
+from pipeline.models.heads import attention_mask_4d
+from pipeline.models.params import TransformerParams
+from pipeline.models.transformer import load_checkpoint
+from test_device_runtime import cuda_like
+from test_transformer import CPU, WORDS, fit, make_table, params
+
+
+def mpnet_config(**kw):
+    from transformers import MPNetConfig
+
+    return MPNetConfig(**{"vocab_size": 60, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                          "intermediate_size": 64, "max_position_embeddings": 66, **kw})
+
+
+@pytest.fixture(scope="module")
+def mpnet_dir(tmp_path_factory):
+    """A 2-layer, 32-wide random MPNet with a WordPiece vocabulary of test_transformer's words."""
+    from transformers import MPNetTokenizer
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok = MPNetTokenizer(vocab={t: i for i, t in enumerate(specials + sorted(set(WORDS)) + list(".,!?"))})
+    return save_tiny(tmp_path_factory.mktemp("mpnet"), tok, __import__("transformers").MPNetModel,
+                     mpnet_config(vocab_size=len(tok), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+
+def pair_of_backbones():
+    """(eager MPNet, the same weights re-classed to SDPA), dropout off."""
+    from transformers import MPNetModel
+
+    torch.manual_seed(0)
+    eager = MPNetModel(mpnet_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    fused = copy.deepcopy(eager)
+    assert sdpa.use_sdpa(fused) == 2 and sdpa.use_sdpa(eager.embeddings) == 0
+    return eager, fused
+
+
+def batch():
+    ids = torch.randint(5, 60, (3, 11), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[1, 7:], mask[2, 4:] = 0, 0
+    return ids, mask
+
+
+def test_sdpa_gives_the_eager_outputs_and_gradients():
+    eager, fused = pair_of_backbones()
+    assert sdpa.attention_used(fused) == "sdpa" and sdpa.attention_used(eager) == "eager"
+    assert eager.state_dict().keys() == fused.state_dict().keys()   # checkpoints are the same either way
+    ids, mask = batch()
+    for m in (eager, fused):
+        m.train()
+    outs = []
+    for m in (eager, fused):
+        for key in ("mask2d", "mask4d"):   # transformers' mask, and the one the device loop builds
+            given = mask if key == "mask2d" else attention_mask_4d(mask, m)
+            out = m(ids, attention_mask=given).last_hidden_state
+            out.square().sum().backward()
+            outs.append((out.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+            m.zero_grad()
+    want = outs[0]
+    for out, grads in outs[1:]:
+        torch.testing.assert_close(out, want[0], atol=1e-5, rtol=1e-4)
+        assert grads.keys() == want[1].keys() and "encoder.relative_attention_bias.weight" in grads
+        for name, g in grads.items():
+            torch.testing.assert_close(g, want[1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_asking_for_attention_probabilities_falls_back_to_eager():
+    eager, fused = pair_of_backbones()
+    ids, mask = batch()
+    with torch.no_grad():
+        a, b = (m(ids, attention_mask=mask, output_attentions=True) for m in (eager, fused))
+    assert len(b.attentions) == 2
+    for x, y in zip(a.attentions, b.attentions):
+        torch.testing.assert_close(x, y)
+
+
+def test_bias_of_a_bool_mask_and_of_no_mask():
+    bias = torch.randn(1, 2, 3, 3)
+    keep = torch.tensor([[True, True, False]])[:, None, None, :]
+    got = sdpa.attention_bias(bias, keep, torch.float32)
+    assert torch.equal(got[..., :2], bias[..., :2]) and (got[..., 2] == torch.finfo(torch.float32).min).all()
+    assert sdpa.attention_bias(bias, None, torch.bfloat16).dtype == torch.bfloat16
+    assert sdpa.attention_bias(None, None, torch.float32) is None
+
+
+def test_the_adapter_is_chosen_per_device():
+    cpu, cuda = (runtime.resolve(TransformerParams(), torch.device(d)) for d in ("cpu", "cuda"))
+    assert not cpu.sdpa_adapter and cuda.sdpa_adapter   # CPU: eager with its fast dropout masks, as measured
+    assert runtime.resolve(TransformerParams(attention="sdpa"), CPU).sdpa_adapter
+    assert not runtime.resolve(TransformerParams(attention="eager"), torch.device("cuda")).sdpa_adapter
+
+
+def test_the_trainer_runs_mpnet_on_sdpa_and_says_so(mpnet_dir, tmp_path, monkeypatch):
+    table = make_table("train", pair=True)
+    eager, valid = fit(params(mpnet_dir, attention="eager"), table)
+    fused, _ = fit(params(mpnet_dir, attention="sdpa"), table)
+    assert eager.info_["runtime"]["attention"] == "eager" and fused.info_["runtime"]["attention"] == "sdpa"
+    np.testing.assert_allclose(fused.predict_proba(valid), eager.predict_proba(valid), atol=1e-5)
+    fused.save(tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert sdpa.attention_used(loaded.module_.backbone) == "sdpa"
+    np.testing.assert_allclose(loaded.predict_proba(valid), fused.predict_proba(valid), atol=1e-6)
+    auto_cpu, _ = fit(params(mpnet_dir), table)
+    assert sdpa.attention_used(auto_cpu.module_.backbone) == "eager"   # CPU's auto: unchanged
+    cuda_like(monkeypatch, sdpa_adapter=True)
+    auto_cuda, _ = fit(params(mpnet_dir, sparse_embeddings=False), table)
+    assert auto_cuda.info_["runtime"]["attention"] == "sdpa"
