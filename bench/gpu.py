@@ -13,13 +13,16 @@ a config. Workloads:
                  batch 32, 1 epoch; predict 2,048 pairs
   roberta_large  a RoBERTa-large-sized encoder (24 x 1024, random init), 4,096 pairs at 128 tokens,
                  batch 32, 1 epoch; predict 2,048 pairs; speed and peak memory
+  mpnet_base     an MPNet-base-sized encoder (all-mpnet-base-v2's sizes, random init; relative position
+                 bias, eager-only in transformers), 4,096 pairs at 128 tokens, batch 32, 1 epoch; predict
+                 2,048 pairs: configs/mrpc_gpu.yaml's backbone, ours (SDPA through models.sdpa on CUDA)
 Systems, each in its own process (its peak memory its own):
   hf        AutoModelForSequenceClassification + Trainer as a user runs it (its defaults: fp32, dynamic padding)
   hf_tuned  the same with what the installed TrainingArguments offers: bf16, length-grouped batches,
             fused AdamW, TF32, eval batches of 256 (the fields used are in the result)
   ours      pipeline.models.transformer.TransformerModel with its per-device `auto` settings
 Then levers, while the time budget lasts: ours with compile (default mode, reduce-overhead), with
-gradient checkpointing. A system that would start past the budget is skipped and says so.
+gradient checkpointing, MPNet with its eager attention (ours_eager). A system that would start past the budget is skipped and says so.
 
 Speeds: train samples/s over the training loop (the Trainer's train(); ours' epochs, its fit's wall
 time with loading and tokenising is fit_seconds), median over seeds; predict rows/s on token ids
@@ -74,6 +77,8 @@ WORKLOADS = {
                           1, 256, (42,), ("ours", "hf_tuned", "hf"), rows=8192, test_rows=2048),
     "roberta_large": Workload({"type": "roberta", "hidden": 1024, "layers": 24, "heads": 16, "ff": 4096,
                                "vocab": 50265}, 1, 128, (42,), ("ours", "hf_tuned"), rows=4096, test_rows=2048),
+    "mpnet_base": Workload({"type": "mpnet", "hidden": 768, "layers": 12, "heads": 12, "ff": 3072, "vocab": 30527},
+                           1, 128, (42,), ("ours",), rows=4096, test_rows=2048),
 }
 SMOKE = {
     "mrpc": Workload({"type": "bert", "hidden": 32, "layers": 2, "heads": 2, "ff": 64}, 2, 32, (42, 43, 44),
@@ -82,12 +87,15 @@ SMOKE = {
                           ("ours", "hf_tuned", "hf"), rows=32, test_rows=16),
     "roberta_large": Workload({"type": "roberta", "hidden": 32, "layers": 2, "heads": 2, "ff": 64}, 1, 24, (42,),
                               ("ours", "hf_tuned"), rows=32, test_rows=16),
+    "mpnet_base": Workload({"type": "mpnet", "hidden": 32, "layers": 2, "heads": 2, "ff": 64}, 1, 24, (42,),
+                           ("ours",), rows=32, test_rows=16),
 }
 # (workload, label, ours' param overrides), cheapest and most telling first
 LEVERS = (("bert_base", "ours_compiled", {"compile": True}),
           ("roberta_large", "ours_checkpointed", {"grad_checkpointing": True}),
           ("mrpc", "ours_compiled", {"compile": True}),
-          ("mrpc", "ours_cuda_graphs", {"compile": True, "compile_mode": "reduce-overhead"}))
+          ("mrpc", "ours_cuda_graphs", {"compile": True, "compile_mode": "reduce-overhead"}),
+          ("mpnet_base", "ours_eager", {"attention": "eager"}))
 COMMON = {"warmup": 0.1, "weight_decay": 0.01}
 
 
@@ -139,7 +147,7 @@ def build_model_dir(size: dict, directory: Path, tokenizer_from: Optional[str]) 
     """A random-init encoder of `size` saved with a tokenizer (MiniLM's, or for the smoke run a
     WordPiece over SMOKE_WORDS), so every system loads it like a checkpoint."""
     import torch
-    from transformers import AutoModel, BertConfig, BertTokenizer, RobertaConfig, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer, BertConfig, BertTokenizer, MPNetConfig, RobertaConfig
 
     directory.mkdir(parents=True, exist_ok=True)
     if tokenizer_from:
@@ -153,6 +161,8 @@ def build_model_dir(size: dict, directory: Path, tokenizer_from: Optional[str]) 
                   intermediate_size=size["ff"], vocab_size=size.get("vocab", len(tok)))
     if size["type"] == "roberta":   # RoBERTa's one token type; positions offset past its padding index
         config = RobertaConfig(**common, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1)
+    elif size["type"] == "mpnet":   # positions offset past the padding index, as RoBERTa's
+        config = MPNetConfig(**common, max_position_embeddings=514, pad_token_id=tok.pad_token_id)
     else:
         config = BertConfig(**common, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
     with torch.random.fork_rng(devices=[]):
@@ -569,7 +579,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--no-levers", action="store_true")
     ap.add_argument("--systems", help="comma-separated labels to run (hf, hf_tuned, ours, ours_compiled, "
-                                      "ours_checkpointed, ours_cuda_graphs); default: all")
+                                      "ours_checkpointed, ours_cuda_graphs, ours_eager); default: all")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny random models and data (seconds)")
     ap.add_argument("--inline", action="store_true", help="run the systems in this process (the suite's smoke test)")
     ap.add_argument("--out", help="result file (default bench/results/gpu.json, gpu_smoke.json with --smoke)")

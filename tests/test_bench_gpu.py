@@ -18,7 +18,8 @@ def test_gpu_bench_smoke_run(tmp_path):
     assert res["smoke"] and res["gemm"]["gemm_bf16_tflops"] > 0 and res["mfu_peak_source"] == "measured bf16 GEMM"
     systems = {"mrpc": {"hf", "hf_tuned", "ours", "ours_compiled", "ours_cuda_graphs"},
                "bert_base": {"hf", "hf_tuned", "ours", "ours_compiled"},
-               "roberta_large": {"hf_tuned", "ours", "ours_checkpointed"}}
+               "roberta_large": {"hf_tuned", "ours", "ours_checkpointed"},
+               "mpnet_base": {"ours", "ours_eager"}}
     for workload, names in systems.items():
         assert set(res[workload]) == names, workload
         for name, system in res[workload].items():
@@ -30,6 +31,7 @@ def test_gpu_bench_smoke_run(tmp_path):
     assert mrpc["ours_compiled"]["runs"][0]["runtime"]["compile"]
     assert mrpc["ours_compiled"]["summary"]["compile_seconds"][0] > 0
     assert res["roberta_large"]["ours_checkpointed"]["runs"][0]["runtime"]["grad_checkpointing"]
+    assert res["mpnet_base"]["ours_eager"]["runs"][0]["runtime"]["attention"] == "eager"
     assert "bf16" in res["mrpc"]["hf_tuned"]["args"] or "train_sampling_strategy" in res["mrpc"]["hf_tuned"]["args"]
     assert set(res["targets"]) == {"mrpc_train_vs_hf", "mrpc_predict_vs_hf", "bert_base_train_vs_hf_tuned",
                                    "mrpc_accuracy_vs_hf_pt", "bert_base_mfu"}
