@@ -19,7 +19,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     1: ("errors", "faults", "fileio", "yamlio", "formatting", "plots", "names", "readers", "synthetic", "machine"),
     2: ("data", "views", "metrics", "combiners", "tasks", "backends", "models.params", "models.registry"),
     3: ("config", "models.base", "models.tokens", "models.heads", "models.dropout", "models.optim", "models.stability",
-        "models.packaged", "models.backbone", "models.runtime", "models.transformer", "models.mlm",
+        "models.packaged", "models.backbone", "models.runtime", "models.sdpa", "models.transformer", "models.mlm",
         "models.mlm_training", "models.encoder",
         "models.classical", "models.embed", "models.features"),
     4: ("layout", "prepared", "fold_assignment", "artifacts", "pseudo_labels", "backbones", "provenance",
