@@ -16,7 +16,7 @@ def test_gpu_bench_smoke_run(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["smoke"] and res["gemm"]["gemm_bf16_tflops"] > 0 and res["mfu_peak_source"] == "measured bf16 GEMM"
-    systems = {"mrpc": {"hf", "hf_tuned", "ours", "ours_compiled", "ours_cuda_graphs"},
+    systems = {"mrpc": {"hf", "hf_tuned", "ours", "ours_compiled", "ours_cuda_graphs", "ours_compiled_fine"},
                "bert_base": {"hf", "hf_tuned", "ours", "ours_compiled"},
                "roberta_large": {"hf_tuned", "ours", "ours_checkpointed"},
                "mpnet_base": {"ours", "ours_eager"}}
@@ -30,6 +30,7 @@ def test_gpu_bench_smoke_run(tmp_path):
     assert 0 <= mrpc["ours"]["summary"]["test_accuracy_spread"] <= 0.5
     assert mrpc["ours_compiled"]["runs"][0]["runtime"]["compile"]
     assert mrpc["ours_compiled"]["summary"]["compile_seconds"][0] > 0
+    assert not mrpc["ours_compiled_fine"]["runs"][0]["runtime"]["length_buckets"]
     assert res["roberta_large"]["ours_checkpointed"]["runs"][0]["runtime"]["grad_checkpointing"]
     assert res["mpnet_base"]["ours_eager"]["runs"][0]["runtime"]["attention"] == "eager"
     assert "bf16" in res["mrpc"]["hf_tuned"]["args"] or "train_sampling_strategy" in res["mrpc"]["hf_tuned"]["args"]
