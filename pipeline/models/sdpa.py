@@ -53,9 +53,11 @@ def attention_bias(position_bias: Optional[torch.Tensor], mask: Optional[torch.T
     return (position_bias if mask is None else position_bias + mask).to(dtype)
 
 
-def adaptable(config) -> bool:
-    """Whether backbones of this config get SDPA here (transformers itself gives them eager only)."""
-    return getattr(config, "model_type", None) in ADAPTED
+def plan(config, attention: Optional[str], adapter: bool) -> tuple[Optional[str], bool]:
+    """(the attn_implementation to ask transformers for, None: its default; whether to use_sdpa on
+    the loaded backbone) for a config, the attention asked (Runtime.attention) and Runtime.sdpa_adapter."""
+    adapt = adapter and getattr(config, "model_type", None) in ADAPTED
+    return (None if adapt else attention), adapt
 
 
 def use_sdpa(backbone: nn.Module) -> int:

@@ -95,8 +95,8 @@ def load_backbone(params: TransformerParams, n_classes: int,
     source, local_only = resolve_backbone(params.backbone)
     config = load_config(source, local_only, params.backbone, params)
     tokenizer = load_tokenizer(source, local_only, params.backbone)
-    adapt = rt.sdpa_adapter and sdpa.adaptable(config)
-    backbone = load_pretrained(source, local_only, params.backbone, config, None if adapt else rt.attention)
+    attention, adapt = sdpa.plan(config, rt.attention, rt.sdpa_adapter)
+    backbone = load_pretrained(source, local_only, params.backbone, config, attention)
     if adapt:
         sdpa.use_sdpa(backbone)
     check_compatible(tokenizer, backbone, params, params.backbone)
@@ -620,9 +620,8 @@ def load_checkpoint(directory: Path, device: Optional[torch.device] = None) -> T
     rt = runtime.resolve(params, device, fitting=False)
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=True)
-        adapt = rt.sdpa_adapter and sdpa.adaptable(config)
-        backbone = AutoModel.from_config(config, **({} if adapt or rt.attention is None else
-                                                    {"attn_implementation": rt.attention}))
+        attention, adapt = sdpa.plan(config, rt.attention, rt.sdpa_adapter)
+        backbone = AutoModel.from_config(config, **({} if attention is None else {"attn_implementation": attention}))
     except (OSError, ValueError, KeyError) as e:
         raise PipelineError(f"{directory}: cannot rebuild the backbone: {first_line(e)}") from None
     if adapt:
