@@ -1,4 +1,4 @@
-"""SDPA for backbones transformers runs eager only (models/sdpa.py, MPNet): the same outputs and
+"""SDPA for backbones transformers runs eager only (models/sdpa.py: MPNet, DeBERTa-v2/v3): the same outputs and
 gradients as the eager attention, the same state dict, chosen per device by runtime.resolve, and
 said in the fold record; a checkpoint reloads with it."""
 from __future__ import annotations
@@ -25,23 +25,50 @@ def mpnet_config(**kw):
                           "intermediate_size": 64, "max_position_embeddings": 66, **kw})
 
 
-@pytest.fixture(scope="module")
-def mpnet_dir(tmp_path_factory):
-    """A 2-layer, 32-wide random MPNet with a WordPiece vocabulary of test_transformer's words."""
-    from transformers import MPNetTokenizer
+@pytest.fixture(scope="module", params=["mpnet", "deberta_v3"])
+def backbone_dir(request, tmp_path_factory):
+    """A 2-layer, 32-wide random MPNet or DeBERTa-v3-like encoder with a WordPiece vocabulary of
+    test_transformer's words (MPNet's own tokenizer class; BERT's for DeBERTa, whose SentencePiece
+    tokenizer needs a trained model)."""
+    from transformers import BertTokenizer, DebertaV2Model, MPNetModel, MPNetTokenizer
 
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tok = MPNetTokenizer(vocab={t: i for i, t in enumerate(specials + sorted(set(WORDS)) + list(".,!?"))})
-    return save_tiny(tmp_path_factory.mktemp("mpnet"), tok, __import__("transformers").MPNetModel,
-                     mpnet_config(vocab_size=len(tok), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    words = sorted(set(WORDS)) + list(".,!?")
+    if request.param == "mpnet":
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tok = MPNetTokenizer(vocab={t: i for i, t in enumerate(specials + words)})
+        model, config = MPNetModel, mpnet_config(vocab_size=len(tok), hidden_dropout_prob=0.0,
+                                                 attention_probs_dropout_prob=0.0)
+    else:
+        tok = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)})
+        model, config = DebertaV2Model, deberta_config(vocab_size=len(tok), pad_token_id=0, type_vocab_size=0)
+    return save_tiny(tmp_path_factory.mktemp(request.param), tok, model, config)
 
 
-def pair_of_backbones():
-    """(eager MPNet, the same weights re-classed to SDPA), dropout off."""
-    from transformers import MPNetModel
+def deberta_config(**kw):
+    """DeBERTa-v3's attention settings: relative attention both ways over shared keys, log buckets."""
+    from transformers import DebertaV2Config
+
+    return DebertaV2Config(**{"vocab_size": 60, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                              "intermediate_size": 64, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+                              "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 256,
+                              "max_relative_positions": -1, "norm_rel_ebd": "layer_norm", "share_att_key": True,
+                              "position_biased_input": False, **kw})
+
+
+BACKBONES = {
+    "mpnet": lambda: mpnet_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    "deberta_v3": deberta_config,
+    "deberta_c2p_unshared": lambda: deberta_config(pos_att_type=["c2p"], share_att_key=False, position_buckets=-1),
+    "deberta_no_relative": lambda: deberta_config(relative_attention=False, pos_att_type=[]),
+}
+
+
+def pair_of_backbones(which: str = "mpnet"):
+    """(eager backbone, the same weights re-classed to SDPA), dropout off."""
+    from transformers import AutoModel
 
     torch.manual_seed(0)
-    eager = MPNetModel(mpnet_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    eager = AutoModel.from_config(BACKBONES[which]())
     fused = copy.deepcopy(eager)
     assert sdpa.use_sdpa(fused) == 2 and sdpa.use_sdpa(eager.embeddings) == 0
     return eager, fused
@@ -54,31 +81,35 @@ def batch():
     return ids, mask
 
 
-def test_sdpa_gives_the_eager_outputs_and_gradients():
-    eager, fused = pair_of_backbones()
+@pytest.mark.parametrize("which", BACKBONES)
+def test_sdpa_gives_the_eager_outputs_and_gradients(which):
+    eager, fused = pair_of_backbones(which)
     assert sdpa.attention_used(fused) == "sdpa" and sdpa.attention_used(eager) == "eager"
     assert eager.state_dict().keys() == fused.state_dict().keys()   # checkpoints are the same either way
     ids, mask = batch()
     for m in (eager, fused):
-        m.train()
+        m.double().train()   # float64: what differs is the computation, not float32's rounding
     outs = []
     for m in (eager, fused):
         for key in ("mask2d", "mask4d"):   # transformers' mask, and the one the device loop builds
             given = mask if key == "mask2d" else attention_mask_4d(mask, m)
-            out = m(ids, attention_mask=given).last_hidden_state
+            out = m(ids, attention_mask=given).last_hidden_state * mask[..., None]   # padded rows are not read
             out.square().sum().backward()
             outs.append((out.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
             m.zero_grad()
     want = outs[0]
     for out, grads in outs[1:]:
-        torch.testing.assert_close(out, want[0], atol=1e-5, rtol=1e-4)
-        assert grads.keys() == want[1].keys() and "encoder.relative_attention_bias.weight" in grads
+        torch.testing.assert_close(out, want[0], atol=1e-10, rtol=1e-9)
+        assert grads.keys() == want[1].keys()
         for name, g in grads.items():
-            torch.testing.assert_close(g, want[1][name], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(g, want[1][name], atol=1e-8, rtol=1e-8)
+    if which == "mpnet":
+        assert "encoder.relative_attention_bias.weight" in want[1]
 
 
-def test_asking_for_attention_probabilities_falls_back_to_eager():
-    eager, fused = pair_of_backbones()
+@pytest.mark.parametrize("which", ["mpnet", "deberta_v3"])
+def test_asking_for_attention_probabilities_falls_back_to_eager(which):
+    eager, fused = pair_of_backbones(which)
     ids, mask = batch()
     with torch.no_grad():
         a, b = (m(ids, attention_mask=mask, output_attentions=True) for m in (eager, fused))
@@ -103,18 +134,18 @@ def test_the_adapter_is_chosen_per_device():
     assert not runtime.resolve(TransformerParams(attention="eager"), torch.device("cuda")).sdpa_adapter
 
 
-def test_the_trainer_runs_mpnet_on_sdpa_and_says_so(mpnet_dir, tmp_path, monkeypatch):
+def test_the_trainer_runs_sdpa_and_says_so(backbone_dir, tmp_path, monkeypatch):
     table = make_table("train", pair=True)
-    eager, valid = fit(params(mpnet_dir, attention="eager"), table)
-    fused, _ = fit(params(mpnet_dir, attention="sdpa"), table)
+    eager, valid = fit(params(backbone_dir, attention="eager"), table)
+    fused, _ = fit(params(backbone_dir, attention="sdpa"), table)
     assert eager.info_["runtime"]["attention"] == "eager" and fused.info_["runtime"]["attention"] == "sdpa"
     np.testing.assert_allclose(fused.predict_proba(valid), eager.predict_proba(valid), atol=1e-5)
     fused.save(tmp_path / "ckpt")
     loaded = load_checkpoint(tmp_path / "ckpt")
     assert sdpa.attention_used(loaded.module_.backbone) == "sdpa"
     np.testing.assert_allclose(loaded.predict_proba(valid), fused.predict_proba(valid), atol=1e-6)
-    auto_cpu, _ = fit(params(mpnet_dir), table)
+    auto_cpu, _ = fit(params(backbone_dir), table)
     assert sdpa.attention_used(auto_cpu.module_.backbone) == "eager"   # CPU's auto: unchanged
     cuda_like(monkeypatch, sdpa_adapter=True)
-    auto_cuda, _ = fit(params(mpnet_dir, sparse_embeddings=False), table)
+    auto_cuda, _ = fit(params(backbone_dir, sparse_embeddings=False), table)
     assert auto_cuda.info_["runtime"]["attention"] == "sdpa"

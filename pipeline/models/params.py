@@ -277,8 +277,8 @@ class TransformerParams(_Checked):
     compile: Union[bool, Literal["auto"]] = "auto"  # torch.compile the encoder layers (one code per process); auto: off for now
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "auto"  # torch.compile's mode; reduce-overhead: CUDA graphs
     length_buckets: Union[bool, Literal["auto"]] = "auto"  # batch widths rounded up to 16, 24, 32, 48, 64, ... (few compiled shapes); auto: with compile
-    # attn_implementation; auto: the backbone's default, except that MPNet (eager-only in transformers) runs
-    # SDPA on CUDA (models/sdpa.py); sdpa: that on any device
+    # attn_implementation; auto: the backbone's default, except that MPNet and DeBERTa-v2/v3 (eager-only in
+    # transformers) run SDPA on CUDA (models/sdpa.py); sdpa: that on any device
     attention: Literal["auto", "sdpa", "eager"] = "auto"
     tf32: bool = True                  # CUDA: float32 matrix products on TF32 tensor cores
     grad_checkpointing: bool = False   # recompute activations in backward: big backbones fit, steps slower

@@ -12,7 +12,7 @@ What `auto` picks (the fold record's "runtime" says what ran):
 | fp32 matrix products     | fp32                                     | TF32 (tf32)                                 |
 | inference batches        | predict_batch_size rows                  | PREDICT_TOKENS tokens, longest rows first   |
 | attention                | the backbone's default: SDPA where it has it, else eager (attention)   |
-| eager-only backbones     | eager (MPNet in transformers 5)          | SDPA through models.sdpa (sdpa_adapter)     |
+| eager-only backbones     | eager (MPNet, DeBERTa-v2/v3)             | SDPA through models.sdpa (sdpa_adapter)     |
 | compile                  | off                                      | off (compile: true turns it on)             |
 
 The CPU column is what bench.mrpc_vs_hf and bench.profile_transformer measured on the project's CPU
@@ -51,7 +51,7 @@ class Runtime:
     length_buckets: bool       # batch widths rounded up to BUCKETS
     static_rows: bool          # short batches padded with weight-0 rows to a fixed row count
     attention: Optional[str]   # attn_implementation asked of the backbone (None: its default)
-    sdpa_adapter: bool         # a backbone transformers runs eager only (MPNet) gets SDPA from models.sdpa
+    sdpa_adapter: bool         # a backbone transformers runs eager only (MPNet, DeBERTa-v2) gets SDPA from models.sdpa
     tf32: bool
     sparse_embeddings: bool
     fast_dropout: bool
