@@ -16,6 +16,9 @@ a config. Workloads:
   mpnet_base     an MPNet-base-sized encoder (all-mpnet-base-v2's sizes, random init; relative position
                  bias, eager-only in transformers), 4,096 pairs at 128 tokens, batch 32, 1 epoch; predict
                  2,048 pairs: configs/mrpc_gpu.yaml's backbone, ours (SDPA through models.sdpa on CUDA)
+  deberta_base   a DeBERTa-v3-base-sized encoder (12 x 768, 128k vocabulary, relative attention both
+                 ways, random init; eager-only in transformers), 4,096 pairs at 256 tokens, batch 32,
+                 1 epoch; predict 2,048 pairs: ours (SDPA through models.sdpa) and the tuned Trainer
 Systems, each in its own process (its peak memory its own):
   hf        AutoModelForSequenceClassification + Trainer as a user runs it (its defaults: fp32, dynamic padding)
   hf_tuned  the same with what the installed TrainingArguments offers: bf16, length-grouped batches,
@@ -23,13 +26,14 @@ Systems, each in its own process (its peak memory its own):
   ours      pipeline.models.transformer.TransformerModel with its per-device `auto` settings
 Then levers, while the time budget lasts: ours with compile (default mode, reduce-overhead), with
 gradient checkpointing, compiled at the trainer's own widths instead of the few BUCKETS widths
-(ours_compiled_fine), MPNet with its eager attention (ours_eager). A system that would start past the budget is skipped and says so.
+(ours_compiled_fine), MPNet and DeBERTa with their eager attention (ours_eager). A system that
+would start past the budget is skipped and says so.
 
 Speeds: train samples/s over the training loop (the Trainer's train(); ours' epochs, its fit's wall
 time with loading and tokenising is fit_seconds), median over seeds; predict rows/s on token ids
 (ours' test rows are tokenised before the clock starts, as the Trainer's are). Model FLOPs per
 sample: 6 x non-embedding parameters x tokens + 12 x layers x hidden x tokens^2 (attention), real
-tokens only; MFU against the chip's dense bf16 peak where the chip is known (H100/H200), else the
+tokens only (DeBERTa's position terms and MPNet's bias not counted); MFU against the chip's dense bf16 peak where the chip is known (H100/H200), else the
 measured GEMM peak. Writes bench/results/gpu.json (gpu_smoke.json with --smoke) and prints a table.
 """
 from __future__ import annotations
@@ -80,6 +84,8 @@ WORKLOADS = {
                                "vocab": 50265}, 1, 128, (42,), ("ours", "hf_tuned"), rows=4096, test_rows=2048),
     "mpnet_base": Workload({"type": "mpnet", "hidden": 768, "layers": 12, "heads": 12, "ff": 3072, "vocab": 30527},
                            1, 128, (42,), ("ours",), rows=4096, test_rows=2048),
+    "deberta_base": Workload({"type": "deberta-v2", "hidden": 768, "layers": 12, "heads": 12, "ff": 3072,
+                              "vocab": 128100}, 1, 256, (42,), ("ours", "hf_tuned"), rows=4096, test_rows=2048),
 }
 SMOKE = {
     "mrpc": Workload({"type": "bert", "hidden": 32, "layers": 2, "heads": 2, "ff": 64}, 2, 32, (42, 43, 44),
@@ -90,6 +96,8 @@ SMOKE = {
                               ("ours", "hf_tuned"), rows=32, test_rows=16),
     "mpnet_base": Workload({"type": "mpnet", "hidden": 32, "layers": 2, "heads": 2, "ff": 64}, 1, 24, (42,),
                            ("ours",), rows=32, test_rows=16),
+    "deberta_base": Workload({"type": "deberta-v2", "hidden": 32, "layers": 2, "heads": 2, "ff": 64}, 1, 24, (42,),
+                             ("ours", "hf_tuned"), rows=32, test_rows=16),
 }
 # (workload, label, ours' param overrides), cheapest and most telling first
 LEVERS = (("bert_base", "ours_compiled", {"compile": True}),
@@ -99,7 +107,8 @@ LEVERS = (("bert_base", "ours_compiled", {"compile": True}),
           # compiled at the trainer's own widths (multiples of 8): more shapes to compile, 10 points less
           # padding on MRPC than the BUCKETS widths (bench/results/padding.md)
           ("mrpc", "ours_compiled_fine", {"compile": True, "length_buckets": False}),
-          ("mpnet_base", "ours_eager", {"attention": "eager"}))
+          ("mpnet_base", "ours_eager", {"attention": "eager"}),
+          ("deberta_base", "ours_eager", {"attention": "eager"}))
 COMMON = {"warmup": 0.1, "weight_decay": 0.01}
 
 
@@ -151,7 +160,8 @@ def build_model_dir(size: dict, directory: Path, tokenizer_from: Optional[str]) 
     """A random-init encoder of `size` saved with a tokenizer (MiniLM's, or for the smoke run a
     WordPiece over SMOKE_WORDS), so every system loads it like a checkpoint."""
     import torch
-    from transformers import AutoModel, AutoTokenizer, BertConfig, BertTokenizer, MPNetConfig, RobertaConfig
+    from transformers import (AutoModel, AutoTokenizer, BertConfig, BertTokenizer, DebertaV2Config, MPNetConfig,
+                              RobertaConfig)
 
     directory.mkdir(parents=True, exist_ok=True)
     if tokenizer_from:
@@ -167,6 +177,11 @@ def build_model_dir(size: dict, directory: Path, tokenizer_from: Optional[str]) 
         config = RobertaConfig(**common, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1)
     elif size["type"] == "mpnet":   # positions offset past the padding index, as RoBERTa's
         config = MPNetConfig(**common, max_position_embeddings=514, pad_token_id=tok.pad_token_id)
+    elif size["type"] == "deberta-v2":   # deberta-v3-base's attention: relative both ways, log buckets, no positions
+        config = DebertaV2Config(**common, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                                 type_vocab_size=0, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                 position_buckets=256, max_relative_positions=-1, norm_rel_ebd="layer_norm",
+                                 share_att_key=True, position_biased_input=False)
     else:
         config = BertConfig(**common, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
     with torch.random.fork_rng(devices=[]):

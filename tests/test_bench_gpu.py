@@ -19,7 +19,7 @@ def test_gpu_bench_smoke_run(tmp_path):
     systems = {"mrpc": {"hf", "hf_tuned", "ours", "ours_compiled", "ours_cuda_graphs", "ours_compiled_fine"},
                "bert_base": {"hf", "hf_tuned", "ours", "ours_compiled"},
                "roberta_large": {"hf_tuned", "ours", "ours_checkpointed"},
-               "mpnet_base": {"ours", "ours_eager"}}
+               "mpnet_base": {"ours", "ours_eager"}, "deberta_base": {"ours", "hf_tuned", "ours_eager"}}
     for workload, names in systems.items():
         assert set(res[workload]) == names, workload
         for name, system in res[workload].items():
