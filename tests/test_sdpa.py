@@ -149,3 +149,31 @@ def test_the_trainer_runs_sdpa_and_says_so(backbone_dir, tmp_path, monkeypatch):
     cuda_like(monkeypatch, sdpa_adapter=True)
     auto_cuda, _ = fit(params(backbone_dir, sparse_embeddings=False), table)
     assert auto_cuda.info_["runtime"]["attention"] == "sdpa"
+
+
+def test_pretraining_on_the_device_loop_runs_sdpa(tmp_path, monkeypatch):
+    """The MLM pre-training of an MPNet on the CUDA loop (run on the CPU) re-classes its attention
+    and learns the weights the eager host loop learns."""
+    from transformers import MPNetModel, MPNetTokenizer
+
+    from pipeline.config import PretrainConfig
+    from pipeline.models import mlm_training
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok = MPNetTokenizer(vocab={t: i for i, t in enumerate(specials + sorted(set(WORDS)))})
+    base = save_tiny(tmp_path / "mpnet", tok, MPNetModel, mpnet_config(vocab_size=len(tok), hidden_dropout_prob=0.0,
+                                                                      attention_probs_dropout_prob=0.0))
+    texts = [" ".join(WORDS[i % 20:i % 20 + 3 + i % 6]) for i in range(32)]
+    p = PretrainConfig(backbone=str(base), seed=3, epochs=1, batch_size=8, max_length=32, lr=1e-3)
+    run = lambda out: mlm_training.run(p, texts, out, "fp", "x: 1\n", record_name="pretrain.json")  # noqa: E731
+    run(tmp_path / "host")
+    swapped, real = [], sdpa.use_sdpa
+    monkeypatch.setattr(sdpa, "use_sdpa", lambda m: swapped.append(real(m)) or swapped[-1])
+    monkeypatch.setattr(mlm_training, "device_loop", lambda device: True)
+    run(tmp_path / "device")
+    assert swapped == [2]
+    from safetensors.torch import load_file
+
+    host, device = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("host", "device"))
+    for name, value in host.items():
+        torch.testing.assert_close(device[name], value, atol=1e-5, rtol=1e-4)

@@ -35,6 +35,7 @@ from .. import faults
 from ..fileio import committed, read_json
 from .backbone import (autocast, default_device, kept_rng, num_threads, quiet_loading, resolve_backbone,
                        resolve_precision, seeded)
+from . import sdpa
 from .heads import attention_mask_4d
 from .mlm import (MLM_HEAD, Corpus, encode_corpus, masked_batch, masked_lm, mlm_loss, picked_positions,
                   random_token_ids, save_head)
@@ -83,6 +84,8 @@ def run(p, texts: list[str], out: Path, fingerprint: str, config_yaml: str, *, r
         torch.manual_seed(p.seed)
         tokenizer, model = masked_lm(p.backbone, p.seed)
         device = default_device()
+        if device_loop(device):
+            sdpa.use_sdpa(model.base_model)   # MPNet, DeBERTa-v2/v3: SDPA, as fine-tuning runs them on CUDA
         # no fp16 grad scaler here: a GPU without bf16 trains in fp32
         precision = resolve_precision(p.precision, device).replace("fp16", "fp32")
         model.to(device)
