@@ -103,8 +103,13 @@ def attention_mask_4d(mask: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
     keep = mask.bool()[:, None, None, :]
     if impl != "eager":
         return keep
-    dtype = backbone.get_input_embeddings().weight.dtype
-    return torch.zeros(keep.shape, dtype=dtype, device=mask.device).masked_fill_(~keep, torch.finfo(dtype).min)
+    return additive_mask(keep, backbone.get_input_embeddings().weight.dtype)
+
+
+def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask (True: attend) -> the same shape in `dtype`: 0 where kept, the dtype's lowest value
+    where not (what eager attention adds to its scores)."""
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)
 
 
 class Classifier(nn.Module):

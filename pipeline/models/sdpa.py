@@ -24,6 +24,8 @@ from torch.nn import functional as F
 from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
 from transformers.models.mpnet.modeling_mpnet import MPNetSelfAttention
 
+from .heads import additive_mask
+
 
 class MPNetSdpaSelfAttention(MPNetSelfAttention):
     """MPNetSelfAttention through scaled_dot_product_attention; attention probabilities asked for
@@ -84,7 +86,7 @@ def attention_bias(position_bias: Optional[torch.Tensor], mask: Optional[torch.T
     """The float attn_mask SDPA adds to the scaled scores: position bias + the padding mask (a
     bool mask becomes 0 / the dtype's lowest value), in the queries' dtype (SDPA's requirement)."""
     if mask is not None and mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+        mask = additive_mask(mask, dtype)
     if position_bias is None:
         return None if mask is None else mask.to(dtype)
     return (position_bias if mask is None else position_bias + mask).to(dtype)
