@@ -248,14 +248,24 @@ def tuned_args(fields: set[str]) -> dict:
         out["train_sampling_strategy"] = "group_by_length"
     elif "group_by_length" in fields:
         out["group_by_length"] = True
-    if cuda:
+    if cuda:   # TF32 too, switched on in the process (tuned_tf32): not through TrainingArguments
         out["optim"] = "adamw_torch_fused"
-        if "tf32" in fields:
-            out["tf32"] = True
         if "dataloader_pin_memory" in fields:
             out["dataloader_pin_memory"] = True
     out["per_device_eval_batch_size"] = 256
     return out
+
+
+def tuned_tf32() -> dict:
+    """TF32 for the float32 matrix products, by torch's own switch (as the pipeline's trainer sets
+    it): TrainingArguments(tf32=True) sets cuBLAS's flag alone in some transformers versions, a mix of
+    torch's legacy and new TF32 settings that later reads of either refuse. The fields it stands for."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    torch.set_float32_matmul_precision("high")
+    return {"tf32": "torch.set_float32_matmul_precision('high')"}
 
 
 def _bf16_cpu() -> bool:
@@ -281,6 +291,7 @@ def run_hf(spec: dict, tuned: bool) -> dict:
     test_ds = [{k: te[k][i] for k in keys} for i in range(len(sy))]
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     extra = tuned_args(fields) if tuned else {}
+    switched = tuned_tf32() if tuned else {}
     runs = []
     for seed in spec["seeds"]:
         _reset_peak()
@@ -303,7 +314,7 @@ def run_hf(spec: dict, tuned: bool) -> dict:
         runs.append({"seed": seed, "train_seconds": round(train_s, 3), "predict_seconds": round(predict_s, 3),
                      "test_accuracy": accuracy(sy, logits), "peak_memory_mb": _peak_mb()})
         del trainer, model
-    return {"runs": runs, "n_train": len(ty), "n_test": len(sy), "args": extra}
+    return {"runs": runs, "n_train": len(ty), "n_test": len(sy), "args": {**extra, **switched}}
 
 
 def run_ours(spec: dict) -> dict:

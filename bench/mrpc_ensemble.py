@@ -53,11 +53,21 @@ class GpuSampler:
             self.lines = self.proc.communicate(timeout=10)[0].splitlines()
 
     def summary(self) -> Optional[dict]:
-        rows = [[float(v) for v in line.split(",")] for line in self.lines if line.count(",") == 1]
+        rows = [row for row in map(_numbers, self.lines) if row is not None]
         if not rows:
             return None
         return {"busy_share": round(sum(u for u, _ in rows) / len(rows) / 100, 3),
                 "peak_memory_mb": max(m for _, m in rows), "samples": len(rows)}
+
+
+def _numbers(line: str) -> Optional[tuple[float, float]]:
+    """(utilisation %, memory MB) of one nvidia-smi line, or None where it is not two numbers
+    (nvidia-smi prints "[N/A]" for what a MIG slice or a container cannot read)."""
+    try:
+        util, mem = (float(v) for v in line.split(","))
+    except ValueError:
+        return None
+    return util, mem
 
 
 def run_stages(config: str, overrides: list[str], fresh: bool, models: list[str] | None = None) -> tuple[dict, dict]:

@@ -132,8 +132,9 @@ class RayExecutor:
                 if address:
                     ray.init(address=address, runtime_env=env, logging_level=logging.ERROR, log_to_driver=False)
                 else:
-                    ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False,
-                             runtime_env=env, logging_level=logging.ERROR, log_to_driver=False)
+                    ray.init(num_cpus=os.cpu_count(), num_gpus=local_gpus(), _node_ip_address="127.0.0.1",
+                             include_dashboard=False, runtime_env=env, logging_level=logging.ERROR,
+                             log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise PipelineError(f"execution: cannot reach Ray at {address or 'a new local instance'}: "
                                     f"{first_line(e)}") from None
@@ -142,6 +143,17 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
+
+
+def local_gpus() -> int:
+    """The GPUs a local instance offers: the ones torch can use here (CUDA_VISIBLE_DEVICES
+    honoured). Ray's own probe can miss a GPU inside a container, which would quietly run every
+    transformer job as a CPU task, or offer one that a CPU build of torch cannot use."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count()   # NVML or the driver's count: no CUDA context in the driver
 
 
 def strip_cache(run):

@@ -360,3 +360,27 @@ def test_a_member_on_the_pretrained_backbone_is_served_as_predicted(exp, tiny_be
     summary = read_json(exp.models / "ensembles" / "summary.json")
     expected = np.load(exp.models / "ensembles" / summary["submitted"] / "test.npy")
     assert np.abs(combined - expected).max() <= 1e-5
+
+
+def test_checkpoint_keeps_each_gpus_rng_where_cuda_runs(tmp_path, monkeypatch):
+    """The dropout masks of a CUDA run come from the GPUs' generators: a resumed run restores them
+    (with a fake CUDA here: the states saved are the ones handed back on resume)."""
+    from pipeline.models import mlm_training as mt
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    states = [torch.arange(4, dtype=torch.uint8), torch.arange(4, 8, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    mt.checkpoint(tmp_path, "fp", model, opt, sched, mt.Progress(3, 1.0, 0.5))
+    assert mt.resume(tmp_path, "fp", model, opt, sched).step == 3
+    assert len(restored) == 2 and all(torch.equal(a, b) for a, b in zip(restored, states))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)   # another machine: left alone
+    restored.clear()
+    mt.resume(tmp_path, "fp", model, opt, sched)
+    assert restored == []

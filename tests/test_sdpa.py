@@ -107,6 +107,31 @@ def test_sdpa_gives_the_eager_outputs_and_gradients(which):
         assert "encoder.relative_attention_bias.weight" in want[1]
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("which", BACKBONES)
+def test_cuda_sdpa_kernels_give_the_eager_outputs_and_gradients(which, dtype):
+    """On a GPU SDPA picks a fused kernel (memory-efficient with a float bias): an odd length (37,
+    which that kernel pads internally), padded rows, autocast as the trainer runs it, and the
+    gradients through the bias (MPNet's relative_attention_bias) against eager's."""
+    eager, fused = (m.cuda().train() for m in pair_of_backbones(which))
+    ids = torch.randint(5, 60, (4, 37), generator=torch.Generator().manual_seed(2)).cuda()
+    mask = torch.ones(4, 37, dtype=torch.long, device="cuda")
+    mask[1, 30:], mask[2, 5:], mask[3, 36:] = 0, 0, 0
+    outs = []
+    for m in (eager, fused):
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            out = m(ids, attention_mask=attention_mask_4d(mask, m)).last_hidden_state.float() * mask[..., None]
+        out.square().sum().backward()
+        outs.append((out.detach(), {n: p.grad.float().clone() for n, p in m.named_parameters() if p.grad is not None}))
+    tol = dict(atol=2e-3, rtol=2e-3) if dtype == torch.float32 else dict(atol=6e-2, rtol=6e-2)
+    torch.testing.assert_close(outs[1][0], outs[0][0], **tol)
+    for name, g in outs[0][1].items():
+        scale = g.abs().max().clamp(min=1e-6)   # relative to the tensor's own size: bf16 sums differ in order
+        torch.testing.assert_close(outs[1][1][name] / scale, g / scale, **tol, msg=name)
+
+
 @pytest.mark.parametrize("which", ["mpnet", "deberta_v3"])
 def test_asking_for_attention_probabilities_falls_back_to_eager(which):
     eager, fused = pair_of_backbones(which)

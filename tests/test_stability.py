@@ -351,3 +351,30 @@ def test_a_lever_that_does_not_fit_the_sized_epochs_is_one_line(bert_dir):
     with pytest.raises(PipelineError, match="swa_epochs") as e:   # ... refused once they are sized
         fit(p, make_table("train", pair=True))
     assert "\n" not in str(e.value)
+
+
+def test_awp_reads_nothing_back_and_leaves_zero_or_nonfinite_gradients_unmoved(bert_dir, monkeypatch):
+    """On CUDA a Python test of a tensor's value waits for the GPU: AWP decides per matrix on the
+    device, and a matrix with a zero or non-finite gradient stays put."""
+    module, batch = _tiny_classifier(bert_dir)
+    module(**batch).sum().backward()
+    awp = stability.Awp(module, 0.01, 1.0)
+    zero, bad = awp.params[0], awp.params[1]
+    zero.grad.zero_()
+    bad.grad[0, 0] = float("inf")
+    before = state(module)
+
+    def read(*_):
+        raise AssertionError("a tensor's value read back on the host")
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", read)
+    monkeypatch.setattr(torch.Tensor, "item", read)
+    with awp.perturbed(4) as on:
+        monkeypatch.undo()
+        assert on
+        during = state(module)
+    names = {id(q): k for k, q in module.named_parameters()}
+    assert torch.equal(during[names[id(zero)]], before[names[id(zero)]])
+    assert torch.equal(during[names[id(bad)]], before[names[id(bad)]])
+    assert sum(not torch.equal(during[names[id(p)]], before[names[id(p)]]) for p in awp.params[2:]) > 0
+    assert all(torch.equal(v, state(module)[k]) for k, v in before.items())

@@ -181,11 +181,14 @@ def step(model, batch: dict[str, torch.Tensor], opt, sched, max_grad_norm: float
 
 
 def checkpoint(directory: Path, fingerprint: str, model, opt, sched, state: Progress) -> None:
-    """The MLM weights, optimiser + schedule state and torch's RNG state, committed together."""
+    """The MLM weights, optimiser + schedule state and torch's RNG states (the CPU's; each GPU's
+    too where CUDA runs, whose generators draw the dropout masks there), committed together."""
     from safetensors.torch import save_model
 
     directory.mkdir(parents=True, exist_ok=True)
     extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}
+    if torch.cuda.is_initialized():
+        extra["cuda_rng"] = torch.cuda.get_rng_state_all()
     with committed() as c:
         c.write_with(directory / "mlm.safetensors", lambda t: save_model(model, str(t)))
         c.write_with(directory / "state.pt", lambda t: torch.save(extra, t))
@@ -209,6 +212,9 @@ def resume(directory: Path, fingerprint: str, model, opt, sched) -> Progress:
     opt.load_state_dict(extra["optimizer"])
     sched.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["rng"])
+    cuda_rng = extra.get("cuda_rng")
+    if cuda_rng and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda_rng):
+        torch.cuda.set_rng_state_all(cuda_rng)
     return Progress(int(info["step"]), float(info["seconds"]), float(info["loss"]))
 
 

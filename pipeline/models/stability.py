@@ -204,18 +204,19 @@ class Awp:
 
     @contextlib.contextmanager
     def perturbed(self, rows: int):
-        """Around the adversarial forward (`rows`: unused; the weights are the same for every row)."""
+        """Around the adversarial forward (`rows`: unused; the weights are the same for every row).
+        A matrix whose gradient is zero or not finite stays where it is; that is decided on the
+        device (a Python test of each norm would wait for the GPU once per matrix per step)."""
         backup: list[tuple[nn.Parameter, torch.Tensor]] = []
         with torch.no_grad():
             for p in self.params:
                 if p.grad is None or p.grad.is_sparse:
                     continue
                 g_norm = p.grad.norm()
-                if not torch.isfinite(g_norm) or g_norm == 0:
-                    continue
                 w0 = p.detach().clone()
                 backup.append((p, w0))
-                p.add_(self.lr * p.detach().norm() * p.grad / g_norm)
+                step = self.lr * p.detach().norm() * p.grad / g_norm
+                p.add_(torch.where(torch.isfinite(g_norm) & (g_norm > 0), step, torch.zeros_like(step)))
                 bound = self.eps * w0.abs()
                 p.copy_(torch.minimum(torch.maximum(p, w0 - bound), w0 + bound))
         try:
