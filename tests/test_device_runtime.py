@@ -143,6 +143,20 @@ def test_batches_gathered_on_the_device_equal_host_collation():
                     assert torch.equal(got[key], want[key]), key
 
 
+def test_a_batch_without_a_mask_is_its_own_compile_variant():
+    """A compiled module compiles once per shape and once more for a batch that runs without a
+    mask (another graph): the clock that keeps compile time out of steady speed keys on both."""
+    lengths = np.array([8, 8, 8, 5])
+    enc = tokens.Encoded([np.full(n, 7, np.int32) for n in lengths], None, lengths)
+    batches = [[np.array([0, 1]), np.array([2, 3])]]
+    device, host = tokens.Feed(enc, 0, CPU, 8, on_device=True), tokens.Feed(enc, 0, CPU, 8)
+    m_full, m_padded = device.plan(batches, lambda m: 2)[0]
+    assert m_full.shape == m_padded.shape
+    assert device.variant(m_full) == (2, 8, True) and device.inputs(m_full)["attention_mask"] is None
+    assert device.variant(m_padded) == (2, 8, False) and device.inputs(m_padded)["attention_mask"] is not None
+    assert {host.variant(m) for m in host.plan(batches, lambda m: 2)[0]} == {(2, 8, False)}   # always a mask
+
+
 def test_the_device_loop_trains_what_the_host_loop_trains(bert_dir, monkeypatch):
     table = make_table("train", pair=True)
     host = proba(params(bert_dir, sparse_embeddings=False, fast_dropout=False), table)

@@ -347,9 +347,18 @@ class Feed:
         if self.tokens is None:
             return collate(self.enc, m.padded(), self.pad_id, self.device, self.max_width, m.width)
         batch = self.tokens.gather(self._order[m.start:m.start + m.size], m.width, self.pad_id)
-        if int(self.enc.lengths[m.rows].min()) == m.width:  # host-side lengths: every row is full
+        if self.unmasked(m):
             batch["attention_mask"] = None
         return batch
+
+    def unmasked(self, m: Micro) -> bool:
+        """Whether batch m runs without a mask (on the device, every row full: host-side lengths)."""
+        return self.tokens is not None and int(self.enc.lengths[m.rows].min()) == m.width
+
+    def variant(self, m: Micro) -> tuple[int, int, bool]:
+        """What a compiled module compiles once for: the batch's shape, and whether it has a mask
+        (a batch without one is another graph)."""
+        return (*m.shape, self.unmasked(m))
 
     def targets(self, m: Micro) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, w) of batch m on the device; the padding rows weigh 0."""

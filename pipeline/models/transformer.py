@@ -426,7 +426,7 @@ class TransformerModel:
         for i, micro in enumerate(steps):
             at = f"{where} step {i + 1}" if every == 1 else f"{where} by step {i + 1}"
             runtime.mark_step(rt)
-            with self._clock.step({(True, m.shape) for m in micro}, sum(len(m.rows) for m in micro)):
+            with self._clock.step({(True, feed.variant(m)) for m in micro}, sum(len(m.rows) for m in micro)):
                 self._accumulate(micro, feed, w, optim.scaler, at, tally, adversary)
                 self._step(optim, at, tally)
                 if ema is not None:
@@ -524,7 +524,7 @@ class TransformerModel:
         with torch.inference_mode(), autocast(precision, self.device_):
             for m in plan:
                 runtime.mark_step(rt)
-                with self._clock.step({(False, m.shape)}):
+                with self._clock.step({(False, feed.variant(m))}):
                     logits = module(**feed.inputs(m)).float()
                 out[feed.rows(m)] = self.task_.activate(logits[:len(m.rows)], self.target_stats_)
         return out.cpu().numpy()
