@@ -6,11 +6,13 @@ cd "$(dirname "$0")"
 config="${1:-configs/default.yaml}"
 [ $# -gt 0 ] && shift
 export PYTHONUNBUFFERED=1
+# $PYTHON if set, else python, else python3 (some systems have only the latter)
+py="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 stage() {
   local name=$1; shift
   local start=$SECONDS
   echo "== $name"
-  python -m "pipeline.$name" "$config" "$@"
+  "$py" -m "pipeline.$name" "$config" "$@"
   echo "== $name done in $((SECONDS - start))s"
 }
 stage preprocess "$@"
