@@ -39,6 +39,7 @@ measured GEMM peak. Writes bench/results/gpu.json (gpu_smoke.json with --smoke) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -248,24 +249,12 @@ def tuned_args(fields: set[str]) -> dict:
         out["train_sampling_strategy"] = "group_by_length"
     elif "group_by_length" in fields:
         out["group_by_length"] = True
-    if cuda:   # TF32 too, switched on in the process (tuned_tf32): not through TrainingArguments
+    if cuda:   # TF32 too, by torch's switch around the runs (run_hf): not through TrainingArguments
         out["optim"] = "adamw_torch_fused"
         if "dataloader_pin_memory" in fields:
             out["dataloader_pin_memory"] = True
     out["per_device_eval_batch_size"] = 256
     return out
-
-
-def tuned_tf32() -> dict:
-    """TF32 for the float32 matrix products, by torch's own switch (as the pipeline's trainer sets
-    it): TrainingArguments(tf32=True) sets cuBLAS's flag alone in some transformers versions, a mix of
-    torch's legacy and new TF32 settings that later reads of either refuse. The fields it stands for."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return {}
-    torch.set_float32_matmul_precision("high")
-    return {"tf32": "torch.set_float32_matmul_precision('high')"}
 
 
 def _bf16_cpu() -> bool:
@@ -276,8 +265,9 @@ def _bf16_cpu() -> bool:
 
 def run_hf(spec: dict, tuned: bool) -> dict:
     import torch
-    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments)
+    from transformers import AutoConfig, AutoTokenizer, TrainingArguments
+
+    from pipeline.models.runtime import cuda_tf32
 
     w = Workload(**spec["workload"])
     (ta, tb, ty), (sa, sb, sy) = load_data(spec)
@@ -291,30 +281,40 @@ def run_hf(spec: dict, tuned: bool) -> dict:
     test_ds = [{k: te[k][i] for k in keys} for i in range(len(sy))]
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     extra = tuned_args(fields) if tuned else {}
-    switched = tuned_tf32() if tuned else {}
-    runs = []
-    for seed in spec["seeds"]:
-        _reset_peak()
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-        kw = dict(output_dir=str(Path(spec["tmp"]) / "hf"), per_device_train_batch_size=w.batch_size,
-                  per_device_eval_batch_size=w.batch_size, learning_rate=w.lr, num_train_epochs=w.epochs,
-                  warmup_steps=COMMON["warmup"], weight_decay=COMMON["weight_decay"], save_strategy="no",
-                  report_to="none", logging_strategy="no", seed=seed, disable_tqdm=True,
-                  **({} if torch.cuda.is_available() else {"use_cpu": True}))
-        args = TrainingArguments(**{**kw, **extra})
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tok),
-                          processing_class=tok)
-        t0 = time.perf_counter()
-        trainer.train()
-        _sync()
-        train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        logits = trainer.predict(test_ds).predictions
-        predict_s = time.perf_counter() - t0
-        runs.append({"seed": seed, "train_seconds": round(train_s, 3), "predict_seconds": round(predict_s, 3),
-                     "test_accuracy": accuracy(sy, logits), "peak_memory_mb": _peak_mb()})
-        del trainer, model
+    # TF32 by torch's own switch, as the pipeline's trainer sets it, restored after the runs:
+    # TrainingArguments(tf32=True) sets cuBLAS's flag alone in some transformers versions, a mix of
+    # torch's legacy and new TF32 settings that later reads of either refuse
+    tf32 = tuned and torch.cuda.is_available()
+    with cuda_tf32() if tf32 else contextlib.nullcontext():
+        runs = [_hf_seed(spec, w, seed, extra, tok, train_ds, test_ds, sy) for seed in spec["seeds"]]
+    switched = {"tf32": "torch.set_float32_matmul_precision('high')"} if tf32 else {}
     return {"runs": runs, "n_train": len(ty), "n_test": len(sy), "args": {**extra, **switched}}
+
+
+def _hf_seed(spec: dict, w: Workload, seed: int, extra: dict, tok, train_ds: list, test_ds: list,
+             sy: np.ndarray) -> dict:
+    """One seed of the Trainer: a fresh model trained and predicting, timed apart."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    _reset_peak()
+    model = AutoModelForSequenceClassification.from_pretrained(spec["model_dir"], num_labels=2)
+    kw = dict(output_dir=str(Path(spec["tmp"]) / "hf"), per_device_train_batch_size=w.batch_size,
+              per_device_eval_batch_size=w.batch_size, learning_rate=w.lr, num_train_epochs=w.epochs,
+              warmup_steps=COMMON["warmup"], weight_decay=COMMON["weight_decay"], save_strategy="no",
+              report_to="none", logging_strategy="no", seed=seed, disable_tqdm=True,
+              **({} if torch.cuda.is_available() else {"use_cpu": True}))
+    trainer = Trainer(model=model, args=TrainingArguments(**{**kw, **extra}), train_dataset=train_ds,
+                      data_collator=DataCollatorWithPadding(tok), processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    _sync()
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    logits = trainer.predict(test_ds).predictions
+    predict_s = time.perf_counter() - t0
+    return {"seed": seed, "train_seconds": round(train_s, 3), "predict_seconds": round(predict_s, 3),
+            "test_accuracy": accuracy(sy, logits), "peak_memory_mb": _peak_mb()}
 
 
 def run_ours(spec: dict) -> dict:

@@ -54,20 +54,30 @@ class GpuSampler:
 
     def summary(self) -> Optional[dict]:
         rows = [row for row in map(_numbers, self.lines) if row is not None]
+        util = [u for u, _ in rows if u is not None]
+        mem = [m for _, m in rows if m is not None]
         if not rows:
             return None
-        return {"busy_share": round(sum(u for u, _ in rows) / len(rows) / 100, 3),
-                "peak_memory_mb": max(m for _, m in rows), "samples": len(rows)}
+        return {"busy_share": round(sum(util) / len(util) / 100, 3) if util else None,
+                "peak_memory_mb": max(mem) if mem else None, "samples": len(rows)}
 
 
-def _numbers(line: str) -> Optional[tuple[float, float]]:
-    """(utilisation %, memory MB) of one nvidia-smi line, or None where it is not two numbers
-    (nvidia-smi prints "[N/A]" for what a MIG slice or a container cannot read)."""
+def _numbers(line: str) -> Optional[tuple[Optional[float], Optional[float]]]:
+    """(utilisation %, memory MB) of one nvidia-smi line, each None where nvidia-smi could not read
+    it ("[N/A]": a MIG slice has no utilisation, a container may lack either); None for a line that
+    is not two fields or has neither number."""
+    fields = line.split(",")
+    if len(fields) != 2:
+        return None
+    util, mem = (_number(f) for f in fields)
+    return None if util is None and mem is None else (util, mem)
+
+
+def _number(field: str) -> Optional[float]:
     try:
-        util, mem = (float(v) for v in line.split(","))
+        return float(field)
     except ValueError:
         return None
-    return util, mem
 
 
 def run_stages(config: str, overrides: list[str], fresh: bool, models: list[str] | None = None) -> tuple[dict, dict]:
@@ -165,8 +175,10 @@ def markdown(result: dict) -> str:
                                          plain(row.get("train_seconds")), plain(row.get("train_samples_per_s"))]) + " |")
     lines += ["", "| stage | wall s (this invocation) | GPU busy share | GPU peak MB |", "|---|---|---|---|"]
     gpu = result.get("stage_gpu") or {}
-    lines += [f"| {k} | {v} | " + (f"{gpu[k]['busy_share']:.0%} | {gpu[k]['peak_memory_mb']:.0f} |" if gpu.get(k) else " | |")
-              for k, v in result["stage_seconds"].items()]
+    share = lambda v: "" if v is None else f"{v:.0%}"  # noqa: E731
+    mb = lambda v: "" if v is None else f"{v:.0f}"  # noqa: E731
+    lines += [f"| {k} | {v} | " + (f"{share(gpu[k]['busy_share'])} | {mb(gpu[k]['peak_memory_mb'])} |"
+                                   if gpu.get(k) else " | |") for k, v in result["stage_seconds"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -146,9 +146,9 @@ class RayExecutor:
 
 
 def local_gpus() -> int:
-    """The GPUs a local instance offers: the ones torch can use here (CUDA_VISIBLE_DEVICES
-    honoured). Ray's own probe can miss a GPU inside a container, which would quietly run every
-    transformer job as a CPU task, or offer one that a CPU build of torch cannot use."""
+    """The GPUs a local instance offers: torch's count here (CUDA_VISIBLE_DEVICES honoured; 0 on
+    a CPU build of torch). Ray's own probe can miss a GPU inside a container, which would quietly
+    run every transformer job as a CPU task, or offer one that a CPU build cannot use."""
     try:
         import torch
     except ImportError:

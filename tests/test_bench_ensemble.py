@@ -15,9 +15,20 @@ def test_busy_share_and_peak_over_every_gpu_and_sample():
     assert s == {"busy_share": 0.45, "peak_memory_mb": 3000.0, "samples": 4}
 
 
-def test_unreadable_lines_are_skipped_not_fatal():
-    """A MIG slice or a container prints [N/A] for what it cannot read: the stage's summary keeps
-    the readable samples (a crash here would end the run after its first stage)."""
+def test_unreadable_fields_are_left_out_not_fatal():
+    """nvidia-smi prints [N/A] for what it cannot read (a MIG slice: utilisation, on every line):
+    the readable fields still count, and a crash here would end the run after its first stage."""
     s = sampled(["[N/A], 1000", "80, [N/A]", "", "garbage", "40, 2048"]).summary()
-    assert s == {"busy_share": 0.4, "peak_memory_mb": 2048.0, "samples": 1}
-    assert sampled(["[N/A], [N/A]"]).summary() is None
+    assert s == {"busy_share": 0.6, "peak_memory_mb": 2048.0, "samples": 3}
+    mig = sampled(["[N/A], 1000", "[N/A], 3000"]).summary()
+    assert mig == {"busy_share": None, "peak_memory_mb": 3000.0, "samples": 2}
+    assert sampled(["[N/A], [N/A]", "x"]).summary() is None
+
+
+def test_the_stage_table_shows_what_was_read():
+    from bench.mrpc_ensemble import markdown
+
+    result = {"models": [], "methods": [], "hf": None, "stage_seconds": {"train": 12.5, "report": 1.0},
+              "stage_gpu": {"train": {"busy_share": None, "peak_memory_mb": 3000.0, "samples": 2}, "report": None}}
+    text = markdown(result)
+    assert "| train | 12.5 |  | 3000 |" in text and "| report | 1.0 |  | |" in text

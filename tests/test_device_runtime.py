@@ -157,6 +157,30 @@ def test_a_batch_without_a_mask_is_its_own_compile_variant():
     assert {host.variant(m) for m in host.plan(batches, lambda m: 2)[0]} == {(2, 8, False)}   # always a mask
 
 
+def test_the_compile_clock_keys_on_each_batchs_variant(bert_dir, aot_eager, monkeypatch):
+    """Training steps and prediction batches reach the clock as Feed.variant's keys (shape and
+    mask), so a maskless batch's compile is not counted as steady speed."""
+    from pipeline.models.transformer import ShapeClock
+
+    cuda_like(monkeypatch)
+    given, made, real_step, real_variant = [], [], ShapeClock.step, tokens.Feed.variant
+
+    def step(self, shapes, train_rows=0):
+        given.extend(shapes)
+        return real_step(self, shapes, train_rows)
+
+    def variant(self, m):
+        made.append(real_variant(self, m))
+        return made[-1]
+
+    monkeypatch.setattr(ShapeClock, "step", step)
+    monkeypatch.setattr(tokens.Feed, "variant", variant)
+    model, valid = fit(params(bert_dir, compile=True), make_table("train", pair=True))
+    model.predict_proba(valid)
+    assert {key for _, key in given} == set(made) and {train for train, _ in given} == {True, False}
+    assert all(len(key) == 3 for key in made)
+
+
 def test_the_device_loop_trains_what_the_host_loop_trains(bert_dir, monkeypatch):
     table = make_table("train", pair=True)
     host = proba(params(bert_dir, sparse_embeddings=False, fast_dropout=False), table)

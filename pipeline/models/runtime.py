@@ -101,14 +101,14 @@ def device_state(rt: Runtime):
     exit), and room for the compiled layers' shapes while they run."""
     with contextlib.ExitStack() as stack:
         if rt.tf32:
-            stack.enter_context(_cuda_tf32())
+            stack.enter_context(cuda_tf32())
         if rt.compile:
             stack.enter_context(_recompile_room())
         yield
 
 
 @contextlib.contextmanager
-def _cuda_tf32():
+def cuda_tf32():
     """torch's own switch: it sets the matmul precision of every backend consistently (setting
     cuBLAS's flags one by one mixes torch's legacy and new TF32 APIs, which recent torch refuses)."""
     before = torch.get_float32_matmul_precision()

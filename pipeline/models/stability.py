@@ -206,7 +206,9 @@ class Awp:
     def perturbed(self, rows: int):
         """Around the adversarial forward (`rows`: unused; the weights are the same for every row).
         A matrix whose gradient is zero or not finite stays where it is; that is decided on the
-        device (a Python test of each norm would wait for the GPU once per matrix per step)."""
+        device (a Python test of each norm would wait for the GPU once per matrix per step), so it
+        yields True whenever some matrix has a gradient, even one that moved nothing (the
+        adversarial pass then adds the clean loss's gradient again)."""
         backup: list[tuple[nn.Parameter, torch.Tensor]] = []
         with torch.no_grad():
             for p in self.params:
@@ -216,7 +218,7 @@ class Awp:
                 w0 = p.detach().clone()
                 backup.append((p, w0))
                 step = self.lr * p.detach().norm() * p.grad / g_norm
-                p.add_(torch.where(torch.isfinite(g_norm) & (g_norm > 0), step, torch.zeros_like(step)))
+                p.add_(step.masked_fill_(~(torch.isfinite(g_norm) & (g_norm > 0)), 0.0))
                 bound = self.eps * w0.abs()
                 p.copy_(torch.minimum(torch.maximum(p, w0 - bound), w0 + bound))
         try:

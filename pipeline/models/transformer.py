@@ -186,7 +186,8 @@ class LossTally:
 
 
 class ShapeClock:
-    """Compiled layers compile once per new batch shape: the first step or batch of each shape is
+    """Compiled layers compile once per batch variant (shape, and whether it runs without a mask:
+    tokens.Feed.variant): the first step or batch of each variant is
     timed on its own (the device synchronised around it) and counted as compile time, so steady
     speed leaves it out while wall-clock figures keep it. Uncompiled, it does nothing."""
 
