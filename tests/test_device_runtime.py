@@ -160,25 +160,22 @@ def test_a_batch_without_a_mask_is_its_own_compile_variant():
 def test_the_compile_clock_keys_on_each_batchs_variant(bert_dir, aot_eager, monkeypatch):
     """Training steps and prediction batches reach the clock as Feed.variant's keys (shape and
     mask), so a maskless batch's compile is not counted as steady speed."""
-    from pipeline.models.transformer import ShapeClock
-
     cuda_like(monkeypatch)
-    given, made, real_step, real_variant = [], [], ShapeClock.step, tokens.Feed.variant
-
-    def step(self, shapes, train_rows=0):
-        given.extend(shapes)
-        return real_step(self, shapes, train_rows)
+    made, real_variant = [], tokens.Feed.variant
 
     def variant(self, m):
         made.append(real_variant(self, m))
         return made[-1]
 
-    monkeypatch.setattr(ShapeClock, "step", step)
     monkeypatch.setattr(tokens.Feed, "variant", variant)
     model, valid = fit(params(bert_dir, compile=True), make_table("train", pair=True))
     model.predict_proba(valid)
+    given = model._clock.seen
     assert {key for _, key in given} == set(made) and {train for train, _ in given} == {True, False}
     assert all(len(key) == 3 for key in made)
+    made.clear()
+    fit(params(bert_dir), make_table("train", pair=True))   # eager: the clock looks at nothing
+    assert made == []
 
 
 def test_the_device_loop_trains_what_the_host_loop_trains(bert_dir, monkeypatch):

@@ -199,11 +199,14 @@ class ShapeClock:
         self.train_rows = 0
 
     @contextlib.contextmanager
-    def step(self, shapes: set, train_rows: int = 0):
-        """Around one training step (train_rows: its rows) or one prediction batch of these shapes."""
+    def step(self, feed: Feed, micro: list[Micro], training: bool):
+        """Around one training step or one prediction batch (micro: its batches). The batches'
+        variants are only looked at when compiled (nothing added to an eager step)."""
+        shapes = {(training, feed.variant(m)) for m in micro} if self.on else set()
         if not self.on or shapes <= self.seen:
             yield
             return
+        train_rows = sum(len(m.rows) for m in micro) if training else 0
         runtime.synchronize(self.device)
         start = time.perf_counter()
         yield
@@ -427,7 +430,7 @@ class TransformerModel:
         for i, micro in enumerate(steps):
             at = f"{where} step {i + 1}" if every == 1 else f"{where} by step {i + 1}"
             runtime.mark_step(rt)
-            with self._clock.step({(True, feed.variant(m)) for m in micro}, sum(len(m.rows) for m in micro)):
+            with self._clock.step(feed, micro, training=True):
                 self._accumulate(micro, feed, w, optim.scaler, at, tally, adversary)
                 self._step(optim, at, tally)
                 if ema is not None:
@@ -525,7 +528,7 @@ class TransformerModel:
         with torch.inference_mode(), autocast(precision, self.device_):
             for m in plan:
                 runtime.mark_step(rt)
-                with self._clock.step({(False, feed.variant(m))}):
+                with self._clock.step(feed, [m], training=False):
                     logits = module(**feed.inputs(m)).float()
                 out[feed.rows(m)] = self.task_.activate(logits[:len(m.rows)], self.target_stats_)
         return out.cpu().numpy()
