@@ -218,36 +218,3 @@ def test_gpu_jobs_run_on_a_long_lived_slot_beside_the_cpu_jobs(cluster, tmp_path
     assert {recs[f"tr/fold{k}"]["node"] for k in range(3)} == gpu_node
     assert all("slot" not in recs[f"lr/fold{k}"] for k in range(3))
 
-
-class FakeRay:
-    """ray's init/shutdown surface, recording what a local start asked for."""
-
-    def __init__(self):
-        self.inits: list[dict] = []
-
-    def is_initialized(self) -> bool:
-        return False
-
-    def init(self, **kwargs) -> None:
-        self.inits.append(kwargs)
-
-    def shutdown(self) -> None:
-        pass
-
-
-@pytest.mark.parametrize("gpus", [0, 2])
-def test_local_instance_offers_the_gpus_torch_sees(monkeypatch, gpus):
-    """Ray's own GPU probe can miss a container's GPU (every transformer job would then quietly
-    train on the CPU): a local instance is told torch's count."""
-    import torch
-
-    from pipeline.config import ExecutionConfig
-    from pipeline.ray_backend import RayExecutor
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-    fake = FakeRay()
-    with RayExecutor(ExecutionConfig(backend="ray"))._connected(fake):
-        pass
-    assert [i["num_gpus"] for i in fake.inits] == [gpus]
-    assert fake.inits[0]["num_cpus"] == os.cpu_count()

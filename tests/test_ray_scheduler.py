@@ -1,7 +1,8 @@
-"""The Ray backend's scheduler against a fake Ray (no cluster): which jobs start when, what a
-Ctrl-C cancels, and what a failed job stops. The real cluster is tests/test_ray.py."""
+"""The Ray backend against a fake Ray (no cluster): which jobs start when, what a Ctrl-C cancels,
+what a failed job stops, what a local instance is asked for. The real cluster is tests/test_ray.py."""
 from __future__ import annotations
 
+import os
 from collections import namedtuple
 from types import SimpleNamespace
 
@@ -29,12 +30,23 @@ class Ref:
 
 class FakeRay:
     """Every job finishes in submission order; `interrupt_at` (the n-th wait, 1-based) raises
-    KeyboardInterrupt there; jobs named in `failing` raise a RayError from ray.get."""
+    KeyboardInterrupt there; jobs named in `failing` raise a RayError from ray.get; init records
+    what a local start asked for."""
     exceptions = ray_exceptions
 
     def __init__(self, interrupt_at: int = 0, failing: tuple = ()):
         self.interrupt_at, self.failing = interrupt_at, set(failing)
         self.started, self.cancelled, self.killed, self.waits = [], [], [], 0
+        self.inits: list[dict] = []
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs) -> None:
+        self.inits.append(kwargs)
+
+    def shutdown(self) -> None:
+        pass
 
     def remote(self, **_options):
         return lambda fn: SimpleNamespace(options=lambda **_: SimpleNamespace(remote=self._task))
@@ -114,3 +126,21 @@ def test_a_failed_job_stops_new_starts_and_the_jobs_in_flight_are_kept():
     assert [name for name, _ in ray.started] == ["cpu_a", "cpu_b"]   # nothing started after it
     assert done == ["cpu_b"]                                         # the one in flight written
     assert ray.cancelled == [] and ray.killed == []
+
+
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_local_instance_offers_the_gpus_torch_sees(monkeypatch, gpus):
+    """Ray's own GPU probe can miss a container's GPU (every transformer job would then quietly
+    train on the CPU): a local instance is told torch's count."""
+    import torch
+
+    from pipeline.config import ExecutionConfig
+    from pipeline.ray_backend import RayExecutor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    fake = FakeRay()
+    with RayExecutor(ExecutionConfig(backend="ray"))._connected(fake):
+        pass
+    assert [i["num_gpus"] for i in fake.inits] == [gpus]
+    assert fake.inits[0]["num_cpus"] == os.cpu_count()
