@@ -51,13 +51,20 @@ class Resources:
                 and have.get("memory", 0) >= (self.memory_gb or 0) * GIB)
 
 
-def resources_of(m: ModelConfig, cluster_has_gpus: bool, gpu_slots: int = 1) -> Resources:
+def resources_of(m: ModelConfig, cluster_has_gpus: bool, gpu_slots: int = 1,
+                 most_cpus: Optional[float] = None) -> Resources:
     """The model's `resources`, with the kind's defaults (see default_cpus); a GPU kind takes one
-    GPU slot (1/gpu_slots of a GPU) where the cluster has GPUs; CPU kinds never ask for one."""
+    GPU slot (1/gpu_slots of a GPU) where the cluster has GPUs; CPU kinds never ask for one.
+    most_cpus: the most CPUs a node can give a job (beside the GPU slots); a default request is
+    held to it (a request no node can ever meet would wait in Ray's queue forever), an explicit
+    one is the user's and check_fits refuses it."""
     r = m.resources
     gpu_job = registry.kind(m.kind).accelerator == "gpu" and cluster_has_gpus
     gpus = r.num_gpus if r.num_gpus is not None else (1.0 / gpu_slots if gpu_job else 0.0)
-    cpus = r.num_cpus if r.num_cpus is not None else default_cpus(m, gpu_job)
+    cpus = r.num_cpus
+    if cpus is None:
+        cpus = default_cpus(m, gpu_job)
+        cpus = max(1.0, min(cpus, most_cpus)) if most_cpus is not None else cpus
     return Resources(cpus, gpus, r.memory_gb)
 
 
@@ -110,15 +117,20 @@ class RayExecutor:
         with self._connected(ray):
             nodes = [n for n in ray.nodes() if n.get("Alive")]
             gpus = any(n.get("Resources", {}).get("GPU", 0) > 0 for n in nodes)
-            wanted = {job: resources_of(job.model, gpus, self.cfg.gpu_slots) for job in jobs}
+            on_slots = {job for job in jobs if gpus and slot_job(job.model)}
+            wanted = {job: resources_of(job.model, gpus, self.cfg.gpu_slots) for job in on_slots}
             check_fits(wanted, nodes)
+            layout = slot_layout(nodes, list(wanted.values()), self.cfg, len(on_slots) < len(jobs))
+            free = beside_slots(nodes, layout, self.cfg.gpu_slots)
+            cpu_wanted = {job: resources_of(job.model, gpus, self.cfg.gpu_slots, _most(free, "CPU"))
+                          for job in jobs if job not in on_slots}
+            check_fits(cpu_wanted, free, " beside the GPU slots" if layout else "")
+            wanted.update(cpu_wanted)
             payload = ray.put(strip_cache(run))  # the tables go to the object store once
             order = sorted(jobs, key=lambda j: -j.expected_seconds)
-            on_slots = {job for job in jobs if gpus and slot_job(job.model)}
             scheduler = _Scheduler(ray, self.cfg.max_retries, payload, wanted, job_fn, on_done)
-            with _slots(ray, nodes, [wanted[j] for j in on_slots], self.cfg, len(on_slots) < len(jobs)) as slots:
-                scheduler.run(order, capacity(nodes, [r for j, r in wanted.items() if j not in on_slots]),
-                              on_slots, slots)
+            with _slots(ray, layout, self.cfg) as slots:
+                scheduler.run(order, capacity(free, list(cpu_wanted.values())), on_slots, slots)
 
     @contextlib.contextmanager
     def _connected(self, ray) -> Iterator[None]:
@@ -161,14 +173,15 @@ def strip_cache(run):
     return dataclasses.replace(run, cache={})
 
 
-def check_fits(wanted: dict[Any, Resources], nodes: list[dict]) -> None:
-    """One line before anything starts when some job's request fits no node of the cluster."""
+def check_fits(wanted: dict[Any, Resources], nodes: list[dict], where: str = "") -> None:
+    """One line before anything starts when some job's request fits no node of the cluster
+    (`nodes` as the job will find them; `where` says so in the line)."""
     for job, res in wanted.items():
         if not any(res.fits(n) for n in nodes):
             have = "; ".join(f"{n.get('NodeManagerAddress', '?')}: {_brief(n)}" for n in nodes) or "no nodes"
             raise PipelineError(f"models.{job.model.name}.resources ({res.num_cpus:g} CPU, {res.num_gpus:g} GPU"
                                 + (f", {res.memory_gb:g} GiB" if res.memory_gb else "")
-                                + f") fit no node of the cluster ({have})")
+                                + f") fit no node of the cluster{where} ({have})")
 
 
 def _brief(node: dict) -> str:
@@ -207,16 +220,52 @@ def _total(nodes: list[dict], resource: str) -> float:
     return sum(n.get("Resources", {}).get(resource, 0) for n in nodes)
 
 
-@contextlib.contextmanager
-def _slots(ray, nodes: list[dict], wanted: list[Resources], cfg: ExecutionConfig, cpu_jobs_too: bool):
-    """The run's GPU slot workers (none without slot jobs), killed when the run ends."""
+def _most(nodes: list[dict], resource: str) -> float:
+    """The largest amount of `resource` one node has."""
+    return max((n.get("Resources", {}).get(resource, 0) for n in nodes), default=0.0)
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """The run's GPU slots: how many, and what each holds for the whole run."""
+    count: int
+    res: Resources
+
+
+def slot_layout(nodes: list[dict], wanted: list[Resources], cfg: ExecutionConfig,
+                cpu_jobs_too: bool) -> Optional[SlotLayout]:
+    """None without slot jobs; else the slots: each as large as the largest slot job's request."""
     if not wanted:
+        return None
+    res = max(wanted, key=lambda r: (r.num_cpus, r.memory_gb or 0))
+    return SlotLayout(slot_count(nodes, cfg, res.num_cpus, cpu_jobs_too), res)
+
+
+def beside_slots(nodes: list[dict], layout: Optional[SlotLayout], gpu_slots: int) -> list[dict]:
+    """The nodes as CPU jobs find them while the slots live: a GPU node's CPUs and memory less
+    those of the slots it may hold (its GPUs x gpu_slots, at most all of them: where Ray puts
+    fewer slots than GPU shares is its choice, so every GPU node is assumed to hold its share)."""
+    if layout is None:
+        return nodes
+    out = []
+    for n in nodes:
+        have = dict(n.get("Resources", {}))
+        held = min(int(have.get("GPU", 0)) * gpu_slots, layout.count)
+        have["CPU"] = max(0.0, have.get("CPU", 0) - held * layout.res.num_cpus)
+        have["memory"] = max(0.0, have.get("memory", 0) - held * (layout.res.memory_gb or 0) * GIB)
+        out.append({**n, "Resources": have})
+    return out
+
+
+@contextlib.contextmanager
+def _slots(ray, layout: Optional[SlotLayout], cfg: ExecutionConfig):
+    """The run's GPU slot workers (none without slot jobs), killed when the run ends."""
+    if layout is None:
         yield []
         return
-    res = max(wanted, key=lambda r: (r.num_cpus, r.memory_gb or 0))
-    actor = ray.remote(_Slot).options(num_cpus=res.num_cpus, num_gpus=1.0 / cfg.gpu_slots,
+    actor = ray.remote(_Slot).options(num_cpus=layout.res.num_cpus, num_gpus=1.0 / cfg.gpu_slots,
                                       max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries)
-    slots = [actor.remote(f"slot{i}") for i in range(slot_count(nodes, cfg, res.num_cpus, cpu_jobs_too))]
+    slots = [actor.remote(f"slot{i}") for i in range(layout.count)]
     try:
         yield slots
     finally:

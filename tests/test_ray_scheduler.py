@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import namedtuple
+from dataclasses import make_dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +17,7 @@ ray_exceptions = pytest.importorskip("ray.exceptions")
 Model = namedtuple("Model", "name")
 Job = namedtuple("Job", "model part")
 CPU, GPU = Resources(1.0, 0.0, None), Resources(1.0, 0.5, None)
+RunStub = make_dataclass("RunStub", ["cache"])   # the run as the executor hands it on
 
 
 class Ref:
@@ -38,6 +40,15 @@ class FakeRay:
         self.interrupt_at, self.failing = interrupt_at, set(failing)
         self.started, self.cancelled, self.killed, self.waits = [], [], [], 0
         self.inits: list[dict] = []
+        self.tasks: list[dict] = []   # each CPU task's options
+        self.slot_options: list[dict] = []
+        self.node = {"Alive": True, "NodeManagerAddress": "gpu-box", "Resources": {"CPU": 16.0, "GPU": 1.0}}
+
+    def nodes(self) -> list[dict]:
+        return [self.node]
+
+    def put(self, value):
+        return SimpleNamespace(hex=lambda: "run")
 
     def is_initialized(self) -> bool:
         return False
@@ -48,10 +59,14 @@ class FakeRay:
     def shutdown(self) -> None:
         pass
 
-    def remote(self, **_options):
-        return lambda fn: SimpleNamespace(options=lambda **_: SimpleNamespace(remote=self._task))
+    def remote(self, *cls, **_options):
+        if cls:   # ray.remote(_Slot).options(...).remote(name): a slot worker holding its resources
+            return SimpleNamespace(options=lambda **opts: SimpleNamespace(remote=lambda name: self.slot(name, opts)))
+        return lambda fn: SimpleNamespace(options=lambda **opts: SimpleNamespace(
+            remote=lambda payload, job, res, job_fn: self._task(job, opts)))
 
-    def _task(self, payload, job, res, job_fn):
+    def _task(self, job, opts):
+        self.tasks.append(opts)
         return self._ref(job, "task")
 
     def _ref(self, job, where):
@@ -59,7 +74,8 @@ class FakeRay:
         error = ray_exceptions.RayError("boom") if job.model.name in self.failing else None
         return Ref(job, where, error)
 
-    def slot(self, name):
+    def slot(self, name, opts=None):
+        self.slot_options.append(opts or {})
         return SimpleNamespace(name=name, run=SimpleNamespace(
             remote=lambda payload, job, res, job_fn: self._ref(job, name)))
 
@@ -144,3 +160,57 @@ def test_local_instance_offers_the_gpus_torch_sees(monkeypatch, gpus):
         pass
     assert [i["num_gpus"] for i in fake.inits] == [gpus]
     assert fake.inits[0]["num_cpus"] == os.cpu_count()
+
+
+def test_a_torch_cpu_job_asks_only_for_the_cpus_left_beside_the_gpu_slots(monkeypatch):
+    """On a GPU machine the slots hold CPUs for the whole run: a frozen-embedding job that asked
+    for torch's 16 threads would wait in Ray's queue forever; it is held to the 14 left, and every
+    CPU task fits beside the slots."""
+    from pipeline.config import ModelConfig
+
+    ray = FakeRay()
+    models = [ModelConfig(name="tr", kind="transformer"), ModelConfig(name="emb", kind="embed_lr"),
+              ModelConfig(name="lr", kind="tfidf_lr")]
+    run_on(monkeypatch, ray, models)
+    slot_cpus = sum(o["num_cpus"] for o in ray.slot_options)
+    assert len(ray.slot_options) == 2 and slot_cpus == 2
+    by_name = {name: o for (name, where), o in zip([s for s in ray.started if s[1] == "task"], ray.tasks)}
+    assert by_name["emb"]["num_cpus"] == 14 and by_name["lr"]["num_cpus"] == 1
+    assert all(o["num_cpus"] <= 16 - slot_cpus for o in ray.tasks)
+
+
+def test_an_explicit_request_larger_than_the_cpus_beside_the_slots_is_one_line(monkeypatch):
+    from pipeline.config import ModelConfig, ResourcesConfig
+
+    models = [ModelConfig(name="tr", kind="transformer"),
+              ModelConfig(name="emb", kind="embed_lr", resources=ResourcesConfig(num_cpus=16))]
+    ray = FakeRay()
+    with pytest.raises(PipelineError, match=r"models.emb.resources \(16 CPU, 0 GPU\) fit no node of the "
+                                            r"cluster beside the GPU slots \(gpu-box: 14 CPU, 1 GPU"):
+        run_on(monkeypatch, ray, models)
+    assert ray.started == [] and ray.slot_options == []
+
+
+def test_without_slot_jobs_a_cpu_job_has_the_whole_node(monkeypatch):
+    from pipeline.config import ModelConfig
+
+    ray = FakeRay()
+    run_on(monkeypatch, ray, [ModelConfig(name="emb", kind="embed_lr")])
+    assert ray.slot_options == [] and {o["num_cpus"] for o in ray.tasks} == {16}
+
+
+def run_on(monkeypatch, ray: FakeRay, models, torch_threads: int = 16, gpu_slots: int = 2) -> None:
+    """RayExecutor.run with `ray` (one 16-CPU, 1-GPU node) for two folds of each model, on a
+    machine whose torch would use `torch_threads`."""
+    import torch
+
+    import pipeline.ray_backend as rb
+    from pipeline.config import ExecutionConfig
+    from pipeline.driver import Job
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
+    monkeypatch.setattr(rb, "_ray", lambda: ray)
+    jobs = [Job(m, k, "fp") for m in models for k in range(2)]
+    rb.RayExecutor(ExecutionConfig(backend="ray", gpu_slots=gpu_slots)).run(
+        RunStub(cache={}), jobs, None, None, lambda job, result: None)
