@@ -451,7 +451,11 @@ def type_name(tp: Any, quote: Callable[[Any], str] = repr, code: Callable[[str],
     if origin is Literal:
         return "one of " + ", ".join(quote(v) for v in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(type_name(t, quote, code, a) for t in typing.get_args(tp))
+        # typing caches a Union under its set of members, so the order of get_args is whichever
+        # spelling the process met first (a library's Union[str, int] reorders our Optional[Union[int,
+        # str]]): words in a fixed order, null last
+        args = sorted(typing.get_args(tp), key=lambda t: (t is type(None), type_name(t, quote, code, a)))
+        return " or ".join(type_name(t, quote, code, a) for t in args)
     if origin is list:
         return f"{a}list of {type_name(typing.get_args(tp)[0], quote, code, a)}"
     if tp is type(None):

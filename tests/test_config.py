@@ -100,3 +100,13 @@ def test_an_unknown_model_name_says_what_to_write_instead(exp):
     assert str(e.value) == ("config: pseudo.retrain names unknown model 'tfidf_lr' (models: lr, plgbm); list models "
                             "of this config, or write pseudo.retrain: cpu (the models that run on CPU) or null "
                             "(every model)")
+
+
+def test_a_type_is_worded_the_same_whichever_order_its_union_was_first_spelled():
+    """typing caches a Union under its set of members: after some library spells Union[str, int],
+    our Optional[Union[int, str]] comes back in that order, and the config reference and error
+    lines changed words with the tests that ran before them (ray's import did it)."""
+    from pipeline.config import type_name
+
+    assert type_name(str | int | None) == type_name(int | str | None) == "int or str or null"
+    assert type_name(list[str | int] | None) == "a list of int or str or null"
