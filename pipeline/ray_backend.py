@@ -2,8 +2,8 @@
 on a local Ray instance or a running cluster.
 
 CPU jobs (the classical kinds, and every kind where there is no GPU) run as Ray tasks with the
-model's resources. GPU jobs (a kind whose registry accelerator is "gpu", where the cluster has
-GPUs) run on GPU slots: `execution.gpu_slots` long-lived workers per GPU, each holding 1/gpu_slots
+model's resources. GPU jobs (where the cluster has GPUs: a kind whose registry accelerator is
+"gpu", and a classical model that embeds with a torch encoder) run on GPU slots: `execution.gpu_slots` long-lived workers per GPU, each holding 1/gpu_slots
 of one GPU for the whole run, so its process, CUDA context and the run's caches (tokenised
 tables, loaded encoders) serve job after job; CPU jobs run beside them. A job saves the model's
 files in a temporary folder on its node and returns them as bytes, so the nodes need no shared
@@ -53,17 +53,17 @@ class Resources:
 
 def resources_of(m: ModelConfig, cluster_has_gpus: bool, gpu_slots: int = 1,
                  most_cpus: Optional[float] = None) -> Resources:
-    """The model's `resources`, with the kind's defaults (see default_cpus); a GPU kind takes one
-    GPU slot (1/gpu_slots of a GPU) where the cluster has GPUs; CPU kinds never ask for one.
+    """The model's `resources`, with the kind's defaults (see default_cpus); a job that belongs on
+    a GPU (on_gpu) takes one GPU slot (1/gpu_slots of a GPU) where the cluster has GPUs; others
+    never ask for one.
     most_cpus: the most CPUs a node can give a job (beside the GPU slots); a default request is
     held to it (a request no node can ever meet would wait in Ray's queue forever), an explicit
     one is the user's and check_fits refuses it."""
     r = m.resources
-    gpu_job = registry.kind(m.kind).accelerator == "gpu" and cluster_has_gpus
-    gpus = r.num_gpus if r.num_gpus is not None else (1.0 / gpu_slots if gpu_job else 0.0)
+    gpus = r.num_gpus if r.num_gpus is not None else (1.0 / gpu_slots if on_gpu(m) and cluster_has_gpus else 0.0)
     cpus = r.num_cpus
     if cpus is None:
-        cpus = default_cpus(m, gpu_job)
+        cpus = default_cpus(m, gpus > 0)
         cpus = max(1.0, min(cpus, most_cpus)) if most_cpus is not None else cpus
     return Resources(cpus, gpus, r.memory_gb)
 
@@ -201,9 +201,17 @@ def capacity(nodes: list[dict], wanted: list[Resources]) -> int:
 # ----------------------------------------------------------------------------- GPU slots
 
 
+def on_gpu(m: ModelConfig) -> bool:
+    """Whether the model's jobs belong on a GPU where the cluster has one: a GPU kind, and any kind
+    that runs a torch encoder (a classical model's frozen embeddings: seconds on a GPU, minutes on
+    the few CPU threads a task gets)."""
+    return registry.kind(m.kind).accelerator == "gpu" or uses_torch(model_params(m))
+
+
 def slot_job(m: ModelConfig) -> bool:
-    """A job for a GPU slot: a GPU kind whose resources leave the GPU share to the pipeline."""
-    return registry.kind(m.kind).accelerator == "gpu" and m.resources.num_gpus is None
+    """A job for a GPU slot: one that belongs on a GPU, whose resources leave the GPU share to the
+    pipeline."""
+    return on_gpu(m) and m.resources.num_gpus is None
 
 
 def slot_count(nodes: list[dict], cfg: ExecutionConfig, slot_cpus: float, cpu_jobs_too: bool) -> int:

