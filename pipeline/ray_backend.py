@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import sys
@@ -116,7 +117,7 @@ class RayExecutor:
         ray = _ray()
         with self._connected(ray):
             nodes = [n for n in ray.nodes() if n.get("Alive")]
-            gpus = any(n.get("Resources", {}).get("GPU", 0) > 0 for n in nodes)
+            gpus = any(_has(n, "GPU") > 0 for n in nodes)
             on_slots = {job for job in jobs if gpus and slot_job(job.model)}
             wanted = {job: resources_of(job.model, gpus, self.cfg.gpu_slots) for job in on_slots}
             check_fits(wanted, nodes)
@@ -214,23 +215,14 @@ def slot_job(m: ModelConfig) -> bool:
     return on_gpu(m) and m.resources.num_gpus is None
 
 
-def slot_count(nodes: list[dict], cfg: ExecutionConfig, slot_cpus: float, cpu_jobs_too: bool) -> int:
-    """gpu_slots per GPU of every node, as many as the CPUs hold beside one CPU job (when there
-    are CPU jobs): a slot holds its CPUs for the whole run."""
-    slots = sum(int(n.get("Resources", {}).get("GPU", 0)) for n in nodes) * cfg.gpu_slots
-    cpus = _total(nodes, "CPU") - (1 if cpu_jobs_too else 0)
-    held = int(cpus // slot_cpus) if slot_cpus > 0 else slots   # slots the CPUs can hold
-    return max(1, min(slots, held))
-
-
 def _total(nodes: list[dict], resource: str) -> float:
     """The cluster's amount of `resource` (CPU, GPU) over its live nodes."""
-    return sum(n.get("Resources", {}).get(resource, 0) for n in nodes)
+    return sum(_has(n, resource) for n in nodes)
 
 
 def _most(nodes: list[dict], resource: str) -> float:
     """The largest amount of `resource` one node has."""
-    return max((n.get("Resources", {}).get(resource, 0) for n in nodes), default=0.0)
+    return max((_has(n, resource) for n in nodes), default=0.0)
 
 
 @dataclass(frozen=True)
@@ -242,11 +234,26 @@ class SlotLayout:
 
 def slot_layout(nodes: list[dict], wanted: list[Resources], cfg: ExecutionConfig,
                 cpu_jobs_too: bool) -> Optional[SlotLayout]:
-    """None without slot jobs; else the slots: each as large as the largest slot job's request."""
+    """None without slot jobs; else gpu_slots slots per GPU of the cluster, each holding the largest
+    slot job's request, its CPUs cut (to a fraction where need be) so that every GPU node holds its
+    slots and, when the CPU jobs have no other node, one CPU for them: a slot holds its CPUs for
+    the whole run, so slots that took every CPU would leave the CPU jobs waiting forever. A job on a
+    slot still runs with the threads it asked for."""
     if not wanted:
         return None
     res = max(wanted, key=lambda r: (r.num_cpus, r.memory_gb or 0))
-    return SlotLayout(slot_count(nodes, cfg, res.num_cpus, cpu_jobs_too), res)
+    gpu_nodes = [n for n in nodes if _has(n, "GPU") > 0]
+    spare = cpu_jobs_too and not any(_has(n, "CPU") > 0 for n in nodes if _has(n, "GPU") == 0)
+    cpus = res.num_cpus
+    for n in gpu_nodes:
+        fits = (_has(n, "CPU") - (1 if spare else 0)) / (max(1, int(_has(n, "GPU"))) * cfg.gpu_slots)
+        cpus = min(cpus, max(0.0, math.floor(fits * 100) / 100))   # Ray counts CPUs to 1e-4
+    count = sum(int(_has(n, "GPU")) for n in gpu_nodes) * cfg.gpu_slots
+    return SlotLayout(max(1, count), dataclasses.replace(res, num_cpus=cpus))
+
+
+def _has(node: dict, resource: str) -> float:
+    return node.get("Resources", {}).get(resource, 0)
 
 
 def beside_slots(nodes: list[dict], layout: Optional[SlotLayout], gpu_slots: int) -> list[dict]:

