@@ -16,11 +16,13 @@ One GPU machine (issue targets: the train stage of configs/mrpc.yaml, and config
 end to end with its MPNet models):
     python -m bench.mrpc_ensemble --config configs/mrpc.yaml --fresh execution.backend=ray --name mrpc_one_gpu
     python -m bench.mrpc_ensemble --config configs/mrpc_gpu.yaml --fresh --name mrpc_gpu
+(python -m bench.gpu_targets runs both and says which targets are met.)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -137,9 +139,22 @@ def seed_rows(cfg, models_dir: Path) -> list[dict]:
 
 
 def method_rows(summary: dict) -> list[dict]:
-    return [{"name": f"[{m}] t={s.get('threshold')}" if s.get("threshold") is not None else f"[{m}]",
-             **_scores(s.get("oof_scores_thresholded") or s["oof_scores"], s.get("test"))}
-            for m, s in summary["methods"].items()]
+    """One row per ensemble method; the submitted one says so in its name and its `submitted`."""
+    rows = []
+    for m, s in summary["methods"].items():
+        name = f"[{m}] t={s.get('threshold')}" if s.get("threshold") is not None else f"[{m}]"
+        submitted = m == summary.get("submitted")
+        rows.append({"name": name + (" (submitted)" if submitted else ""), "submitted": submitted,
+                     **_scores(s.get("oof_scores_thresholded") or s["oof_scores"], s.get("test"))})
+    return rows
+
+
+def machine() -> dict:
+    """Where the run ran: CPU cores, torch, and its GPUs' names (none on a CPU machine)."""
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "gpus": gpus}
 
 
 def _scores(oof: dict, test: dict | None) -> dict:
@@ -201,7 +216,7 @@ def main() -> None:
     models_dir = ROOT / models_root(cfg)  # an absolute models path stays as it is
     summary = json.loads((models_dir / "ensembles" / "summary.json").read_text())
     result = {"config": args.config, "stage_seconds": stage_seconds, "stage_gpu": stage_gpu, "models": model_rows(models_dir, summary) + seed_rows(cfg, models_dir),
-              "methods": method_rows(summary), "hf": hf_baseline(cfg.data.test)}
+              "methods": method_rows(summary), "hf": hf_baseline(cfg.data.test), "machine": machine()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"{args.name}.json", result)
     table = markdown(result)

@@ -32,3 +32,24 @@ def test_the_stage_table_shows_what_was_read():
               "stage_gpu": {"train": {"busy_share": None, "peak_memory_mb": 3000.0, "samples": 2}, "report": None}}
     text = markdown(result)
     assert "| train | 12.5 |  | 3000 |" in text and "| report | 1.0 |  | |" in text
+
+
+def test_gpu_targets_read_each_run_and_say_where_it_ran():
+    """bench.gpu_targets: the train stage of one run, the whole wall time and the submitted
+    method's test accuracy of the other; a missing run leaves its targets unmeasured."""
+    from bench.gpu_targets import markdown, tabulate
+    from bench.mrpc_ensemble import method_rows
+
+    summary = {"submitted": "stack", "methods": {
+        "blend": {"threshold": 0.5, "oof_scores": {"accuracy": 0.84}, "test": {"accuracy": 0.86}},
+        "stack": {"oof_scores": {"accuracy": 0.85}, "test": {"accuracy": 0.8504}}}}
+    methods = method_rows(summary)
+    assert [m["submitted"] for m in methods] == [False, True] and methods[1]["name"] == "[stack] (submitted)"
+    h200 = {"gpus": ["NVIDIA H200"], "cpu_cores": 16}
+    gpu_run = {"stage_seconds": {"train": 400.0, "ensemble": 100.5}, "methods": methods, "machine": h200}
+    rows = tabulate({"mrpc_one_gpu": None, "mrpc_gpu": gpu_run})
+    assert [(r["measured"], r["met"]) for r in rows] == [(None, None), (500.5, False), (0.8504, True)]
+    text = markdown(rows)
+    assert "| not measured |" in text and "| 500.5 | no | NVIDIA H200, 16 CPU cores |" in text
+    fast = tabulate({"mrpc_one_gpu": {"stage_seconds": {"train": 150.0}, "machine": h200}, "mrpc_gpu": None})
+    assert fast[0]["met"] is True and fast[2]["met"] is None
