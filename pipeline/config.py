@@ -113,14 +113,14 @@ class PreprocessConfig:
 @dataclass
 class ResourcesConfig:
     """What one (model, fold) job asks of a Ray cluster; None: the kind's default (the threads the
-    job would use here; a transformer's job a GPU slot where the cluster has GPUs). The job's torch
+    job would use here; a job that runs a torch encoder a GPU slot where the cluster has GPUs). The job's torch
     and LightGBM threads equal num_cpus. Not part of a model's fingerprint: where a job runs changes
     nothing it makes."""
     # CPUs of one job (its torch and LightGBM threads); null: LightGBM's n_jobs, a torch model's
     # num_threads or torch's thread count here (1 on a GPU), at most what a node has beside the GPU slots
     num_cpus: Optional[float] = None
-    # GPUs of one job; null: a transformer's job runs on a GPU slot (1/execution.gpu_slots of a GPU)
-    # where the cluster has GPUs, else 0
+    # GPUs of one job; null: a job that runs a torch encoder (a transformer; embed_lr, pair_lgbm's
+    # embed) runs on a GPU slot (1/execution.gpu_slots of a GPU) where the cluster has GPUs, else 0
     num_gpus: Optional[float] = None
     memory_gb: Optional[float] = None  # memory reserved for one job; null: no reservation
 
