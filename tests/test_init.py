@@ -321,4 +321,9 @@ def test_the_line_up_follows_the_machine_and_the_file_size():
     assert [n for n, (off, _) in gpu.items() if not off] == ["tfidf_lr", "pair_lgbm", "embed_lr", "minilm_mean",
                                                              "minilm_cls"]
     assert gpu["mpnet"][0] and "all-mpnet-base-v2 is not here" in gpu["mpnet"][1]
-    assert not plan(600, Machine(cores=16, memory_gb=128, gpus=1, gpu_memory_gb=80, gpu_name="H200"))["mpnet"][0]
+    assert all(gpu[n][0] and "all-mpnet-base-v2 is not here" in gpu[n][1] for n in ("embed_lr_mpnet", "pair_lgbm_mpnet"))
+    h200 = plan(600, Machine(cores=16, memory_gb=128, gpus=1, gpu_memory_gb=80, gpu_name="H200"))
+    assert [n for n, (off, _) in h200.items() if off] == []
+    assert list(h200)[-3:] == ["mpnet", "embed_lr_mpnet", "pair_lgbm_mpnet"]
+    small_gpu = plan(600, Machine(cores=16, memory_gb=128, gpus=1, gpu_memory_gb=8, gpu_name="T4-8G"))
+    assert small_gpu["mpnet"][0] and not small_gpu["embed_lr_mpnet"][0]   # embeddings need no training memory
