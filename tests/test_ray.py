@@ -218,3 +218,25 @@ def test_gpu_jobs_run_on_a_long_lived_slot_beside_the_cpu_jobs(cluster, tmp_path
     assert {recs[f"tr/fold{k}"]["node"] for k in range(3)} == gpu_node
     assert all("slot" not in recs[f"lr/fold{k}"] for k in range(3))
 
+
+
+def test_frozen_embedding_jobs_share_the_gpu_slot_and_its_embeddings(cluster, tmp_path):
+    """embed_lr's folds go to the GPU slot (its encoder on the slot's GPU where there is one),
+    the first one embedding the tables and the others reusing them from the slot's cache; the
+    TF-IDF model's folds stay CPU tasks on the other node."""
+    bert = tiny_bert(tmp_path / "bert", sorted(set(WORDS)))
+    e = make(tmp_path / "ray", "ray", cluster.address)
+    cfg = config(e.tmp, "ray", cluster.address)
+    cfg["models"] = [cfg["models"][0], {"name": "emb", "kind": "embed_lr", "view": "raw",
+                                        "params": {"backbone": str(bert), "max_length": 16}}]
+    e.write_config(cfg)
+    for stage in STAGES:
+        assert e.run(stage) == 0, stage
+    recs = {p.parent.parent.name + "/" + p.parent.name: json.loads(p.read_text())
+            for p in sorted(e.models.glob("*/fold*/fold.json"))}
+    gpu_node = {n.node_id for n in cluster.worker_nodes}
+    slots = [recs[f"emb/fold{k}"]["slot"] for k in range(3)]
+    assert {recs[f"emb/fold{k}"]["node"] for k in range(3)} == gpu_node and {s["name"] for s in slots} == {"slot0"}
+    first = min(slots, key=lambda s: s["job"])
+    assert all(s["cache_entries_at_start"] > first["cache_entries_at_start"] for s in slots if s is not first)
+    assert all("slot" not in recs[f"lr/fold{k}"] and recs[f"lr/fold{k}"]["node"] not in gpu_node for k in range(3))
