@@ -29,6 +29,7 @@ MIN_MEMORY_GB = 4.0                 # fine-tuning MiniLM on CPU takes about 2 GB
 MIN_GPU_MEMORY_GB = 10.0            # MPNet at batch 32 and 256 tokens
 # training rows a second of MiniLM at rows of about 80 tokens on 2 CPU cores (MRPC, fp32: docs/benchmarks.md)
 MINILM_CPU_ROWS_PER_S = 60.0
+PAIR_LGBM = {"n_estimators": 200}   # pair_lgbm's settings in a first config, with or without embeddings
 
 
 @dataclass
@@ -59,7 +60,7 @@ def classical(p: Proposal, machine: Machine) -> list[ModelLine]:
                        "multilabel, ridge for regression)")]
     if p.is_pair:
         lines.append(ModelLine({"name": "pair_lgbm", "kind": "pair_lgbm", "view": "raw",
-                                "params": {"n_estimators": 200, "n_jobs": machine.cores}},
+                                "params": {**PAIR_LGBM, "n_jobs": machine.cores}},
                                "LightGBM on pair features (overlaps, lengths, numbers, TF-IDF cosines)"))
     else:
         lines.append(ModelLine({"name": "tfidf_lgbm", "kind": "tfidf_lgbm", "view": "lower",
@@ -127,7 +128,7 @@ def mpnet_embeddings(p: Proposal, why_not: Optional[str]) -> list[ModelLine]:
                        "frozen MPNet sentence embeddings + logistic regression")]
     if p.is_pair:
         lines.append(ModelLine({"name": "pair_lgbm_mpnet", "kind": "pair_lgbm", "view": "raw",
-                                "params": {"n_estimators": 400, "learning_rate": 0.03, "n_jobs": 2, "embed": MPNET}},
+                                "params": {**PAIR_LGBM, "n_jobs": 2, "embed": MPNET}},
                                "LightGBM on pair features and the cosine of MPNet's frozen embeddings"))
     for line in lines:
         line.off = why_not is not None
