@@ -246,14 +246,19 @@ def slot_layout(nodes: list[dict], wanted: list[Resources], cfg: ExecutionConfig
     spare = cpu_jobs_too and not any(_has(n, "CPU") > 0 for n in nodes if _has(n, "GPU") == 0)
     cpus = res.num_cpus
     for n in gpu_nodes:
-        fits = (_has(n, "CPU") - (1 if spare else 0)) / (max(1, int(_has(n, "GPU"))) * cfg.gpu_slots)
+        fits = (_has(n, "CPU") - (1 if spare else 0)) / max(1, _shares(n, cfg.gpu_slots))
         cpus = min(cpus, max(0.0, math.floor(fits * 100) / 100))   # Ray counts CPUs to 1e-4
-    count = sum(int(_has(n, "GPU")) for n in gpu_nodes) * cfg.gpu_slots
+    count = sum(_shares(n, cfg.gpu_slots) for n in gpu_nodes)
     return SlotLayout(max(1, count), dataclasses.replace(res, num_cpus=cpus))
 
 
 def _has(node: dict, resource: str) -> float:
     return node.get("Resources", {}).get(resource, 0)
+
+
+def _shares(node: dict, gpu_slots: int) -> int:
+    """The slots (1/gpu_slots of a GPU each) a node's GPUs hold; a fractional GPU holds its part."""
+    return int(_has(node, "GPU") * gpu_slots + 1e-9)
 
 
 def beside_slots(nodes: list[dict], layout: Optional[SlotLayout], gpu_slots: int) -> list[dict]:
@@ -265,7 +270,7 @@ def beside_slots(nodes: list[dict], layout: Optional[SlotLayout], gpu_slots: int
     out = []
     for n in nodes:
         have = dict(n.get("Resources", {}))
-        held = min(int(have.get("GPU", 0)) * gpu_slots, layout.count)
+        held = min(_shares(n, gpu_slots), layout.count)
         have["CPU"] = max(0.0, have.get("CPU", 0) - held * layout.res.num_cpus)
         have["memory"] = max(0.0, have.get("memory", 0) - held * (layout.res.memory_gb or 0) * GIB)
         out.append({**n, "Resources": have})

