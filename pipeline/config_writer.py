@@ -20,16 +20,17 @@ from .config import ExperimentConfig, load_config
 from .data import read_raw
 from .errors import PipelineError
 from .fileio import create_text
-from .lineup import ModelLine
+from .lineup import ExecutionLine, ModelLine
 from .names import METHODS
 from .proposal import Proposal
 
 WIDTH = 100
 
 
-def render(p: Proposal, name: str, models: list[ModelLine], machine: str, command: str, path: Path) -> str:
-    """The config's text (to be written at `path`): top level, data, folds, models, ensemble, and
-    pseudo-labelling (off)."""
+def render(p: Proposal, name: str, models: list[ModelLine], machine: str, command: str, path: Path,
+           execution: Optional[ExecutionLine] = None) -> str:
+    """The config's text (to be written at `path`): top level, data, folds, models, execution
+    (where the machine wants other than the default), ensemble, and pseudo-labelling (off)."""
     out = [f"# {name}: written by `{command}`.",
            f"# Run it: bash run_all.sh {path}  ->  submissions/{name}.csv",
            "# Why each value: the comment above it. Every key: docs/config.md.",
@@ -40,6 +41,8 @@ def render(p: Proposal, name: str, models: list[ModelLine], machine: str, comman
     out += _comment(f"models for this machine ({machine}); docs/models.md has every kind and setting") + ["models:"]
     for line in models:
         out += model_lines(line)
+    if execution is not None:
+        out += _comment(execution.comment) + ["execution:"] + [f"  {k}: {_scalar(v)}" for k, v in execution.settings.items()]
     out += ensemble_lines(p) + pseudo_lines()
     return "\n".join(out) + "\n"
 

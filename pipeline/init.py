@@ -24,7 +24,7 @@ from typing import Optional
 from . import cli
 from .config_writer import check, render, write_new
 from .errors import PipelineError
-from .lineup import MIN_GPU_MEMORY_GB, backbone_problem, lineup
+from .lineup import MIN_GPU_MEMORY_GB, backbone_problem, execution, lineup, ray_problem
 from .machine import detect
 from .names import METHODS, check_experiment_name
 from .proposal import Hints, propose
@@ -68,7 +68,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     machine = detect() if args.gpus is None else replace(detect(), gpus=args.gpus, gpu_name="",
                                                           gpu_memory_gb=MIN_GPU_MEMORY_GB)
     models = lineup(proposal, machine, backbone_problem)
-    text = render(proposal, name, models, machine.describe(), command(argv), out)
+    text = render(proposal, name, models, machine.describe(), command(argv), out, execution(machine, ray_problem()))
     check(text)
     write_new(out, text)
     report(proposal, models, machine.describe(), out)

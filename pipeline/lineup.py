@@ -2,7 +2,8 @@
 
 On CPU: the cheap classical models, the frozen-MiniLM embeddings, and one fine-tuned MiniLM where
 its estimated training time fits MAX_CPU_HOURS. On a GPU: more transformer variants, the 12-layer
-MPNet where its weights load here, and classical models over MPNet's frozen embeddings. A model left out is still written, commented, with the reason,
+MPNet where its weights load here, classical models over MPNet's frozen embeddings, and the Ray
+backend so that the CPU jobs run while the GPU trains. A model left out is still written, commented, with the reason,
 so the user sees what more the machine (or another) could run.
 
 The transformers' settings are the trainer's own recipe for a fold of this many rows and a backbone
@@ -156,6 +157,38 @@ def fit_seconds(p: Proposal, params: dict, rows_per_s: float) -> float:
 
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+@dataclass
+class ExecutionLine:
+    """The config's `execution` section for this machine, and the comment written above it."""
+    settings: dict
+    comment: str
+
+
+def execution(machine: Machine, ray_problem: Optional[str]) -> Optional[ExecutionLine]:
+    """None on a machine without a GPU (the local backend, the default: jobs one after another).
+    On a GPU machine the Ray backend, so the CPU jobs run while the GPU trains: two GPU slots per
+    GPU where it holds two MPNet fine-tunings (small models leave most of a GPU idle), else one."""
+    if machine.gpus == 0:
+        return None
+    if ray_problem is not None:
+        return ExecutionLine({"backend": "local"}, f"jobs one after another: the ray backend would run the CPU "
+                                                   f"jobs beside the GPU's, but {ray_problem}")
+    slots = 2 if machine.gpu_memory_gb >= 2 * MIN_GPU_MEMORY_GB else 1
+    return ExecutionLine({"backend": "ray", "gpu_slots": slots},
+                         f"a local Ray instance: the transformer and frozen-embedding jobs on {slots} long-lived "
+                         f"GPU slot{'s' if slots > 1 else ''} per GPU, the other jobs on the CPU cores beside them "
+                         "(docs/gpu.md)")
+
+
+def ray_problem() -> Optional[str]:
+    """None where the ray package imports here, else why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return "the ray package is not installed (pip install -r requirements.txt)"
+    return None
 
 
 def backbone_problem(name: str) -> Optional[str]:

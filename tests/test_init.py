@@ -252,8 +252,10 @@ def test_a_gpu_gets_more_transformers_and_names_what_does_not_load(run_init, tmp
     code, out, err = run_init(folder / "train.csv", folder / "test.csv", "--name", "big", "--gpus", "1")
     assert code == 0, err
     text = (tmp_path / "configs" / "big.yaml").read_text()
-    names = [m.name for m in load_config(tmp_path / "configs" / "big.yaml").models]
+    cfg = load_config(tmp_path / "configs" / "big.yaml")
+    names = [m.name for m in cfg.models]
     assert {"minilm_mean", "minilm_cls"} <= set(names)
+    assert cfg.execution.backend == "ray"   # the CPU jobs beside the GPU's (ray is in requirements.txt)
     if "mpnet" not in names:   # its weights are not installed here: written commented, with the reason
         comments = " ".join(line.strip(" #") for line in text.splitlines() if line.lstrip().startswith("#"))
         assert "  # - name: mpnet" in text and "left out: backbone 'all-mpnet-base-v2'" in comments
@@ -327,3 +329,16 @@ def test_the_line_up_follows_the_machine_and_the_file_size():
     assert list(h200)[-3:] == ["mpnet", "embed_lr_mpnet", "pair_lgbm_mpnet"]
     small_gpu = plan(600, Machine(cores=16, memory_gb=128, gpus=1, gpu_memory_gb=8, gpu_name="T4-8G"))
     assert small_gpu["mpnet"][0] and not small_gpu["embed_lr_mpnet"][0]   # embeddings need no training memory
+
+
+def test_a_gpu_machine_gets_the_ray_backend_and_slots_its_memory_holds():
+    from pipeline.lineup import execution
+    from pipeline.machine import Machine
+
+    h200 = Machine(cores=16, memory_gb=128, gpus=1, gpu_memory_gb=80, gpu_name="H200")
+    assert execution(Machine(cores=2, memory_gb=16), None) is None          # CPU: the local default
+    assert execution(h200, None).settings == {"backend": "ray", "gpu_slots": 2}
+    t4 = Machine(cores=4, memory_gb=16, gpus=1, gpu_memory_gb=15, gpu_name="T4")
+    assert execution(t4, None).settings == {"backend": "ray", "gpu_slots": 1}
+    without = execution(h200, "the ray package is not installed (pip install -r requirements.txt)")
+    assert without.settings == {"backend": "local"} and "pip install -r requirements.txt" in without.comment
