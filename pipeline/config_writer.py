@@ -42,7 +42,9 @@ def render(p: Proposal, name: str, models: list[ModelLine], machine: str, comman
     for line in models:
         out += model_lines(line)
     if execution is not None:
-        out += _comment(execution.comment) + ["execution:"] + [f"  {k}: {_scalar(v)}" for k, v in execution.settings.items()]
+        out += _comment(execution.comment) + ["execution:"]
+        for key, value in execution.settings.items():
+            out += _key(key, value, None, "  ")
     out += ensemble_lines(p) + pseudo_lines()
     return "\n".join(out) + "\n"
 

@@ -21,10 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from . import cli
+from . import backends, cli
 from .config_writer import check, render, write_new
 from .errors import PipelineError
-from .lineup import MIN_GPU_MEMORY_GB, backbone_problem, execution, lineup, ray_problem
+from .lineup import MIN_GPU_MEMORY_GB, backbone_problem, execution, lineup
 from .machine import detect
 from .names import METHODS, check_experiment_name
 from .proposal import Hints, propose
@@ -68,7 +68,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     machine = detect() if args.gpus is None else replace(detect(), gpus=args.gpus, gpu_name="",
                                                           gpu_memory_gb=MIN_GPU_MEMORY_GB)
     models = lineup(proposal, machine, backbone_problem)
-    text = render(proposal, name, models, machine.describe(), command(argv), out, execution(machine, ray_problem()))
+    settings = execution(machine, backends.missing("ray"))
+    text = render(proposal, name, models, machine.describe(), command(argv), out, settings)
     check(text)
     write_new(out, text)
     report(proposal, models, machine.describe(), out)

@@ -3,8 +3,8 @@
 On CPU: the cheap classical models, the frozen-MiniLM embeddings, and one fine-tuned MiniLM where
 its estimated training time fits MAX_CPU_HOURS. On a GPU: more transformer variants, the 12-layer
 MPNet where its weights load here, classical models over MPNet's frozen embeddings, and the Ray
-backend so that the CPU jobs run while the GPU trains. A model left out is still written, commented, with the reason,
-so the user sees what more the machine (or another) could run.
+backend so that the CPU jobs run while the GPU trains. A model left out is still written, commented,
+with the reason, so the user sees what more the machine (or another) could run.
 
 The transformers' settings are the trainer's own recipe for a fold of this many rows and a backbone
 of this width (models.params.SIZE_RECIPES: the demo's recipe for small files, the one tuned on
@@ -180,15 +180,6 @@ def execution(machine: Machine, ray_problem: Optional[str]) -> Optional[Executio
                          f"a local Ray instance: the transformer and frozen-embedding jobs on {slots} long-lived "
                          f"GPU slot{'s' if slots > 1 else ''} per GPU, the other jobs on the CPU cores beside them "
                          "(docs/gpu.md)")
-
-
-def ray_problem() -> Optional[str]:
-    """None where the ray package imports here, else why not."""
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        return "the ray package is not installed (pip install -r requirements.txt)"
-    return None
 
 
 def backbone_problem(name: str) -> Optional[str]:

@@ -2,12 +2,13 @@
 on a local Ray instance or a running cluster.
 
 CPU jobs (the classical kinds, and every kind where there is no GPU) run as Ray tasks with the
-model's resources. GPU jobs (where the cluster has GPUs: a kind whose registry accelerator is
-"gpu", and a classical model that embeds with a torch encoder) run on GPU slots: `execution.gpu_slots` long-lived workers per GPU, each holding 1/gpu_slots
-of one GPU for the whole run, so its process, CUDA context and the run's caches (tokenised
-tables, loaded encoders) serve job after job; CPU jobs run beside them. A job saves the model's
-files in a temporary folder on its node and returns them as bytes, so the nodes need no shared
-file system; the driver writes them (`on_done`) into the same layout as a local run.
+model's resources. GPU jobs (where the cluster has GPUs: a kind whose registry accelerator is "gpu",
+and a classical model that embeds with a torch encoder) run on GPU slots: `execution.gpu_slots`
+long-lived workers per GPU, each holding 1/gpu_slots of one GPU for the whole run, so its process,
+CUDA context and the run's caches (tokenised tables, loaded encoders) serve job after job; CPU jobs
+run beside them. A job saves the model's files in a temporary folder on its node and returns them as
+bytes, so the nodes need no shared file system; the driver writes them (`on_done`) into the same
+layout as a local run.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from . import backends
 from .config import ExecutionConfig, ModelConfig, model_params
 from .errors import PipelineError, first_line
 from .executor import JobDir, JobFn, OnDone, torch_threads, uses_torch
@@ -96,7 +98,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise PipelineError("execution.backend=ray needs the ray package (pip install -r requirements.txt)") from None
+        raise PipelineError(backends.needs("ray")) from None
     return ray
 
 

@@ -340,5 +340,5 @@ def test_a_gpu_machine_gets_the_ray_backend_and_slots_its_memory_holds():
     assert execution(h200, None).settings == {"backend": "ray", "gpu_slots": 2}
     t4 = Machine(cores=4, memory_gb=16, gpus=1, gpu_memory_gb=15, gpu_name="T4")
     assert execution(t4, None).settings == {"backend": "ray", "gpu_slots": 1}
-    without = execution(h200, "the ray package is not installed (pip install -r requirements.txt)")
+    without = execution(h200, "execution.backend=ray needs the ray package (pip install -r requirements.txt)")
     assert without.settings == {"backend": "local"} and "pip install -r requirements.txt" in without.comment
